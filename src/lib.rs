@@ -5,7 +5,18 @@
 //! the transports in [`reference`], and its layers are merged into one
 //! in-memory [`index::FsIndex`] that every sink reads from.
 
+pub mod archive;
 pub mod cli;
+pub mod digest;
+pub mod engine;
 pub mod error;
+pub mod image;
+pub mod index;
+pub mod layers;
+pub mod reference;
+pub mod registry;
+pub mod sink;
+pub mod store;
+pub mod transport;
 
 pub use error::{Error, Result};

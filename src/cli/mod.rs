@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod image;
+
 /// Options every command understands.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalOpts {
@@ -41,10 +43,31 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Copy an image between transports (registry, engine, OCI layout, archives, store).
+    Copy(image::CopyArgs),
+    /// Show an image's manifest, layers, sizes and config.
+    Inspect(image::InspectArgs),
+    /// Write an image's merged filesystem tree into a directory.
+    Unpack(image::UnpackArgs),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    let global = &cli.global;
+    match &cli.command {
+        Command::Copy(args) => image::copy(global, args),
+        Command::Inspect(args) => image::inspect(global, args),
+        Command::Unpack(args) => image::unpack(global, args),
+    }
+}
+
+/// Print a value as the one JSON document of `--json`.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
 }
 
 /// Logs go to stderr through `tracing`; `-v` raises the level, RUST_LOG wins.

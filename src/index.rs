@@ -1,0 +1,736 @@
+//! The merged index: the one model of an image's filesystem.
+//!
+//! Layers are applied in order into a map from path to node, following the
+//! semantics of the OCI image spec as umoci implements them:
+//! - `.wh.NAME` removes NAME from lower layers, `.wh..wh..opq` removes every
+//!   lower child of its directory; entries this layer added survive both.
+//! - an entry replaces what was at its path, unless both are directories
+//!   (then the metadata is updated and the children stay);
+//! - parent directories are resolved through symlinks, scoped to the image
+//!   root (like securejoin): nothing can land outside the tree;
+//! - a hardlink shares the node of its target at the time it is read, so a
+//!   later whiteout or overwrite of the target leaves the link's content.
+//!
+//! No bytes are copied: a regular file records which layer entry holds its
+//! content, and sinks stream the layers when they need the bytes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::sync::Arc;
+
+use crate::digest::Digest;
+use crate::image::Image;
+use crate::layers::{Compression, LayerReader, layer_io};
+use crate::{Error, Result};
+
+pub type NodeId = u32;
+
+/// Where a regular file's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Data {
+    /// In layer `layer` (0-based), in the tar entry whose header starts at
+    /// `header_pos` of the uncompressed stream.
+    Layer { layer: u32, header_pos: u64 },
+    /// Bytes added by a transform.
+    Bytes(Arc<[u8]>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File { size: u64, data: Data },
+    Symlink { target: Vec<u8> },
+    CharDevice { major: u32, minor: u32 },
+    BlockDevice { major: u32, minor: u32 },
+    Fifo,
+}
+
+impl Kind {
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Kind::Dir)
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Dir => "directory",
+            Kind::File { .. } => "file",
+            Kind::Symlink { .. } => "symlink",
+            Kind::CharDevice { .. } => "char device",
+            Kind::BlockDevice { .. } => "block device",
+            Kind::Fifo => "fifo",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// Permission bits including setuid, setgid and sticky (`0o7777`).
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub kind: Kind,
+    pub meta: Meta,
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerInfo {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub compression: Compression,
+    pub entries: u64,
+}
+
+/// The merged tree. Keys are paths relative to the image root without a
+/// leading `/`; the root itself is the empty key. A parent's key sorts
+/// before its children's, so key order is a valid creation order.
+#[derive(Debug, Clone, Default)]
+pub struct FsIndex {
+    entries: BTreeMap<Vec<u8>, NodeId>,
+    nodes: Vec<Node>,
+    pub layers: Vec<LayerInfo>,
+}
+
+const OPAQUE: &[u8] = b".wh..wh..opq";
+const WHITEOUT: &[u8] = b".wh.";
+/// The same symlink budget as Linux path resolution (and securejoin).
+const MAX_SYMLINKS: u32 = 255;
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        let mut k = Vec::with_capacity(parent.len() + 1 + name.len());
+        k.extend_from_slice(parent);
+        k.push(b'/');
+        k.extend_from_slice(name);
+        k
+    }
+}
+
+fn parent_of(key: &[u8]) -> Option<&[u8]> {
+    if key.is_empty() {
+        return None;
+    }
+    Some(match key.iter().rposition(|&b| b == b'/') {
+        Some(i) => &key[..i],
+        None => b"",
+    })
+}
+
+/// Split a tar entry name into components: `.` and empty ones dropped, a
+/// leading `/` ignored; `..` or NUL make the entry unsafe.
+fn components(name: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
+    if name.contains(&0) {
+        return Err("name contains a NUL byte");
+    }
+    let mut out = Vec::new();
+    for c in name.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("`..` component: the entry would escape the image root"),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+pub fn display_path(key: &[u8]) -> String {
+    format!("/{}", String::from_utf8_lossy(key))
+}
+
+impl FsIndex {
+    /// An index holding only the root directory (mode 0755, root-owned).
+    pub fn new() -> FsIndex {
+        let mut idx = FsIndex::default();
+        let root = idx.push_node(Node {
+            kind: Kind::Dir,
+            meta: Meta {
+                mode: 0o755,
+                ..Meta::default()
+            },
+        });
+        idx.entries.insert(Vec::new(), root);
+        idx
+    }
+
+    /// Read and merge every layer of `image`, verifying each blob.
+    pub fn from_image(image: &Image) -> Result<FsIndex> {
+        let mut idx = FsIndex::new();
+        for i in 0..image.layers().len() {
+            let mut layer = LayerReader::open(image, i)?;
+            let entries = idx.apply_layer(&mut layer)?;
+            idx.layers.push(LayerInfo {
+                digest: layer.desc.digest.clone(),
+                diff_id: layer.diff_id.clone(),
+                media_type: layer.desc.media_type.clone(),
+                size: layer.desc.size,
+                compression: layer.compression,
+                entries,
+            });
+            layer.finish()?;
+        }
+        Ok(idx)
+    }
+
+    fn push_node(&mut self, node: Node) -> NodeId {
+        self.nodes.push(node);
+        (self.nodes.len() - 1) as NodeId
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id as usize]
+    }
+
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[id as usize]
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<(NodeId, &Node)> {
+        self.entries.get(key).map(|&id| (id, self.node(id)))
+    }
+
+    /// Every path with its node, parents before children.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], NodeId, &Node)> {
+        self.entries
+            .iter()
+            .map(|(k, &id)| (k.as_slice(), id, &self.nodes[id as usize]))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.len() <= 1
+    }
+
+    /// Keys strictly below `key`.
+    fn descendants(&self, key: &[u8]) -> Vec<Vec<u8>> {
+        if key.is_empty() {
+            return self
+                .entries
+                .keys()
+                .filter(|k| !k.is_empty())
+                .cloned()
+                .collect();
+        }
+        let mut lo = key.to_vec();
+        lo.push(b'/');
+        let mut hi = key.to_vec();
+        hi.push(b'/' + 1);
+        self.entries.range(lo..hi).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Remove a path and everything below it.
+    pub fn remove_tree(&mut self, key: &[u8]) {
+        for k in self.descendants(key) {
+            self.entries.remove(&k);
+        }
+        if !key.is_empty() {
+            self.entries.remove(key);
+        }
+    }
+
+    /// Resolve directory components through symlinks in the index, scoped to
+    /// the root: an absolute target restarts at the root and `..` stops there.
+    fn resolve_dir(&self, comps: &[&[u8]]) -> std::result::Result<Vec<u8>, &'static str> {
+        let mut todo: Vec<Vec<u8>> = comps.iter().rev().map(|c| c.to_vec()).collect();
+        let mut current: Vec<Vec<u8>> = Vec::new();
+        let mut links = 0;
+        while let Some(c) = todo.pop() {
+            match c.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    current.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let mut candidate = current.join(&b'/');
+            if !candidate.is_empty() {
+                candidate.push(b'/');
+            }
+            candidate.extend_from_slice(&c);
+            if let Some((_, node)) = self.get(&candidate)
+                && let Kind::Symlink { target } = &node.kind
+            {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err("too many levels of symbolic links in its parent path");
+                }
+                if target.first() == Some(&b'/') {
+                    current.clear();
+                }
+                for t in target.split(|&b| b == b'/').rev() {
+                    todo.push(t.to_vec());
+                }
+                continue;
+            }
+            current.push(c);
+        }
+        Ok(current.join(&b'/'))
+    }
+
+    /// Make sure `key` exists as a directory, creating missing ancestors the
+    /// way an extractor's mkdir -p does (0755, root-owned).
+    fn ensure_dir(
+        &mut self,
+        key: &[u8],
+        upper: &mut HashSet<Vec<u8>>,
+    ) -> std::result::Result<(), String> {
+        match self.get(key) {
+            Some((_, n)) if n.kind.is_dir() => return Ok(()),
+            Some((_, n)) => {
+                return Err(format!(
+                    "parent {} is a {}, not a directory",
+                    display_path(key),
+                    n.kind.name()
+                ));
+            }
+            None => {}
+        }
+        if let Some(parent) = parent_of(key) {
+            self.ensure_dir(&parent.to_vec(), upper)?;
+        }
+        let id = self.push_node(Node {
+            kind: Kind::Dir,
+            meta: Meta {
+                mode: 0o755,
+                ..Meta::default()
+            },
+        });
+        self.entries.insert(key.to_vec(), id);
+        mark_upper(upper, key);
+        Ok(())
+    }
+
+    /// Apply a whiteout: remove `target` (or, when opaque, its children)
+    /// except what this layer itself added.
+    fn whiteout(&mut self, target: &[u8], opaque: bool, upper: &HashSet<Vec<u8>>) {
+        if self.get(target).is_none() {
+            return;
+        }
+        let mut removed: Vec<Vec<u8>> = Vec::new();
+        let mut keys = vec![target.to_vec()];
+        keys.extend(self.descendants(target));
+        for k in keys {
+            if removed.iter().any(|r| is_under(&k, r)) {
+                continue;
+            }
+            if upper.contains(&k) || (opaque && k == target) {
+                continue;
+            }
+            self.remove_tree(&k);
+            removed.push(k);
+        }
+    }
+
+    /// Apply one layer's entries. Returns the number of tar entries read.
+    pub fn apply_layer(&mut self, layer: &mut LayerReader) -> Result<u64> {
+        let what = layer.what().to_string();
+        let digest = layer.desc.digest.to_string();
+        let layer_no = layer.index as u32;
+        let mut upper: HashSet<Vec<u8>> = HashSet::new();
+        let mut count = 0;
+        let entries = layer.archive().entries().map_err(|e| layer_io(&what, e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| layer_io(&what, e))?;
+            count += 1;
+            let unsafe_entry = |name: &[u8], reason: String| Error::UnsafeEntry {
+                layer: digest.clone(),
+                entry: String::from_utf8_lossy(name).into_owned(),
+                reason,
+            };
+            let kind = entry.header().entry_type();
+            if matches!(kind, tar::EntryType::XGlobalHeader) {
+                continue;
+            }
+            let name = entry.path_bytes().into_owned();
+            let comps = components(&name).map_err(|r| unsafe_entry(&name, r.into()))?;
+            let Some((&file, dir_comps)) = comps.split_last() else {
+                // The root directory itself.
+                if kind != tar::EntryType::Directory {
+                    return Err(unsafe_entry(
+                        &name,
+                        "refusing to change the root directory into a non-directory".into(),
+                    ));
+                }
+                let meta = read_meta(&mut entry).map_err(|r| unsafe_entry(&name, r))?;
+                let root = self.entries[&Vec::new()];
+                self.node_mut(root).meta = meta;
+                continue;
+            };
+            let parent = self
+                .resolve_dir(dir_comps)
+                .map_err(|r| unsafe_entry(&name, r.into()))?;
+
+            if let Some(rest) = file.strip_prefix(WHITEOUT) {
+                if file == OPAQUE {
+                    self.whiteout(&parent, true, &upper);
+                } else if rest.starts_with(WHITEOUT) {
+                    // Other `.wh..wh.` names are aufs bookkeeping, not whiteouts.
+                    tracing::debug!(
+                        "{what}: ignoring aufs metadata {}",
+                        String::from_utf8_lossy(&name)
+                    );
+                } else if rest.is_empty() {
+                    return Err(unsafe_entry(&name, "whiteout without a name".into()));
+                } else {
+                    self.whiteout(&join(&parent, rest), false, &upper);
+                }
+                continue;
+            }
+
+            self.ensure_dir(&parent, &mut upper)
+                .map_err(|r| unsafe_entry(&name, r))?;
+            let key = join(&parent, file);
+
+            let new_kind = match kind {
+                tar::EntryType::Regular
+                | tar::EntryType::Continuous
+                | tar::EntryType::GNUSparse => Kind::File {
+                    size: entry.size(),
+                    data: Data::Layer {
+                        layer: layer_no,
+                        header_pos: entry.raw_header_position(),
+                    },
+                },
+                tar::EntryType::Directory => Kind::Dir,
+                tar::EntryType::Symlink => {
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default();
+                    if target.contains(&0) {
+                        return Err(unsafe_entry(
+                            &name,
+                            "symlink target contains a NUL byte".into(),
+                        ));
+                    }
+                    Kind::Symlink { target }
+                }
+                tar::EntryType::Link => {
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default();
+                    let id = self
+                        .hardlink_target(&target)
+                        .map_err(|r| unsafe_entry(&name, r))?;
+                    if self.entries.get(&key) == Some(&id) {
+                        // A link to itself changes nothing.
+                        mark_upper(&mut upper, &key);
+                        continue;
+                    }
+                    self.remove_tree(&key);
+                    self.entries.insert(key.clone(), id);
+                    mark_upper(&mut upper, &key);
+                    continue;
+                }
+                tar::EntryType::Char | tar::EntryType::Block => {
+                    let h = entry.header();
+                    let major = h.device_major().ok().flatten().unwrap_or(0);
+                    let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                    if kind == tar::EntryType::Char {
+                        Kind::CharDevice { major, minor }
+                    } else {
+                        Kind::BlockDevice { major, minor }
+                    }
+                }
+                tar::EntryType::Fifo => Kind::Fifo,
+                other => {
+                    return Err(unsafe_entry(
+                        &name,
+                        format!("unsupported tar entry type {:?}", other.as_byte() as char),
+                    ));
+                }
+            };
+            let meta = read_meta(&mut entry).map_err(|r| unsafe_entry(&name, r))?;
+
+            match self.entries.get(&key).copied() {
+                Some(id) if new_kind.is_dir() && self.node(id).kind.is_dir() => {
+                    // Directory over directory: new metadata, children stay.
+                    self.node_mut(id).meta = meta;
+                }
+                existing => {
+                    if existing.is_some() {
+                        self.remove_tree(&key);
+                    }
+                    let id = self.push_node(Node {
+                        kind: new_kind,
+                        meta,
+                    });
+                    self.entries.insert(key.clone(), id);
+                }
+            }
+            mark_upper(&mut upper, &key);
+        }
+        Ok(count)
+    }
+
+    /// The node a hardlink names: its parent resolved inside the root, the
+    /// last component not followed (a link to a symlink links the symlink).
+    fn hardlink_target(&self, target: &[u8]) -> std::result::Result<NodeId, String> {
+        let comps = components(target)
+            .map_err(|r| format!("hardlink target {:?}: {r}", String::from_utf8_lossy(target)))?;
+        let Some((&file, dir)) = comps.split_last() else {
+            return Err("hardlink to the root directory".into());
+        };
+        let parent = self.resolve_dir(dir).map_err(String::from)?;
+        let key = join(&parent, file);
+        match self.get(&key) {
+            None => Err(format!(
+                "hardlink target {} does not exist in this or an earlier layer",
+                display_path(&key)
+            )),
+            Some((_, n)) if n.kind.is_dir() => Err(format!(
+                "hardlink target {} is a directory",
+                display_path(&key)
+            )),
+            Some((id, _)) => Ok(id),
+        }
+    }
+
+    /// Paths grouped by node, for nodes reachable by more than one path
+    /// (hardlink groups), each group in key order.
+    pub fn hardlink_groups(&self) -> Vec<Vec<&[u8]>> {
+        let mut by_node: HashMap<NodeId, Vec<&[u8]>> = HashMap::new();
+        for (k, &id) in &self.entries {
+            by_node.entry(id).or_default().push(k);
+        }
+        let mut groups: Vec<Vec<&[u8]>> = by_node.into_values().filter(|g| g.len() > 1).collect();
+        groups.sort();
+        groups
+    }
+
+    /// Which layer entries hold content that survives: per layer, a map from
+    /// header position to node.
+    pub fn content_plan(&self) -> Vec<HashMap<u64, NodeId>> {
+        let mut plan: Vec<HashMap<u64, NodeId>> = vec![HashMap::new(); self.layers.len()];
+        for &id in self.entries.values() {
+            if let Kind::File {
+                data: Data::Layer { layer, header_pos },
+                ..
+            } = &self.node(id).kind
+            {
+                plan[*layer as usize].insert(*header_pos, id);
+            }
+        }
+        plan
+    }
+
+    /// Stream the content of every surviving layer-backed file: `f` gets the
+    /// node and a reader over exactly its bytes. Layers with nothing left are
+    /// still read in full, so every blob is verified.
+    pub fn for_each_content(
+        &self,
+        image: &Image,
+        mut f: impl FnMut(NodeId, &mut dyn Read) -> Result<()>,
+    ) -> Result<()> {
+        let plan = self.content_plan();
+        for (i, wanted) in plan.iter().enumerate() {
+            let mut layer = LayerReader::open(image, i)?;
+            if !wanted.is_empty() {
+                let what = layer.what().to_string();
+                let entries = layer.archive().entries().map_err(|e| layer_io(&what, e))?;
+                for entry in entries {
+                    let mut entry = entry.map_err(|e| layer_io(&what, e))?;
+                    if let Some(&id) = wanted.get(&entry.raw_header_position()) {
+                        f(id, &mut entry)?;
+                    }
+                }
+            }
+            layer.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Sum of the sizes of regular files (each hardlinked node once).
+    pub fn content_bytes(&self) -> u64 {
+        let mut seen = HashSet::new();
+        self.entries
+            .values()
+            .filter(|id| seen.insert(**id))
+            .map(|&id| match &self.node(id).kind {
+                Kind::File { size, .. } => *size,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+fn is_under(key: &[u8], ancestor: &[u8]) -> bool {
+    ancestor.is_empty() && !key.is_empty()
+        || key.len() > ancestor.len() && key.starts_with(ancestor) && key[ancestor.len()] == b'/'
+}
+
+/// Record `key` and its ancestors as touched by the current layer.
+fn mark_upper(upper: &mut HashSet<Vec<u8>>, key: &[u8]) {
+    let mut k = key;
+    loop {
+        if !upper.insert(k.to_vec()) {
+            // Its ancestors are there already.
+            return;
+        }
+        match parent_of(k) {
+            Some(p) => k = p,
+            None => return,
+        }
+    }
+}
+
+/// Metadata from a tar header and its PAX records: mode, owner, mtime
+/// (with PAX fractions and large values), xattrs (SCHILY and LIBARCHIVE).
+fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result::Result<Meta, String> {
+    let h = entry.header();
+    let mut meta = Meta {
+        mode: h.mode().map_err(|e| format!("bad mode: {e}"))? & 0o7777,
+        uid: h.uid().map_err(|e| format!("bad uid: {e}"))?,
+        gid: h.gid().map_err(|e| format!("bad gid: {e}"))?,
+        mtime: h.mtime().map_err(|e| format!("bad mtime: {e}"))? as i64,
+        mtime_nsec: 0,
+        xattrs: BTreeMap::new(),
+    };
+    let Some(pax) = entry
+        .pax_extensions()
+        .map_err(|e| format!("bad PAX header: {e}"))?
+    else {
+        return Ok(meta);
+    };
+    let mut libarchive = BTreeMap::new();
+    for ext in pax {
+        let ext = ext.map_err(|e| format!("bad PAX record: {e}"))?;
+        let Ok(key) = ext.key() else { continue };
+        let value = ext.value_bytes();
+        let text = || std::str::from_utf8(value).unwrap_or("");
+        match key {
+            "uid" => meta.uid = text().parse().map_err(|_| "bad PAX uid")?,
+            "gid" => meta.gid = text().parse().map_err(|_| "bad PAX gid")?,
+            "mtime" => {
+                let (secs, frac) = parse_pax_time(text()).ok_or("bad PAX mtime")?;
+                meta.mtime = secs;
+                meta.mtime_nsec = frac;
+            }
+            _ => {
+                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    meta.xattrs.insert(name.to_string(), value.to_vec());
+                } else if let Some(name) = key.strip_prefix("LIBARCHIVE.xattr.") {
+                    use base64::Engine;
+                    let name = percent_decode(name);
+                    let v = base64::engine::general_purpose::STANDARD_NO_PAD
+                        .decode(value.strip_suffix(b"=").unwrap_or(value))
+                        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(value))
+                        .map_err(|_| format!("bad LIBARCHIVE.xattr value for {name}"))?;
+                    libarchive.insert(name, v);
+                }
+            }
+        }
+    }
+    // SCHILY is what Go, GNU tar and docker write; take LIBARCHIVE only
+    // where it adds a name.
+    for (k, v) in libarchive {
+        meta.xattrs.entry(k).or_insert(v);
+    }
+    Ok(meta)
+}
+
+fn parse_pax_time(s: &str) -> Option<(i64, u32)> {
+    let (secs, frac) = match s.split_once('.') {
+        Some((a, b)) => (a, b),
+        None => (s, ""),
+    };
+    let secs: i64 = secs.parse().ok()?;
+    let mut nsec: u32 = 0;
+    for (i, c) in frac.chars().take(9).enumerate() {
+        nsec += c.to_digit(10)? * 10u32.pow(8 - i as u32);
+    }
+    // A negative time with a fraction counts down from the whole second.
+    if secs < 0 && nsec > 0 {
+        return Some((secs - 1, 1_000_000_000 - nsec));
+    }
+    Some((secs, nsec))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_reject_unsafe() {
+        assert_eq!(components(b"./a//b/").unwrap(), vec![&b"a"[..], b"b"]);
+        assert_eq!(components(b"/etc/x").unwrap(), vec![&b"etc"[..], b"x"]);
+        assert!(components(b"a/../b").is_err());
+        assert!(components(b"a\0b").is_err());
+        assert!(components(b"./").unwrap().is_empty());
+    }
+
+    #[test]
+    fn pax_time() {
+        assert_eq!(
+            parse_pax_time("1700000000.5"),
+            Some((1700000000, 500_000_000))
+        );
+        assert_eq!(parse_pax_time("12"), Some((12, 0)));
+        assert_eq!(parse_pax_time("-1.25"), Some((-2, 750_000_000)));
+        assert_eq!(parse_pax_time("x"), None);
+    }
+
+    #[test]
+    fn under() {
+        assert!(is_under(b"a/b", b"a"));
+        assert!(!is_under(b"ab", b"a"));
+        assert!(!is_under(b"a", b"a"));
+        assert!(is_under(b"a", b""));
+    }
+
+    #[test]
+    fn resolve_dir_scoped() {
+        let mut idx = FsIndex::new();
+        let mut up = HashSet::new();
+        idx.ensure_dir(b"usr/lib", &mut up).unwrap();
+        let link = |t: &str| Node {
+            kind: Kind::Symlink {
+                target: t.as_bytes().to_vec(),
+            },
+            meta: Meta::default(),
+        };
+        let a = idx.push_node(link("usr/lib"));
+        idx.entries.insert(b"lib".to_vec(), a);
+        let b = idx.push_node(link("../../../../etc"));
+        idx.entries.insert(b"evil".to_vec(), b);
+        let c = idx.push_node(link("/loop"));
+        idx.entries.insert(b"loop".to_vec(), c);
+        assert_eq!(idx.resolve_dir(&[b"lib", b"x"]).unwrap(), b"usr/lib/x");
+        assert_eq!(idx.resolve_dir(&[b"evil"]).unwrap(), b"etc");
+        assert!(idx.resolve_dir(&[b"loop"]).is_err());
+    }
+}

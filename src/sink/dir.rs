@@ -1,0 +1,298 @@
+//! Materialize a merged index as a directory tree (`gridship unpack`, and the
+//! ground of the CVMFS sink).
+//!
+//! The tree is built in a temporary directory beside the destination and
+//! renamed into place at the end: a crash leaves nothing at DIR. Every path
+//! comes from the index, whose parents are real directories by construction,
+//! so nothing is written through a symlink and nothing outside DIR.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps, XattrFlags};
+use serde::Serialize;
+
+use crate::error::IoContext;
+use crate::image::Image;
+use crate::index::{Data, FsIndex, Kind, Meta, Node, NodeId, display_path};
+use crate::{Error, Result};
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DirReport {
+    pub directories: u64,
+    pub files: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    pub devices: u64,
+    pub fifos: u64,
+    pub bytes: u64,
+    /// Things that could not be reproduced as in the image (rootless runs).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UnpackOptions {
+    /// Not root: keep our own ownership, make device nodes empty files.
+    pub rootless: bool,
+}
+
+impl UnpackOptions {
+    pub fn for_current_user() -> Self {
+        UnpackOptions {
+            rootless: !rustix::process::geteuid().is_root(),
+        }
+    }
+}
+
+fn rel(key: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(key))
+}
+
+/// Check that `dest` can take a new tree: absent, or an empty directory.
+pub fn check_destination(dest: &Path) -> Result<()> {
+    match fs::symlink_metadata(dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io_path(dest, "checking", e)),
+        Ok(m) if m.is_dir() => {
+            if fs::read_dir(dest).at("reading", dest)?.next().is_some() {
+                Err(Error::BadInput {
+                    input: dest.display().to_string(),
+                    place: String::new(),
+                    reason: "exists and is not empty".into(),
+                    hint: Some("give a new directory (it is created) or an empty one".into()),
+                })
+            } else {
+                Ok(())
+            }
+        }
+        Ok(_) => Err(Error::bad_input(
+            dest.display().to_string(),
+            "exists and is not a directory",
+        )),
+    }
+}
+
+/// Write the tree of `index` (whose layer content comes from `image`) to `dest`.
+pub fn unpack(
+    index: &FsIndex,
+    image: &Image,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<DirReport> {
+    check_destination(dest)?;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).at("creating", &parent)?;
+    let name = dest
+        .file_name()
+        .ok_or_else(|| Error::bad_input(dest.display().to_string(), "has no directory name"))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.gridship-", name.to_string_lossy()))
+        .tempdir_in(&parent)
+        .at("creating a temporary directory in", &parent)?;
+
+    let report = write_tree(index, image, tmp.path(), opts)?;
+
+    // Replace an empty destination directory, or create it, by one rename.
+    if dest.exists() {
+        fs::remove_dir(dest).at("replacing the empty directory", dest)?;
+    }
+    let tmp_path = tmp.keep();
+    fs::rename(&tmp_path, dest).map_err(|e| {
+        let _ = fs::remove_dir_all(&tmp_path);
+        Error::io_path(dest, "renaming the unpacked tree to", e)
+    })?;
+    Ok(report)
+}
+
+/// Write the tree into `root` (an existing, empty directory).
+pub fn write_tree(
+    index: &FsIndex,
+    image: &Image,
+    root: &Path,
+    opts: &UnpackOptions,
+) -> Result<DirReport> {
+    let mut report = DirReport::default();
+    // The first path of a node holds it; further paths are hardlinks.
+    let mut primary: HashMap<NodeId, &[u8]> = HashMap::new();
+    let mut links: Vec<(&[u8], &[u8])> = Vec::new();
+    let path_of = |key: &[u8]| root.join(rel(key));
+
+    for (key, id, node) in index.iter() {
+        if key.is_empty() {
+            continue;
+        }
+        if let Some(first) = primary.get(&id) {
+            links.push((first, key));
+            continue;
+        }
+        primary.insert(id, key);
+        let path = path_of(key);
+        match &node.kind {
+            Kind::Dir => {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&path)
+                    .at("creating directory", &path)?;
+                report.directories += 1;
+            }
+            Kind::File { data, size } => {
+                report.files += 1;
+                report.bytes += size;
+                if let Data::Bytes(bytes) = data {
+                    let mut f = create_file(&path)?;
+                    io::Write::write_all(&mut f, bytes).at("writing", &path)?;
+                }
+                // Layer content is written in the streaming pass below.
+            }
+            Kind::Symlink { target } => {
+                std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
+                    .at("creating symlink", &path)?;
+                report.symlinks += 1;
+            }
+            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                report.devices += 1;
+                if opts.rootless {
+                    create_file(&path)?;
+                    report.warnings.push(format!(
+                        "{}: device {major}:{minor} made an empty file (not root)",
+                        display_path(key)
+                    ));
+                } else {
+                    let ft = if matches!(node.kind, Kind::CharDevice { .. }) {
+                        FileType::CharacterDevice
+                    } else {
+                        FileType::BlockDevice
+                    };
+                    rustix::fs::mknodat(
+                        CWD,
+                        &path,
+                        ft,
+                        Mode::from_raw_mode(0o600),
+                        rustix::fs::makedev(*major, *minor),
+                    )
+                    .map_err(io::Error::from)
+                    .at("creating device node", &path)?;
+                }
+            }
+            Kind::Fifo => {
+                rustix::fs::mknodat(CWD, &path, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
+                    .map_err(io::Error::from)
+                    .at("creating fifo", &path)?;
+                report.fifos += 1;
+            }
+        }
+    }
+
+    index.for_each_content(image, |id, reader| {
+        let key = primary[&id];
+        let path = path_of(key);
+        let mut f = create_file(&path)?;
+        io::copy(reader, &mut f)
+            .map_err(|e| crate::digest::unwrap_io(e, || format!("writing {}", path.display())))?;
+        Ok(())
+    })?;
+
+    for (first, key) in &links {
+        let path = path_of(key);
+        fs::hard_link(path_of(first), &path).at("creating hardlink", &path)?;
+        report.hardlinks += 1;
+    }
+
+    // Metadata last: ownership before mode (chown clears setuid), and
+    // directories deepest first so writing into them is over.
+    let mut dirs = Vec::new();
+    for (key, id, node) in index.iter() {
+        if primary.get(&id) != Some(&key) && !key.is_empty() {
+            continue;
+        }
+        if node.kind.is_dir() {
+            dirs.push((key, node));
+        } else {
+            apply_meta(&path_of(key), node, opts, &mut report)?;
+        }
+    }
+    for (key, node) in dirs.iter().rev() {
+        apply_meta(&path_of(key), node, opts, &mut report)?;
+    }
+    Ok(report)
+}
+
+fn create_file(path: &Path) -> Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .mode(0o600)
+        .open(path)
+        .at("creating file", path)
+}
+
+fn apply_meta(
+    path: &Path,
+    node: &Node,
+    opts: &UnpackOptions,
+    report: &mut DirReport,
+) -> Result<()> {
+    let Meta {
+        mode,
+        uid,
+        gid,
+        mtime,
+        mtime_nsec,
+        xattrs,
+    } = &node.meta;
+    let is_symlink = matches!(node.kind, Kind::Symlink { .. });
+    if !opts.rootless {
+        let (u, g) = (u32::try_from(*uid), u32::try_from(*gid));
+        let (Ok(u), Ok(g)) = (u, g) else {
+            return Err(Error::bad_input(
+                path.display().to_string(),
+                format!("owner {uid}:{gid} does not fit a 32-bit id"),
+            ));
+        };
+        std::os::unix::fs::lchown(path, Some(u), Some(g)).at("changing owner of", path)?;
+    }
+    if !is_symlink {
+        fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+            .at("changing mode of", path)?;
+    }
+    for (name, value) in xattrs {
+        if let Err(errno) = rustix::fs::lsetxattr(path, name.as_str(), value, XattrFlags::empty()) {
+            let unsupported = errno == rustix::io::Errno::OPNOTSUPP;
+            let e = io::Error::from(errno);
+            // Unprivileged runs cannot set security.* or trusted.*; some file
+            // systems have no xattrs. Say so instead of failing.
+            if opts.rootless || unsupported {
+                report
+                    .warnings
+                    .push(format!("{}: xattr {name} not set: {e}", path.display()));
+                continue;
+            }
+            return Err(Error::io_path(path, &format!("setting xattr {name} on"), e));
+        }
+    }
+    let t = Timespec {
+        tv_sec: *mtime,
+        tv_nsec: *mtime_nsec as _,
+    };
+    rustix::fs::utimensat(
+        CWD,
+        path,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
+    .at("setting times of", path)?;
+    Ok(())
+}

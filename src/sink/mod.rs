@@ -1,0 +1,3 @@
+//! Sinks: where a merged, transformed image goes.
+
+pub mod dir;

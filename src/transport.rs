@@ -1,0 +1,202 @@
+//! The transports together: open any reference as an [`Image`] (bringing
+//! registry, engine and archive images into the store first), and copy an
+//! image to any destination.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::archive;
+use crate::digest::Digest;
+use crate::engine;
+use crate::image::{Image, PlatformWanted};
+use crate::reference::ImageRef;
+use crate::registry::{self, RegistryOptions};
+use crate::store::{Layout, default_store_path};
+use crate::{Error, Result};
+
+/// Where images are kept and how remote ones are reached.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub store: PathBuf,
+    pub registry: RegistryOptions,
+    pub platform: PlatformWanted,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context {
+            store: default_store_path(),
+            registry: RegistryOptions {
+                tls_verify: true,
+                ..Default::default()
+            },
+            platform: PlatformWanted::host(),
+        }
+    }
+}
+
+impl Context {
+    pub fn store(&self) -> Result<Layout> {
+        Layout::open_or_create(&self.store)
+    }
+}
+
+/// Open `src` for reading.
+pub fn open(src: &ImageRef, ctx: &Context) -> Result<Image> {
+    let name = src.to_string();
+    let into_store = |desc| -> Result<Image> {
+        let store = ctx.store()?;
+        store.set_ref(&name, &desc)?;
+        Image::load(store, desc, &name, &ctx.platform)
+    };
+    match src {
+        ImageRef::Registry(r) => {
+            let store = ctx.store()?;
+            let desc = registry::pull(r, &ctx.registry, &store, &ctx.platform)?;
+            into_store(desc)
+        }
+        ImageRef::DockerDaemon(n) => {
+            let store = ctx.store()?;
+            let reader = engine::save(n)?;
+            let wanted = (!n.starts_with("sha256:")).then_some(n.as_str());
+            let desc = archive::import_docker_archive(reader, &store, wanted, &name)?;
+            into_store(desc)
+        }
+        ImageRef::Oci { dir, tag } => {
+            let layout = Layout::open(dir)?;
+            let desc = layout.resolve(tag.as_deref())?;
+            Image::load(layout, desc, &name, &ctx.platform)
+        }
+        ImageRef::OciArchive { file, tag } => {
+            let store = ctx.store()?;
+            let reader = archive::open_archive_file(file)?;
+            let desc = archive::import_oci_archive(reader, &store, tag.as_deref(), &name)?;
+            into_store(desc)
+        }
+        ImageRef::DockerArchive { file, name: wanted } => {
+            let store = ctx.store()?;
+            let reader = archive::open_archive_file(file)?;
+            let desc = archive::import_docker_archive(reader, &store, wanted.as_deref(), &name)?;
+            into_store(desc)
+        }
+        ImageRef::Store(n) => {
+            let store = ctx.store()?;
+            let desc = store.resolve(Some(n))?;
+            Image::load(store, desc, &name, &ctx.platform)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyReport {
+    pub source: String,
+    pub destination: String,
+    pub manifest_digest: Digest,
+    pub media_type: String,
+    /// Blobs written at the destination (others were there already).
+    pub blobs_copied: usize,
+    pub bytes: u64,
+}
+
+/// Copy the blobs of `image` into `dest` (verified), skipping what is there.
+pub fn copy_blobs(image: &Image, dest: &Layout) -> Result<usize> {
+    let mut copied = 0;
+    for d in std::iter::once(&image.manifest_desc).chain(image.blobs()) {
+        if dest.has_blob(&d.digest, Some(d.size)) {
+            continue;
+        }
+        let mut r = image.layout.open_blob(&d.digest, Some(d.size))?;
+        dest.put_blob_from(
+            &mut r,
+            &d.digest,
+            Some(d.size),
+            &format!("blob {}", d.digest),
+        )?;
+        copied += 1;
+    }
+    Ok(copied)
+}
+
+/// A docker-style name for an image from `src`, for archives and the engine.
+fn docker_name(src: &ImageRef) -> Option<String> {
+    match src {
+        ImageRef::Registry(r) if r.tag.is_some() => Some(format!(
+            "{}/{}:{}",
+            r.registry,
+            r.repository,
+            r.tag.as_deref().unwrap_or("latest")
+        )),
+        ImageRef::DockerDaemon(n) if !n.starts_with("sha256:") => Some(n.clone()),
+        ImageRef::DockerArchive { name, .. } => name.clone(),
+        _ => None,
+    }
+}
+
+pub fn copy(src: &ImageRef, dst: &ImageRef, ctx: &Context) -> Result<CopyReport> {
+    let image = open(src, ctx)?;
+    let bytes = image.blobs().map(|d| d.size).sum::<u64>() + image.manifest_desc.size;
+    let mut report = CopyReport {
+        source: src.to_string(),
+        destination: dst.to_string(),
+        manifest_digest: image.manifest_desc.digest.clone(),
+        media_type: image.manifest_desc.media_type.clone(),
+        blobs_copied: 0,
+        bytes,
+    };
+    match dst {
+        ImageRef::Registry(r) => {
+            let (_, uploaded) = registry::push(&image, r, &ctx.registry)?;
+            report.blobs_copied = uploaded;
+        }
+        ImageRef::Oci { dir, tag } => {
+            let layout = Layout::open_or_create(dir)?;
+            report.blobs_copied = copy_blobs(&image, &layout)?;
+            let mut desc = image.manifest_desc.clone();
+            desc.annotations.clear();
+            match tag {
+                Some(t) => layout.set_ref(t, &desc)?,
+                None => layout.update_index(|index| {
+                    index
+                        .manifests
+                        .retain(|d| d.ref_name().is_some() || d.digest != desc.digest);
+                    index.manifests.push(desc);
+                })?,
+            }
+        }
+        ImageRef::OciArchive { file, tag } => {
+            archive::write_oci_archive(&image, file, tag.as_deref())?;
+            report.blobs_copied = image.blobs().count() + 1;
+        }
+        ImageRef::DockerArchive { file, name } => {
+            let name = name.clone().or_else(|| docker_name(src));
+            archive::write_docker_archive(&image, file, name.as_deref())?;
+            report.blobs_copied = image.blobs().count();
+        }
+        ImageRef::DockerDaemon(n) => {
+            if n.starts_with("sha256:") {
+                return Err(Error::bad_input(
+                    dst.to_string(),
+                    "an engine destination needs NAME:TAG, not an image ID",
+                ));
+            }
+            let store = ctx.store()?;
+            let tmp = tempfile::Builder::new()
+                .prefix(".docker-load-")
+                .suffix(".tar")
+                .tempfile_in(store.root())
+                .map_err(|e| Error::io_path(store.root(), "creating a temporary file in", e))?;
+            archive::write_docker_archive(&image, tmp.path(), Some(n))?;
+            engine::load(tmp.path())?;
+            report.blobs_copied = image.blobs().count();
+        }
+        ImageRef::Store(n) => {
+            let store = ctx.store()?;
+            if store.root() != image.layout.root() {
+                report.blobs_copied = copy_blobs(&image, &store)?;
+            }
+            store.set_ref(n, &image.manifest_desc)?;
+        }
+    }
+    Ok(report)
+}
