@@ -480,8 +480,11 @@ pub fn write_docker_archive(image: &Image, dest: &Path, name: Option<&str>) -> R
 pub fn decompress_layer(image: &Image, i: usize, out: &mut dyn Write) -> Result<u64> {
     let (mut stream, _) = LayerStream::open(image, i)?;
     let size = io::copy(&mut stream, out)
-        .map_err(|e| unwrap_io(e, || format!("decompressing {}", stream.what())))?;
-    stream.finish()?;
+        .map_err(|e| unwrap_io(e, || format!("decompressing {}", stream.what())))
+        .map_err(|e| crate::layers::diagnose(image, i, e))?;
+    stream
+        .finish()
+        .map_err(|e| crate::layers::diagnose(image, i, e))?;
     Ok(size)
 }
 

@@ -55,7 +55,10 @@ impl Error {
     /// The process exit code this error maps to.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::BadInput { .. } | Error::UnsafeEntry { .. } | Error::NotFound { .. } => 2,
+            Error::BadInput { .. }
+            | Error::UnsafeEntry { .. }
+            | Error::NotFound { .. }
+            | Error::AuthFailed { .. } => 2,
             _ => 1,
         }
     }

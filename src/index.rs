@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::digest::Digest;
 use crate::image::Image;
-use crate::layers::{Compression, LayerReader, layer_io};
+use crate::layers::{Compression, LayerReader, diagnose, layer_io};
 use crate::{Error, Result};
 
 pub type NodeId = u32;
@@ -166,7 +166,9 @@ impl FsIndex {
         let mut idx = FsIndex::new();
         for i in 0..image.layers().len() {
             let mut layer = LayerReader::open(image, i)?;
-            let entries = idx.apply_layer(&mut layer)?;
+            let entries = idx
+                .apply_layer(&mut layer)
+                .map_err(|e| diagnose(image, i, e))?;
             idx.layers.push(LayerInfo {
                 digest: layer.desc.digest.clone(),
                 diff_id: layer.diff_id.clone(),
@@ -175,7 +177,7 @@ impl FsIndex {
                 compression: layer.compression,
                 entries,
             });
-            layer.finish()?;
+            layer.finish().map_err(|e| diagnose(image, i, e))?;
         }
         Ok(idx)
     }
@@ -538,17 +540,21 @@ impl FsIndex {
         let plan = self.content_plan();
         for (i, wanted) in plan.iter().enumerate() {
             let mut layer = LayerReader::open(image, i)?;
-            if !wanted.is_empty() {
-                let what = layer.what().to_string();
-                let entries = layer.archive().entries().map_err(|e| layer_io(&what, e))?;
-                for entry in entries {
-                    let mut entry = entry.map_err(|e| layer_io(&what, e))?;
-                    if let Some(&id) = wanted.get(&entry.raw_header_position()) {
-                        f(id, &mut entry)?;
+            let mut stream = || -> Result<()> {
+                if !wanted.is_empty() {
+                    let what = layer.what().to_string();
+                    let entries = layer.archive().entries().map_err(|e| layer_io(&what, e))?;
+                    for entry in entries {
+                        let mut entry = entry.map_err(|e| layer_io(&what, e))?;
+                        if let Some(&id) = wanted.get(&entry.raw_header_position()) {
+                            f(id, &mut entry)?;
+                        }
                     }
                 }
-            }
-            layer.finish()?;
+                Ok(())
+            };
+            stream().map_err(|e| diagnose(image, i, e))?;
+            layer.finish().map_err(|e| diagnose(image, i, e))?;
         }
         Ok(())
     }

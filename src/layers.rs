@@ -190,3 +190,20 @@ impl LayerReader {
 pub fn layer_io(what: &str, err: io::Error) -> Error {
     unwrap_io(err, || format!("reading {what}"))
 }
+
+/// A layer that fails to decode may simply be corrupt: check the blob's
+/// digest and report the mismatch, which says more than "corrupt deflate
+/// stream". Other errors pass through.
+pub fn diagnose(image: &Image, index: usize, err: Error) -> Error {
+    if !matches!(err, Error::Io { .. }) {
+        return err;
+    }
+    let desc = &image.manifest.layers[index];
+    match image.layout.open_blob(&desc.digest, Some(desc.size)) {
+        Ok(mut blob) => match io::copy(&mut blob, &mut io::sink()) {
+            Err(e) => unwrap_io(e, || format!("reading layer {}", desc.digest)),
+            Ok(_) => err,
+        },
+        Err(e) => e,
+    }
+}

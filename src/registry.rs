@@ -112,7 +112,7 @@ impl Session {
             .client
             .auth(&r, &session.auth, op)
             .await
-            .map_err(|e| session.map_err(e, "authenticating"))?;
+            .map_err(|e| session.map_err(e, "access"))?;
         Ok(session)
     }
 
@@ -123,7 +123,7 @@ impl Session {
             .client
             .pull_manifest_raw(&r, &self.auth, MANIFEST_TYPES)
             .await
-            .map_err(|e| self.map_err(e, &format!("fetching manifest {reference}")))?;
+            .map_err(|e| self.map_err(e, &format!("manifest {reference}")))?;
         let digest = Digest::of_bytes(&bytes);
         if reference.starts_with("sha256:") && digest.to_string() != reference {
             return Err(Error::DigestMismatch {
@@ -166,7 +166,7 @@ impl Session {
             .client
             .pull_blob_stream(&r, &layer)
             .await
-            .map_err(|e| self.map_err(e, &format!("fetching {what}")))?;
+            .map_err(|e| self.map_err(e, &format!("blob {}", desc.digest)))?;
         let mut writer = layout.blob_writer()?;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
@@ -196,7 +196,7 @@ impl Session {
             .client
             .blob_exists(&r, &digest)
             .await
-            .map_err(|e| self.map_err(e, &format!("checking blob {digest}")))?
+            .map_err(|e| self.map_err(e, &format!("blob {digest}")))?
         {
             return Ok(false);
         }
@@ -212,7 +212,7 @@ impl Session {
         self.client
             .push_blob_stream(&r, stream, &digest, Some(desc.size))
             .await
-            .map_err(|e| self.map_err(e, &format!("pushing blob {digest}")))?;
+            .map_err(|e| self.map_err(e, &format!("upload of blob {digest}")))?;
         Ok(true)
     }
 }
@@ -420,7 +420,7 @@ fn map_oci_error(target: &RegistryRef, e: OciDistributionError, what: &str) -> E
         | OciDistributionError::AuthenticationFailure(_) => Error::AuthFailed {
             registry,
             detail: format!(
-                "{what}: check --creds or `docker login {}`",
+                "{what} in {place} was refused; check --creds USER:PASSWORD or `docker login {}`",
                 target.registry
             ),
         },
@@ -438,7 +438,9 @@ fn map_oci_error(target: &RegistryRef, e: OciDistributionError, what: &str) -> E
             {
                 Error::AuthFailed {
                     registry,
-                    detail: format!("{what}: {text}"),
+                    detail: format!(
+                        "{what} in {place} was refused ({text}); check --creds USER:PASSWORD"
+                    ),
                 }
             } else if codes.iter().any(|c| {
                 matches!(
@@ -570,7 +572,7 @@ pub fn push(
                 content_type,
             )
             .await
-            .map_err(|e| session.map_err(e, "pushing the manifest"))?;
+            .map_err(|e| session.map_err(e, "upload of the manifest"))?;
         Ok((
             image.manifest_desc.digest.clone(),
             uploaded.iter().filter(|u| **u).count(),
@@ -587,7 +589,7 @@ pub fn list_tags(target: &RegistryRef, opts: &RegistryOptions) -> Result<Vec<Str
             .client
             .list_tags(&r, &session.auth, None, None)
             .await
-            .map_err(|e| session.map_err(e, "listing tags"))?;
+            .map_err(|e| session.map_err(e, "tag list"))?;
         Ok(resp.tags)
     })
 }

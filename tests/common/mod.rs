@@ -1,0 +1,318 @@
+//! Test support: running the real binary, the services `ci/setup` starts,
+//! tree snapshots compared file by file, and OCI layouts written by hand
+//! (independently of gridship's own store code).
+#![allow(dead_code)]
+
+pub mod layers;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+/// A variable `ci/setup` exports; missing means the services are not up.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: these tests need the services ci/setup starts \
+             (run ci/test, or `. /var/lib/gridship-ci/env` after ci/setup)"
+        )
+    })
+}
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env("GRIDSHIP_TEST_FIXTURES"))
+}
+
+pub fn registry() -> String {
+    env("GRIDSHIP_TEST_REGISTRY")
+}
+
+pub fn creds() -> String {
+    format!(
+        "{}:{}",
+        env("GRIDSHIP_TEST_REGISTRY_USER"),
+        env("GRIDSHIP_TEST_REGISTRY_PASSWORD")
+    )
+}
+
+/// A unique name for registry repositories and files of one test run.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "gridship failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// The gridship binary with its own store.
+pub struct Gridship {
+    pub store: tempfile::TempDir,
+}
+
+impl Gridship {
+    pub fn new() -> Gridship {
+        Gridship {
+            store: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_gridship"));
+        c.env("GRIDSHIP_STORE", self.store.path());
+        c.env_remove("RUST_LOG");
+        c
+    }
+
+    pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Run {
+        let out = self.cmd().args(args).output().expect("gridship runs");
+        to_run(out)
+    }
+}
+
+pub fn to_run(out: Output) -> Run {
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Run a peer tool; panic with its output when it fails.
+pub fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} could not start ({e}); ci/setup installs it"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `umoci unpack` of `layout:tag`; returns the rootfs.
+pub fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:{tag}", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    bundle.join("rootfs")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub sha256: String,
+    pub target: String,
+    pub rdev: (u32, u32),
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Modification time of non-directories (directories' times depend on
+    /// the order an extractor touched them).
+    pub mtime: Option<i64>,
+}
+
+/// Everything about a tree that the comparison checks.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub entries: BTreeMap<String, Info>,
+    /// Paths sharing an inode, each group sorted; groups sorted.
+    pub hardlinks: Vec<Vec<String>>,
+}
+
+fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut buf = vec![0u8; 65536];
+    let Ok(n) = rustix::fs::llistxattr(path, &mut buf[..]) else {
+        return out;
+    };
+    for name in buf[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let mut val = vec![0u8; 65536];
+        if let Ok(m) = rustix::fs::lgetxattr(path, name.as_str(), &mut val[..]) {
+            out.insert(name, val[..m].to_vec());
+        }
+    }
+    out
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use std::io::Read;
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+pub fn snapshot(root: &Path) -> Snapshot {
+    let mut snap = Snapshot::default();
+    let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.unwrap();
+        let rel = entry.path().strip_prefix(root).unwrap();
+        let key = format!("/{}", rel.display());
+        let m = std::fs::symlink_metadata(entry.path()).unwrap();
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_file() {
+            "file"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_char_device() {
+            "char"
+        } else if ft.is_block_device() {
+            "block"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else {
+            "socket"
+        };
+        let info = Info {
+            kind,
+            mode: if ft.is_symlink() {
+                0
+            } else {
+                m.mode() & 0o7777
+            },
+            uid: m.uid(),
+            gid: m.gid(),
+            size: if ft.is_file() { m.len() } else { 0 },
+            sha256: if ft.is_file() {
+                sha256_file(entry.path())
+            } else {
+                String::new()
+            },
+            target: if ft.is_symlink() {
+                String::from_utf8_lossy(
+                    std::fs::read_link(entry.path())
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes(),
+                )
+                .into_owned()
+            } else {
+                String::new()
+            },
+            rdev: if ft.is_char_device() || ft.is_block_device() {
+                let d = m.rdev();
+                (rustix::fs::major(d), rustix::fs::minor(d))
+            } else {
+                (0, 0)
+            },
+            xattrs: xattrs(entry.path()),
+            mtime: (!ft.is_dir()).then(|| m.mtime()),
+        };
+        if !ft.is_dir() && m.nlink() > 1 {
+            inodes
+                .entry((m.dev(), m.ino()))
+                .or_default()
+                .push(key.clone());
+        }
+        snap.entries.insert(key, info);
+    }
+    snap.hardlinks = inodes.into_values().filter(|g| g.len() > 1).collect();
+    for g in &mut snap.hardlinks {
+        g.sort();
+    }
+    snap.hardlinks.sort();
+    snap
+}
+
+/// Differences between two snapshots, one line each (empty when equal).
+pub fn diff(ours: &Snapshot, theirs: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, a) in &ours.entries {
+        match theirs.entries.get(k) {
+            None => out.push(format!("only in ours: {k} ({})", a.kind)),
+            Some(b) if a != b => {
+                out.push(format!("differs: {k}\n   ours:   {a:?}\n   theirs: {b:?}"))
+            }
+            _ => {}
+        }
+    }
+    for (k, b) in &theirs.entries {
+        if !ours.entries.contains_key(k) {
+            out.push(format!("only in theirs: {k} ({})", b.kind));
+        }
+    }
+    if ours.hardlinks != theirs.hardlinks {
+        out.push(format!(
+            "hardlink groups differ:\n   ours:   {:?}\n   theirs: {:?}",
+            ours.hardlinks, theirs.hardlinks
+        ));
+    }
+    out
+}
+
+/// Assert two trees are equal, listing every difference.
+pub fn assert_same_tree(ours: &Path, theirs: &Path, what: &str) {
+    let d = diff(&snapshot(ours), &snapshot(theirs));
+    assert!(
+        d.is_empty(),
+        "{what}: gridship's tree differs from the reference ({} differences):\n{}",
+        d.len(),
+        d.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Paths under `dir` (relative), for checking nothing appeared outside.
+pub fn list(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
