@@ -164,6 +164,10 @@ impl FsIndex {
     /// Read and merge every layer of `image`, verifying each blob.
     pub fn from_image(image: &Image) -> Result<FsIndex> {
         let mut idx = FsIndex::new();
+        let bar = crate::progress::bytes(
+            image.layers().iter().map(|l| l.size).sum(),
+            format!("merge {} layers", image.layers().len()),
+        );
         for i in 0..image.layers().len() {
             let mut layer = LayerReader::open(image, i)?;
             let entries = idx
@@ -178,7 +182,9 @@ impl FsIndex {
                 entries,
             });
             layer.finish().map_err(|e| diagnose(image, i, e))?;
+            bar.inc(image.layers()[i].size);
         }
+        bar.finish_and_clear();
         Ok(idx)
     }
 
@@ -300,7 +306,7 @@ impl FsIndex {
             None => {}
         }
         if let Some(parent) = parent_of(key) {
-            self.ensure_dir(&parent.to_vec(), upper)?;
+            self.ensure_dir(parent, upper)?;
         }
         let id = self.push_node(Node {
             kind: Kind::Dir,
@@ -399,7 +405,13 @@ impl FsIndex {
                 tar::EntryType::Regular
                 | tar::EntryType::Continuous
                 | tar::EntryType::GNUSparse => Kind::File {
-                    size: entry.size(),
+                    // A sparse entry's header size counts only stored data.
+                    size: match entry.header().as_gnu() {
+                        Some(g) if kind == tar::EntryType::GNUSparse => {
+                            g.real_size().unwrap_or(entry.size())
+                        }
+                        _ => entry.size(),
+                    },
                     data: Data::Layer {
                         layer: layer_no,
                         header_pos: entry.raw_header_position(),
@@ -538,6 +550,7 @@ impl FsIndex {
         mut f: impl FnMut(NodeId, &mut dyn Read) -> Result<()>,
     ) -> Result<()> {
         let plan = self.content_plan();
+        let bar = crate::progress::bytes(self.content_bytes(), "write content");
         for (i, wanted) in plan.iter().enumerate() {
             let mut layer = LayerReader::open(image, i)?;
             let mut stream = || -> Result<()> {
@@ -547,6 +560,7 @@ impl FsIndex {
                     for entry in entries {
                         let mut entry = entry.map_err(|e| layer_io(&what, e))?;
                         if let Some(&id) = wanted.get(&entry.raw_header_position()) {
+                            bar.inc(entry.size());
                             f(id, &mut entry)?;
                         }
                     }
@@ -556,6 +570,7 @@ impl FsIndex {
             stream().map_err(|e| diagnose(image, i, e))?;
             layer.finish().map_err(|e| diagnose(image, i, e))?;
         }
+        bar.finish_and_clear();
         Ok(())
     }
 

@@ -47,7 +47,7 @@ type BlobReader = BufReader<VerifyingReader<BufReader<std::fs::File>>>;
 /// taken back at the end and read to its verified EOF.
 pub enum Decoder {
     Plain(BlobReader),
-    Gzip(flate2::bufread::MultiGzDecoder<BlobReader>),
+    Gzip(Box<flate2::bufread::MultiGzDecoder<BlobReader>>),
     Zstd(zstd::stream::read::Decoder<'static, BlobReader>),
 }
 
@@ -97,7 +97,7 @@ impl LayerStream {
         let compression = Compression::sniff(head);
         let decoded = match compression {
             Compression::None => Decoder::Plain(buf),
-            Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(buf)),
+            Compression::Gzip => Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buf))),
             Compression::Zstd => Decoder::Zstd(
                 zstd::stream::read::Decoder::with_buffer(buf)
                     .map_err(|e| Error::io(format!("opening zstd layer {}", desc.digest), e))?,

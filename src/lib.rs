@@ -13,6 +13,7 @@ pub mod error;
 pub mod image;
 pub mod index;
 pub mod layers;
+pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod sink;

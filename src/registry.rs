@@ -84,9 +84,8 @@ impl Session {
         opts: &RegistryOptions,
         op: RegistryOperation,
     ) -> Result<Session> {
-        let protocol = if opts.tls_verify {
-            ClientProtocol::Https
-        } else if speaks_https(&target.registry).await {
+        // Without verification, plain HTTP is allowed when TLS is not spoken.
+        let protocol = if opts.tls_verify || speaks_https(&target.registry).await {
             ClientProtocol::Https
         } else {
             ClientProtocol::Http
@@ -168,6 +167,7 @@ impl Session {
             .await
             .map_err(|e| self.map_err(e, &format!("blob {}", desc.digest)))?;
         let mut writer = layout.blob_writer()?;
+        let bar = crate::progress::bytes(desc.size, format!("pull {}", desc.digest.short()));
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 // oci-client reports a digest mismatch at the end of the stream.
@@ -184,7 +184,9 @@ impl Session {
             writer
                 .write_all(&chunk)
                 .map_err(|e| Error::io(format!("storing {what}"), e))?;
+            bar.inc(chunk.len() as u64);
         }
+        bar.finish_and_clear();
         writer.finish(Some((&desc.digest, desc.size)), &what)?;
         Ok(())
     }
@@ -208,11 +210,19 @@ impl Session {
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| Error::io_path(&path, "opening", e))?;
-        let stream = file_chunks(file).map(|c| c.map_err(OciDistributionError::IoError));
+        let bar = crate::progress::bytes(desc.size, format!("push {}", desc.digest.short()));
+        let counted = bar.clone();
+        let stream = file_chunks(file).map(move |c| {
+            if let Ok(b) = &c {
+                counted.inc(b.len() as u64);
+            }
+            c.map_err(OciDistributionError::IoError)
+        });
         self.client
             .push_blob_stream(&r, stream, &digest, Some(desc.size))
             .await
             .map_err(|e| self.map_err(e, &format!("upload of blob {digest}")))?;
+        bar.finish_and_clear();
         Ok(true)
     }
 }

@@ -54,6 +54,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let global = &cli.global;
+    crate::progress::init(!global.quiet && !global.json);
     match &cli.command {
         Command::Copy(args) => image::copy(global, args),
         Command::Inspect(args) => image::inspect(global, args),

@@ -9,10 +9,13 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
 
 use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps, XattrFlags};
 use serde::Serialize;
@@ -112,6 +115,78 @@ pub fn unpack(
     Ok(report)
 }
 
+/// Small files are read into memory and written by the pool; larger ones
+/// are streamed by the reading thread.
+const POOLED_FILE_MAX: u64 = 1 << 20;
+
+/// A few threads that run filesystem jobs: creating and writing files is
+/// bound by syscall latency, not by one core, so a pool keeps the layer
+/// reader busy. The first error wins and stops further jobs.
+struct Pool<'scope> {
+    tx: Option<mpsc::SyncSender<Job<'scope>>>,
+    workers: Vec<thread::ScopedJoinHandle<'scope, Result<()>>>,
+    failed: Arc<AtomicBool>,
+}
+
+type Job<'scope> = Box<dyn FnOnce() -> Result<()> + Send + 'scope>;
+
+impl<'scope> Pool<'scope> {
+    fn new<'env>(scope: &'scope thread::Scope<'scope, 'env>, threads: usize) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Job<'scope>>(256);
+        let rx = Arc::new(Mutex::new(rx));
+        let failed = Arc::new(AtomicBool::new(false));
+        let workers = (0..threads)
+            .map(|_| {
+                let rx = Arc::clone(&rx);
+                let failed = Arc::clone(&failed);
+                scope.spawn(move || -> Result<()> {
+                    loop {
+                        let job = rx.lock().expect("pool lock").recv();
+                        let Ok(job) = job else { return Ok(()) };
+                        if failed.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        if let Err(e) = job() {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Pool {
+            tx: Some(tx),
+            workers,
+            failed,
+        }
+    }
+
+    /// Queue a job; false once a job has failed (stop producing).
+    fn submit(&self, job: Job<'scope>) -> bool {
+        !self.failed.load(Ordering::Relaxed)
+            && self.tx.as_ref().expect("pool open").send(job).is_ok()
+    }
+
+    fn finish(mut self) -> Result<()> {
+        drop(self.tx.take());
+        let mut first = Ok(());
+        for w in self.workers.drain(..) {
+            let r = w.join().expect("pool worker does not panic");
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+fn pool_threads() -> usize {
+    thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 4)
+        * 2
+}
+
 /// Write the tree into `root` (an existing, empty directory).
 pub fn write_tree(
     index: &FsIndex,
@@ -120,11 +195,14 @@ pub fn write_tree(
     opts: &UnpackOptions,
 ) -> Result<DirReport> {
     let mut report = DirReport::default();
+    let warnings = Mutex::new(Vec::new());
     // The first path of a node holds it; further paths are hardlinks.
     let mut primary: HashMap<NodeId, &[u8]> = HashMap::new();
     let mut links: Vec<(&[u8], &[u8])> = Vec::new();
+    let mut others: Vec<(&[u8], &Node)> = Vec::new();
     let path_of = |key: &[u8]| root.join(rel(key));
 
+    // Directories first, parents before children, on this thread.
     for (key, id, node) in index.iter() {
         if key.is_empty() {
             continue;
@@ -134,70 +212,73 @@ pub fn write_tree(
             continue;
         }
         primary.insert(id, key);
-        let path = path_of(key);
         match &node.kind {
             Kind::Dir => {
+                let path = path_of(key);
                 fs::DirBuilder::new()
                     .mode(0o700)
                     .create(&path)
                     .at("creating directory", &path)?;
                 report.directories += 1;
             }
-            Kind::File { data, size } => {
+            Kind::File { size, .. } => {
                 report.files += 1;
                 report.bytes += size;
-                if let Data::Bytes(bytes) = data {
-                    let mut f = create_file(&path)?;
-                    io::Write::write_all(&mut f, bytes).at("writing", &path)?;
-                }
-                // Layer content is written in the streaming pass below.
+                others.push((key, node));
             }
-            Kind::Symlink { target } => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
-                    .at("creating symlink", &path)?;
+            Kind::Symlink { .. } => {
                 report.symlinks += 1;
+                others.push((key, node));
             }
-            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+            Kind::CharDevice { .. } | Kind::BlockDevice { .. } => {
                 report.devices += 1;
-                if opts.rootless {
-                    create_file(&path)?;
-                    report.warnings.push(format!(
-                        "{}: device {major}:{minor} made an empty file (not root)",
-                        display_path(key)
-                    ));
-                } else {
-                    let ft = if matches!(node.kind, Kind::CharDevice { .. }) {
-                        FileType::CharacterDevice
-                    } else {
-                        FileType::BlockDevice
-                    };
-                    rustix::fs::mknodat(
-                        CWD,
-                        &path,
-                        ft,
-                        Mode::from_raw_mode(0o600),
-                        rustix::fs::makedev(*major, *minor),
-                    )
-                    .map_err(io::Error::from)
-                    .at("creating device node", &path)?;
-                }
+                others.push((key, node));
             }
             Kind::Fifo => {
-                rustix::fs::mknodat(CWD, &path, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
-                    .map_err(io::Error::from)
-                    .at("creating fifo", &path)?;
                 report.fifos += 1;
+                others.push((key, node));
             }
         }
     }
 
-    index.for_each_content(image, |id, reader| {
-        let key = primary[&id];
-        let path = path_of(key);
-        let mut f = create_file(&path)?;
-        io::copy(reader, &mut f)
-            .map_err(|e| crate::digest::unwrap_io(e, || format!("writing {}", path.display())))?;
-        Ok(())
+    thread::scope(|scope| -> Result<()> {
+        let pool = Pool::new(scope, pool_threads());
+        for &(key, node) in &others {
+            let path = path_of(key);
+            let warnings = &warnings;
+            pool.submit(Box::new(move || {
+                create_node(&path, key, node, opts, warnings)
+            }));
+        }
+        let streamed = index.for_each_content(image, |id, reader| {
+            let path = path_of(primary[&id]);
+            let size = match &index.node(id).kind {
+                Kind::File { size, .. } => *size,
+                _ => 0,
+            };
+            if size <= POOLED_FILE_MAX {
+                let mut data = Vec::with_capacity(size as usize);
+                reader.read_to_end(&mut data).map_err(|e| {
+                    crate::digest::unwrap_io(e, || format!("reading content of {}", path.display()))
+                })?;
+                let queued = pool.submit(Box::new(move || {
+                    let mut f = create_file(&path)?;
+                    f.write_all(&data).at("writing", &path)
+                }));
+                if !queued {
+                    // A worker failed; its error is the one to report.
+                    return Err(Error::Other("stopped after a failed write".into()));
+                }
+            } else {
+                let mut f = create_file(&path)?;
+                io::copy(reader, &mut f).map_err(|e| {
+                    crate::digest::unwrap_io(e, || format!("writing {}", path.display()))
+                })?;
+            }
+            Ok(())
+        });
+        let pooled = pool.finish();
+        pooled.and(streamed)
     })?;
 
     for (first, key) in &links {
@@ -207,22 +288,79 @@ pub fn write_tree(
     }
 
     // Metadata last: ownership before mode (chown clears setuid), and
-    // directories deepest first so writing into them is over.
+    // directories deepest first, after everything inside them is done.
     let mut dirs = Vec::new();
-    for (key, id, node) in index.iter() {
-        if primary.get(&id) != Some(&key) && !key.is_empty() {
-            continue;
+    thread::scope(|scope| -> Result<()> {
+        let pool = Pool::new(scope, pool_threads());
+        for (key, id, node) in index.iter() {
+            if primary.get(&id) != Some(&key) && !key.is_empty() {
+                continue;
+            }
+            if node.kind.is_dir() {
+                dirs.push((key, node));
+            } else {
+                let path = path_of(key);
+                let warnings = &warnings;
+                pool.submit(Box::new(move || apply_meta(&path, node, opts, warnings)));
+            }
         }
-        if node.kind.is_dir() {
-            dirs.push((key, node));
-        } else {
-            apply_meta(&path_of(key), node, opts, &mut report)?;
-        }
-    }
+        pool.finish()
+    })?;
     for (key, node) in dirs.iter().rev() {
-        apply_meta(&path_of(key), node, opts, &mut report)?;
+        apply_meta(&path_of(key), node, opts, &warnings)?;
     }
+    report.warnings = warnings.into_inner().expect("warnings lock");
     Ok(report)
+}
+
+/// Create a non-directory node (layer-backed file content comes later).
+fn create_node(
+    path: &Path,
+    key: &[u8],
+    node: &Node,
+    opts: &UnpackOptions,
+    warnings: &Mutex<Vec<String>>,
+) -> Result<()> {
+    match &node.kind {
+        Kind::Dir => Ok(()),
+        Kind::File { data, .. } => {
+            if let Data::Bytes(bytes) = data {
+                let mut f = create_file(path)?;
+                f.write_all(bytes).at("writing", path)?;
+            }
+            Ok(())
+        }
+        Kind::Symlink { target } => {
+            std::os::unix::fs::symlink(OsStr::from_bytes(target), path).at("creating symlink", path)
+        }
+        Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+            if opts.rootless {
+                create_file(path)?;
+                warnings.lock().expect("warnings lock").push(format!(
+                    "{}: device {major}:{minor} made an empty file (not root)",
+                    display_path(key)
+                ));
+                return Ok(());
+            }
+            let ft = if matches!(node.kind, Kind::CharDevice { .. }) {
+                FileType::CharacterDevice
+            } else {
+                FileType::BlockDevice
+            };
+            rustix::fs::mknodat(
+                CWD,
+                path,
+                ft,
+                Mode::from_raw_mode(0o600),
+                rustix::fs::makedev(*major, *minor),
+            )
+            .map_err(io::Error::from)
+            .at("creating device node", path)
+        }
+        Kind::Fifo => rustix::fs::mknodat(CWD, path, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
+            .map_err(io::Error::from)
+            .at("creating fifo", path),
+    }
 }
 
 fn create_file(path: &Path) -> Result<fs::File> {
@@ -239,7 +377,7 @@ fn apply_meta(
     path: &Path,
     node: &Node,
     opts: &UnpackOptions,
-    report: &mut DirReport,
+    warnings: &Mutex<Vec<String>>,
 ) -> Result<()> {
     let Meta {
         mode,
@@ -271,8 +409,9 @@ fn apply_meta(
             // Unprivileged runs cannot set security.* or trusted.*; some file
             // systems have no xattrs. Say so instead of failing.
             if opts.rootless || unsupported {
-                report
-                    .warnings
+                warnings
+                    .lock()
+                    .expect("warnings lock")
                     .push(format!("{}: xattr {name} not set: {e}", path.display()));
                 continue;
             }

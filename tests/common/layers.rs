@@ -114,7 +114,7 @@ fn header(name: &[u8], kind: tar::EntryType, size: u64) -> tar::Header {
 }
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() % 512 != 0 {
+    while !out.len().is_multiple_of(512) {
         out.push(0);
     }
 }
