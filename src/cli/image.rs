@@ -243,13 +243,13 @@ pub fn unpack(global: &GlobalOpts, args: &UnpackArgs) -> anyhow::Result<()> {
     crate::sink::dir::check_destination(&args.dir)?;
     let ctx = args.access.context(global);
     let image = transport::open(&args.image, &ctx)?;
+    let t = std::time::Instant::now();
     let index = FsIndex::from_image(&image)?;
-    let report = unpack_tree(
-        &index,
-        &image,
-        &args.dir,
-        &UnpackOptions::for_current_user(),
-    )?;
+    tracing::info!("merged {} entries in {:.2}s", index.len(), t.elapsed().as_secs_f64());
+    let t = std::time::Instant::now();
+    let opts = UnpackOptions::for_current_user();
+    let report = unpack_tree(&index, &image, &args.dir, &opts)?;
+    tracing::info!("wrote the tree in {:.2}s", t.elapsed().as_secs_f64());
     for w in &report.warnings {
         tracing::warn!("{w}");
     }
