@@ -469,25 +469,93 @@ impl FsIndex {
             };
             let meta = read_meta(&mut entry).map_err(|r| unsafe_entry(&name, r))?;
 
-            match self.entries.get(&key).copied() {
-                Some(id) if new_kind.is_dir() && self.node(id).kind.is_dir() => {
-                    // Directory over directory: new metadata, children stay.
-                    self.node_mut(id).meta = meta;
-                }
-                existing => {
-                    if existing.is_some() {
-                        self.remove_tree(&key);
-                    }
-                    let id = self.push_node(Node {
-                        kind: new_kind,
-                        meta,
-                    });
-                    self.entries.insert(key.clone(), id);
-                }
-            }
+            self.place(
+                &key,
+                Node {
+                    kind: new_kind,
+                    meta,
+                },
+            );
             mark_upper(&mut upper, &key);
         }
         Ok(count)
+    }
+
+    /// Put `node` at `key` the way an extractor does: a directory over a
+    /// directory takes the new metadata and keeps the children; anything
+    /// else replaces what was there, subtree included.
+    fn place(&mut self, key: &[u8], node: Node) -> NodeId {
+        match self.entries.get(key).copied() {
+            Some(id) if node.kind.is_dir() && self.node(id).kind.is_dir() => {
+                self.node_mut(id).meta = node.meta;
+                id
+            }
+            existing => {
+                if existing.is_some() {
+                    self.remove_tree(key);
+                }
+                let id = self.push_node(node);
+                self.entries.insert(key.to_vec(), id);
+                id
+            }
+        }
+    }
+
+    /// Resolve an absolute image path to its key: parents through symlinks
+    /// inside the root, the last component not followed.
+    pub fn resolve(&self, path: &str) -> std::result::Result<Vec<u8>, String> {
+        let comps = components(path.as_bytes()).map_err(|r| format!("{path}: {r}"))?;
+        match comps.split_last() {
+            None => Ok(Vec::new()),
+            Some((&file, dir)) => Ok(join(
+                &self.resolve_dir(dir).map_err(|r| format!("{path}: {r}"))?,
+                file,
+            )),
+        }
+    }
+
+    /// The node at an absolute image path (see [`FsIndex::resolve`]).
+    pub fn lookup(&self, path: &str) -> Option<(Vec<u8>, NodeId, &Node)> {
+        let key = self.resolve(path).ok()?;
+        let (id, node) = self.get(&key)?;
+        Some((key, id, node))
+    }
+
+    /// Put a node at an absolute image path for a transform, exactly as a
+    /// layer entry would land there: parents resolved and created (0755,
+    /// root-owned) when missing. Returns the key.
+    pub fn put(&mut self, path: &str, node: Node) -> std::result::Result<Vec<u8>, String> {
+        let key = self.resolve(path)?;
+        if key.is_empty() {
+            if !node.kind.is_dir() {
+                return Err("the root stays a directory".into());
+            }
+            let root = self.entries[&Vec::new()];
+            self.node_mut(root).meta = node.meta;
+            return Ok(key);
+        }
+        if let Some(parent) = parent_of(&key) {
+            self.ensure_dir(parent, &mut HashSet::new())?;
+        }
+        self.place(&key, node);
+        Ok(key)
+    }
+
+    /// Remove what an absolute image path names (a final symlink itself, not
+    /// its target), with everything below it. Returns whether it existed.
+    pub fn remove(&mut self, path: &str) -> bool {
+        match self.resolve(path) {
+            Ok(key) if !key.is_empty() && self.entries.contains_key(&key) => {
+                self.remove_tree(&key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Keys directly or indirectly below `key`, in key order.
+    pub fn subtree(&self, key: &[u8]) -> Vec<Vec<u8>> {
+        self.descendants(key)
     }
 
     /// The node a hardlink names: its parent resolved inside the root, the

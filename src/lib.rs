@@ -18,6 +18,7 @@ pub mod reference;
 pub mod registry;
 pub mod sink;
 pub mod store;
+pub mod transform;
 pub mod transport;
 
 pub use error::{Error, Result};

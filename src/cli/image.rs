@@ -245,7 +245,11 @@ pub fn unpack(global: &GlobalOpts, args: &UnpackArgs) -> anyhow::Result<()> {
     let image = transport::open(&args.image, &ctx)?;
     let t = std::time::Instant::now();
     let index = FsIndex::from_image(&image)?;
-    tracing::info!("merged {} entries in {:.2}s", index.len(), t.elapsed().as_secs_f64());
+    tracing::info!(
+        "merged {} entries in {:.2}s",
+        index.len(),
+        t.elapsed().as_secs_f64()
+    );
     let t = std::time::Instant::now();
     let opts = UnpackOptions::for_current_user();
     let report = unpack_tree(&index, &image, &args.dir, &opts)?;
