@@ -7,5 +7,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod jobdesc;
+pub mod site;
 
 pub use error::{Error, Result};

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod arc;
+
 /// Options every command understands.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalOpts {
@@ -41,10 +43,28 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Write the ARC job description (xRSL, ADL or JSON) that runs an image on a site's GPU queue.
+    Jobdesc(arc::JobdescArgs),
+    /// Check a job description and submit it to an ARC CE over REST.
+    Submit(arc::SubmitArgs),
+    /// Show the state of submitted ARC jobs.
+    Status(arc::StatusArgs),
+    /// Cancel ARC jobs.
+    Kill(arc::JobsArgs),
+    /// Remove finished ARC jobs from the CE (and from the local list).
+    Clean(arc::JobsArgs),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    let g = &cli.global;
+    match cli.command {
+        Command::Jobdesc(a) => arc::jobdesc(g, a),
+        Command::Submit(a) => arc::submit(g, a),
+        Command::Status(a) => arc::status(g, a),
+        Command::Kill(a) => arc::kill(g, a),
+        Command::Clean(a) => arc::clean(g, a),
+    }
 }
 
 /// Logs go to stderr through `tracing`; `-v` raises the level, RUST_LOG wins.
