@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use x509_cert::der::{Decode, Encode};
 
@@ -113,6 +114,84 @@ fn pem_blocks(input: &str, text: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
         out.push((label.to_string(), der));
     }
     Ok(out)
+}
+
+/// Certificate chain and key for TLS client authentication. rustls's own
+/// `with_client_auth_cert` parses the leaf with webpki, which refuses the
+/// critical proxyCertInfo extension of RFC 3820 proxies; the CE (OpenSSL
+/// with proxy support) is the one that must accept them, so the chain is
+/// handed over as is.
+fn client_identity(
+    desc: &str,
+    pem: &[u8],
+) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)> {
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::bad_input(desc, format!("reading certificates: {e}")))?;
+    if chain.is_empty() {
+        return Err(Error::bad_input(desc, "no certificate in it"));
+    }
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem).map_err(|e| Error::bad_input(desc, format!("no usable private key: {e}")))?;
+    Ok((chain, key))
+}
+
+#[derive(Debug)]
+struct ProxyIdentity(std::sync::Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ProxyIdentity {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// ECDHE on secp521r1, which rustls does not ship but A-REX's default
+/// `tlscurve` requires. The arithmetic is aws-lc's.
+#[derive(Debug)]
+struct P521Group;
+
+static P521: P521Group = P521Group;
+
+struct P521Exchange {
+    key: aws_lc_rs::agreement::EphemeralPrivateKey,
+    public: aws_lc_rs::agreement::PublicKey,
+}
+
+impl rustls::crypto::SupportedKxGroup for P521Group {
+    fn start(&self) -> std::result::Result<Box<dyn rustls::crypto::ActiveKeyExchange>, rustls::Error> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let key = aws_lc_rs::agreement::EphemeralPrivateKey::generate(&aws_lc_rs::agreement::ECDH_P521, &rng).map_err(|_| rustls::Error::FailedToGetRandomBytes)?;
+        let public = key.compute_public_key().map_err(|_| rustls::Error::FailedToGetRandomBytes)?;
+        Ok(Box::new(P521Exchange { key, public }))
+    }
+
+    fn name(&self) -> rustls::NamedGroup {
+        rustls::NamedGroup::secp521r1
+    }
+}
+
+impl rustls::crypto::ActiveKeyExchange for P521Exchange {
+    fn complete(self: Box<Self>, peer: &[u8]) -> std::result::Result<rustls::crypto::SharedSecret, rustls::Error> {
+        // TLS carries uncompressed points only (RFC 8446 4.2.8.2).
+        if peer.first() != Some(&0x04) {
+            return Err(rustls::PeerMisbehaved::InvalidKeyShare.into());
+        }
+        let peer = aws_lc_rs::agreement::UnparsedPublicKey::new(&aws_lc_rs::agreement::ECDH_P521, peer);
+        aws_lc_rs::agreement::agree_ephemeral(self.key, peer, (), |secret| Ok(rustls::crypto::SharedSecret::from(secret)))
+            .map_err(|()| rustls::PeerMisbehaved::InvalidKeyShare.into())
+    }
+
+    fn pub_key(&self) -> &[u8] {
+        self.public.as_ref()
+    }
+
+    fn group(&self) -> rustls::NamedGroup {
+        rustls::NamedGroup::secp521r1
+    }
 }
 
 /// A connection to one CE's REST interface.
@@ -223,10 +302,25 @@ impl ArcRest {
             .user_agent(concat!("gridship/", env!("CARGO_PKG_VERSION")));
 
         // Grid CAs, not the web PKI: an IGTF directory or a given file.
-        let mut roots = Vec::new();
+        let mut roots = rustls::RootCertStore::empty();
+        let mut add_pem = |pem: &[u8], strict: Option<&Path>| -> Result<()> {
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+                match c {
+                    Ok(c) => {
+                        // A CA webpki cannot use is skipped, as OpenSSL would ignore it too.
+                        let _ = roots.add(c);
+                    }
+                    Err(e) => {
+                        if let Some(p) = strict {
+                            return Err(Error::bad_input(p.display().to_string(), format!("not PEM certificates: {e}")));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        };
         if let Some(f) = &cfg.ca_file {
-            let pem = read(f, "reading CA file")?;
-            roots.extend(reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::bad_input(f.display().to_string(), format!("not PEM certificates: {e}")))?);
+            add_pem(&read(f, "reading CA file")?, Some(f))?;
         }
         let ca_dir = cfg.ca_dir.clone().or_else(|| env_path("X509_CERT_DIR")).unwrap_or_else(|| PathBuf::from("/etc/grid-security/certificates"));
         if cfg.ca_file.is_none() || cfg.ca_dir.is_some() {
@@ -237,7 +331,7 @@ impl ArcRest {
                     let is_cert = n.ends_with(".pem") || n.rsplit_once('.').is_some_and(|(_, ext)| !ext.is_empty() && ext.bytes().all(|b| b.is_ascii_digit()));
                     if is_cert {
                         if let Ok(pem) = std::fs::read(&p) {
-                            roots.extend(reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default());
+                            add_pem(&pem, None)?;
                         }
                     }
                 }
@@ -251,10 +345,10 @@ impl ArcRest {
                 hint: Some("install the IGTF CA bundle, set X509_CERT_DIR, or pass --ca-file".into()),
             });
         }
-        b = b.tls_certs_only(roots);
 
         let token = if cfg.mode == AuthMode::X509 { None } else { find_token()? };
         let mut proxy_pem = None;
+        let mut identity = None;
         let auth_desc;
         if let Some((t, how)) = &token {
             let mut h = reqwest::header::HeaderMap::new();
@@ -297,11 +391,26 @@ impl ArcRest {
                     });
                 }
             };
-            let id = reqwest::Identity::from_pem(&pem).map_err(|e| Error::bad_input(desc.clone(), format!("cannot use it as TLS client identity: {e}")))?;
-            b = b.identity(id);
+            identity = Some(client_identity(&desc, &pem)?);
             auth_desc = desc;
         }
-        let http = b.build().map_err(|e| ce_error(&base, format!("TLS setup: {e}")))?;
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        // A-REX 6.14+ defaults to tlscurve=secp521r1 and offers nothing else.
+        provider.kx_groups.push(&P521);
+        let provider = std::sync::Arc::new(provider);
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ce_error(&base, format!("TLS setup: {e}")))?
+            .with_root_certificates(roots);
+        let tls = match identity {
+            Some((chain, key)) => {
+                let signer = provider.key_provider.load_private_key(key).map_err(|e| Error::bad_input(auth_desc.clone(), format!("unusable private key: {e}")))?;
+                builder.with_client_cert_resolver(std::sync::Arc::new(ProxyIdentity(std::sync::Arc::new(rustls::sign::CertifiedKey::new(chain, signer)))))
+            }
+            None => builder.with_no_client_auth(),
+        };
+        b = b.tls_backend_preconfigured(tls);
+        let http = b.build().map_err(|e| ce_error(&base, format!("TLS setup: {}", chain(&e))))?;
         Ok(ArcRest { base, http, proxy_pem, auth_desc })
     }
 
