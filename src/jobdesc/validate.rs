@@ -94,6 +94,9 @@ pub fn check(j: &JobSpec) -> Vec<Issue> {
         );
     }
 
+    if j.job_name.as_deref() == Some("") {
+        issue(o, Field::JobName, "jobname is empty; ARC reads an empty name as no name", "drop jobname or give a name");
+    }
     for (f, what, v) in [(Field::Stdin, "stdin", &j.stdin), (Field::Stdout, "stdout", &j.stdout), (Field::Stderr, "stderr", &j.stderr), (Field::Gmlog, "gmlog", &j.gmlog)] {
         if let Some(v) = v {
             check_rel_name(o, f, what, v);
@@ -105,6 +108,12 @@ pub fn check(j: &JobSpec) -> Vec<Issue> {
         check_rel_name(o, Field::InputFiles, "input file", &f.name);
         if !seen.insert(f.name.as_str()) {
             issue(o, Field::InputFiles, format!("input file '{}' is listed twice", f.name), "keep one entry");
+        }
+        if f.executable && f.name.contains("(*") {
+            issue(o, Field::Executables, format!("executable input file '{}' contains '(*'; ARC re-reads the executables list as xRSL and loses the flag", f.name), "rename the file");
+        }
+        if f.source.is_none() && f.name.contains(':') {
+            issue(o, Field::InputFiles, format!("input file '{}' has a ':'; ARC turns the name of a file to upload into a URL and would read '{}' as its scheme", f.name, f.name.split(':').next().unwrap_or("")), "rename the file without ':'");
         }
         if let Some(s) = &f.source {
             if !is_remote_url(s) {
