@@ -621,6 +621,37 @@ fn seq(parts: &[&[u8]]) -> Vec<u8> {
     tlv(0x30, &parts.concat())
 }
 
+/// The TLVs inside a constructed TLV, or None when it is malformed.
+fn der_children(tlv: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut rest = der_content_checked(tlv)?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (hdr, len) = der_header(rest)?;
+        let end = hdr.checked_add(len).filter(|&e| e <= rest.len())?;
+        out.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    Some(out)
+}
+
+/// (header length, content length) of the TLV at the start of `b`.
+fn der_header(b: &[u8]) -> Option<(usize, usize)> {
+    let l = *b.get(1)?;
+    if l < 0x80 {
+        return Some((2, l as usize));
+    }
+    let n = (l & 0x7f) as usize;
+    if n == 0 || n > 4 || b.len() < 2 + n {
+        return None;
+    }
+    Some((2 + n, b[2..2 + n].iter().fold(0usize, |a, &x| (a << 8) | x as usize)))
+}
+
+fn der_content_checked(tlv: &[u8]) -> Option<&[u8]> {
+    let (h, l) = der_header(tlv)?;
+    tlv.get(h..h.checked_add(l)?)
+}
+
 /// The content octets of a DER TLV (skips tag and length).
 fn der_content(tlv: &[u8]) -> &[u8] {
     let l = tlv[1];
@@ -682,10 +713,13 @@ pub fn sign_proxy_request(input: &str, proxy_pem: &[u8], csr_pem: &[u8]) -> Resu
     let Some((_, csr_der)) = csr_blocks.iter().find(|(l, _)| l.contains("CERTIFICATE REQUEST")) else {
         return Err(Error::CeRequest { ce: String::new(), detail: "the CE's delegation answer holds no certificate request".into() });
     };
-    let csr = x509_cert::request::CertReq::from_der(csr_der).map_err(|e| Error::CeRequest { ce: String::new(), detail: format!("delegation request: {e}") })?;
+    // ARC's request is not always strict DER (x509-cert refuses its version
+    // INTEGER), and only its public key is needed: walk the structure.
+    let bad_csr = || Error::CeRequest { ce: String::new(), detail: "the CE's delegation request is not a PKCS#10 request".into() };
+    let info = der_children(csr_der).and_then(|c| c.first().copied()).and_then(der_children).ok_or_else(bad_csr)?;
+    let spki = info.get(2).filter(|t| t.first() == Some(&0x30)).ok_or_else(bad_csr)?.to_vec();
     let enc = |r: std::result::Result<Vec<u8>, x509_cert::der::Error>| r.map_err(|e| Error::Other(format!("DER encoding: {e}")));
     let issuer_subject = enc(issuer.tbs_certificate().subject().to_der())?;
-    let spki = enc(csr.info.public_key.to_der())?;
 
     let mut serial = [0u8; 8];
     aws_lc_rs::rand::fill(&mut serial).map_err(|_| Error::Other("no randomness for the serial number".into()))?;
