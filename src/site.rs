@@ -144,10 +144,16 @@ impl GpuQueue {
 
 /// Where site overlays live: `$GRIDSHIP_SITE_OVERLAYS`, else ./site-overlays.
 pub fn default_overlays_dir() -> PathBuf {
-    std::env::var_os("GRIDSHIP_SITE_OVERLAYS").map_or_else(|| PathBuf::from("site-overlays"), PathBuf::from)
+    std::env::var_os("GRIDSHIP_SITE_OVERLAYS")
+        .map_or_else(|| PathBuf::from("site-overlays"), PathBuf::from)
 }
 
-fn bad(path: &Path, place: impl Into<String>, reason: impl Into<String>, hint: impl Into<String>) -> Error {
+fn bad(
+    path: &Path,
+    place: impl Into<String>,
+    reason: impl Into<String>,
+    hint: impl Into<String>,
+) -> Error {
     Error::BadInput {
         input: path.display().to_string(),
         place: place.into(),
@@ -160,7 +166,10 @@ impl SiteProfile {
     /// Load `DIR/SITE/site.yaml`.
     pub fn load(overlays: &Path, site: &str) -> Result<SiteProfile> {
         if site.is_empty() || site.contains('/') || site.starts_with('.') {
-            return Err(Error::bad_input(format!("--site {site}"), "a site is a directory name under site-overlays/"));
+            return Err(Error::bad_input(
+                format!("--site {site}"),
+                "a site is a directory name under site-overlays/",
+            ));
         }
         let path = overlays.join(site).join("site.yaml");
         let text = match std::fs::read_to_string(&path) {
@@ -172,7 +181,10 @@ impl SiteProfile {
                     "",
                     format!("no site profile for '{site}'"),
                     if known.is_empty() {
-                        format!("create {} or point GRIDSHIP_SITE_OVERLAYS at the site-overlays directory", path.display())
+                        format!(
+                            "create {} or point GRIDSHIP_SITE_OVERLAYS at the site-overlays directory",
+                            path.display()
+                        )
                     } else {
                         format!("known sites: {}", known.join(", "))
                     },
@@ -185,7 +197,12 @@ impl SiteProfile {
 
     pub fn parse(path: &Path, site: &str, text: &str) -> Result<SiteProfile> {
         let mut p: SiteProfile = serde_saphyr::from_str(text).map_err(|e| {
-            bad(path, "", format!("{e}"), "see site-overlays/README.md for the ce: and gpu_queues: keys")
+            bad(
+                path,
+                "",
+                format!("{e}"),
+                "see site-overlays/README.md for the ce: and gpu_queues: keys",
+            )
         })?;
         p.name = site.to_string();
         p.path = path.to_path_buf();
@@ -195,39 +212,72 @@ impl SiteProfile {
 
     fn check(&self) -> Result<()> {
         if let Some(ce) = &self.ce {
-            if !(ce.endpoint.starts_with("https://") && ce.endpoint.trim_end_matches('/').ends_with("/arex")) {
-                return Err(bad(&self.path, "ce.endpoint: ", format!("'{}' is not an ARC REST base URL", ce.endpoint), "write https://HOST[:PORT]/arex"));
+            if !(ce.endpoint.starts_with("https://")
+                && ce.endpoint.trim_end_matches('/').ends_with("/arex"))
+            {
+                return Err(bad(
+                    &self.path,
+                    "ce.endpoint: ",
+                    format!("'{}' is not an ARC REST base URL", ce.endpoint),
+                    "write https://HOST[:PORT]/arex",
+                ));
             }
             if ce.auth.is_empty() {
-                return Err(bad(&self.path, "ce.auth: ", "no credential type", "list x509 and/or token"));
+                return Err(bad(
+                    &self.path,
+                    "ce.auth: ",
+                    "no credential type",
+                    "list x509 and/or token",
+                ));
             }
         }
         for (qn, q) in &self.gpu_queues {
             let place = format!("gpu_queues.{qn}: ");
             let fail = |r: String, h: &str| Err(bad(&self.path, place.clone(), r, h));
             if qn.is_empty() || qn.chars().any(char::is_whitespace) {
-                return fail(format!("queue name '{qn}' is not an arc.conf queue name"), "use the [queue:NAME] of the CE");
+                return fail(
+                    format!("queue name '{qn}' is not an arc.conf queue name"),
+                    "use the [queue:NAME] of the CE",
+                );
             }
             if q.gpus_per_job == 0 || q.cores_per_gpu == 0 || q.memory_per_gpu_mb == 0 {
-                return fail("gpus_per_job, cores_per_gpu and memory_per_gpu_mb must be positive".into(), "give the queue's real numbers");
+                return fail(
+                    "gpus_per_job, cores_per_gpu and memory_per_gpu_mb must be positive".into(),
+                    "give the queue's real numbers",
+                );
             }
             if q.max_gpus() < q.gpus_per_job {
-                return fail("max_gpus_per_job is below gpus_per_job".into(), "raise max_gpus_per_job");
+                return fail(
+                    "max_gpus_per_job is below gpus_per_job".into(),
+                    "raise max_gpus_per_job",
+                );
             }
             match q.gpu_request {
                 GpuRequest::Fixed if q.max_gpus_per_job.is_some_and(|m| m != q.gpus_per_job) => {
-                    return fail("gpu_request fixed cannot have a different max_gpus_per_job".into(), "drop max_gpus_per_job or use gpu_request: cores|rte");
+                    return fail(
+                        "gpu_request fixed cannot have a different max_gpus_per_job".into(),
+                        "drop max_gpus_per_job or use gpu_request: cores|rte",
+                    );
                 }
                 GpuRequest::Rte if q.gpu_rte.is_none() => {
-                    return fail("gpu_request rte needs gpu_rte".into(), "name the site RTE that takes the GPU count, e.g. gpu_rte: ENV/GPU");
+                    return fail(
+                        "gpu_request rte needs gpu_rte".into(),
+                        "name the site RTE that takes the GPU count, e.g. gpu_rte: ENV/GPU",
+                    );
                 }
                 GpuRequest::Fixed | GpuRequest::Cores if q.gpu_rte.is_some() => {
-                    return fail("gpu_rte is only read with gpu_request: rte".into(), "remove gpu_rte or set gpu_request: rte");
+                    return fail(
+                        "gpu_rte is only read with gpu_request: rte".into(),
+                        "remove gpu_rte or set gpu_request: rte",
+                    );
                 }
                 _ => {}
             }
             if q.memory_per_gpu_mb < u64::from(q.cores_per_gpu) {
-                return fail("memory_per_gpu_mb is below one MB per core".into(), "memory_per_gpu_mb is host RAM per GPU in MB");
+                return fail(
+                    "memory_per_gpu_mb is below one MB per core".into(),
+                    "memory_per_gpu_mb is host RAM per GPU in MB",
+                );
             }
         }
         Ok(())
@@ -241,7 +291,8 @@ impl SiteProfile {
                 "gpu_queues: ",
                 format!("site '{}' has no GPU queue '{name}'", self.name),
                 if known.is_empty() {
-                    "this site lists no GPU queues; add one under gpu_queues: or pick another site".to_string()
+                    "this site lists no GPU queues; add one under gpu_queues: or pick another site"
+                        .to_string()
                 } else {
                     format!("GPU queues here: {}", known.join(", "))
                 },
@@ -297,7 +348,9 @@ gpu_queues:
     #[test]
     fn unknown_key_in_our_section_is_an_error() {
         let text = OK.replace("cores_per_gpu: 8", "cores_per_gpu: 8\n    gpus: 2");
-        let e = SiteProfile::parse(Path::new("s.yaml"), "example", &text).unwrap_err().to_string();
+        let e = SiteProfile::parse(Path::new("s.yaml"), "example", &text)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gpus"), "{e}");
         let text = OK.replace("auth: [token, x509]", "auth: [token, x509]\n  endpiont: x");
         assert!(SiteProfile::parse(Path::new("s.yaml"), "example", &text).is_err());

@@ -12,7 +12,14 @@ fn tmpdir() -> tempfile::TempDir {
 }
 
 fn auth<'a>(a: &'a common::Arex, jobs: &'a str) -> Vec<&'a str> {
-    vec!["--ca-dir", &a.ca_dir, "--proxy", &a.proxy, "--jobs-file", jobs]
+    vec![
+        "--ca-dir",
+        &a.ca_dir,
+        "--proxy",
+        &a.proxy,
+        "--jobs-file",
+        jobs,
+    ]
 }
 
 fn json(s: &str) -> serde_json::Value {
@@ -34,23 +41,37 @@ fn submit_upload_status_fetch_clean() {
     let sub = json(&r.stdout);
     let id = sub["jobs"][0]["id"].as_str().unwrap().to_string();
     assert_eq!(sub["jobs"][0]["uploaded"], serde_json::json!(["in.txt"]));
-    assert!(std::fs::read_to_string(&jobs).unwrap().contains(&id), "job id kept locally");
+    assert!(
+        std::fs::read_to_string(&jobs).unwrap().contains(&id),
+        "job id kept locally"
+    );
 
     let mut args = vec!["--json", "status", &id, "--wait", "--wait-timeout", "120"];
     args.extend(auth(&a, &jobs));
     let r = gridship(&args, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(json(&r.stdout)["jobs"][0]["state"], "FINISHED", "{}", r.stdout);
+    assert_eq!(
+        json(&r.stdout)["jobs"][0]["state"],
+        "FINISHED",
+        "{}",
+        r.stdout
+    );
 
     // The uploaded file reached the job, which ran as the mapped account.
-    let client = gridship::jobdesc::submit::ArcRest::connect(&a.url, &gridship::jobdesc::submit::AuthConfig {
-        ca_dir: Some(a.ca_dir.clone().into()),
-        proxy: Some(a.proxy.clone().into()),
-        mode: gridship::jobdesc::submit::AuthMode::X509,
-        ..Default::default()
-    })
+    let client = gridship::jobdesc::submit::ArcRest::connect(
+        &a.url,
+        &gridship::jobdesc::submit::AuthConfig {
+            ca_dir: Some(a.ca_dir.clone().into()),
+            proxy: Some(a.proxy.clone().into()),
+            mode: gridship::jobdesc::submit::AuthMode::X509,
+            ..Default::default()
+        },
+    )
     .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let out = rt.block_on(client.fetch_file(&id, "out.txt")).unwrap();
     assert_eq!(out, "ran-by-griduser\npayload-from-client\n");
 
@@ -58,7 +79,10 @@ fn submit_upload_status_fetch_clean() {
     args.extend(auth(&a, &jobs));
     let r = gridship(&args, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(!std::fs::read_to_string(&jobs).unwrap().contains(&id), "cleaned job is forgotten");
+    assert!(
+        !std::fs::read_to_string(&jobs).unwrap().contains(&id),
+        "cleaned job is forgotten"
+    );
     // The CE no longer knows it: a per-job error, exit 1.
     let mut args = vec!["status", &id, "--ce", &a.url];
     args.extend(auth(&a, &jobs));
@@ -79,7 +103,10 @@ fn kill_a_running_job() {
     args.extend(auth(&a, &jobs));
     let r = gridship(&args, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let id = json(&r.stdout)["jobs"][0]["id"].as_str().unwrap().to_string();
+    let id = json(&r.stdout)["jobs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut args = vec!["--json", "kill", &id];
     args.extend(auth(&a, &jobs));
     let r = gridship(&args, &[]);
@@ -89,15 +116,20 @@ fn kill_a_running_job() {
     args.extend(auth(&a, &jobs));
     let r = gridship(&args, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let state = json(&r.stdout)["jobs"][0]["state"].as_str().unwrap().to_string();
+    let state = json(&r.stdout)["jobs"][0]["state"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(state == "KILLED" || state == "FAILED", "{state}");
     // The fork backend leaves the payload running; end it by PID.
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if cmd == b"/bin/sleep\0293\0" {
-            if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
-                let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
-            }
+        if cmd == b"/bin/sleep\x00293\x00"
+            && let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>()
+        {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
         }
     }
     let mut args = vec!["clean", &id];
@@ -114,8 +146,16 @@ fn delegation_for_a_staged_input() {
     let www = d.path().join("www");
     std::fs::create_dir(&www).unwrap();
     std::fs::write(www.join("data.txt"), "staged-by-the-ce\n").unwrap();
-    std::fs::set_permissions(d.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     // ARC's HTTP client sends absolute request targets (GET http://host/path),
     // which Python's stock handler takes for a path; strip the origin.
     let script = r#"
@@ -140,14 +180,31 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), functools.parti
     assert_eq!(r.code, 0, "{}", r.stderr);
     let sub = json(&r.stdout);
     let id = sub["jobs"][0]["id"].as_str().unwrap().to_string();
-    assert!(sub["jobs"][0]["delegation"].as_str().is_some_and(|d| !d.is_empty()), "{sub}");
+    assert!(
+        sub["jobs"][0]["delegation"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{sub}"
+    );
     let mut args = vec!["--json", "status", &id, "--wait", "--wait-timeout", "150"];
     args.extend(auth(&a, &jobs));
     let r = gridship(&args, &[]);
     let _ = server.kill();
     let _ = server.wait();
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(json(&r.stdout)["jobs"][0]["state"], "FINISHED", "{}\n{}", r.stdout, std::fs::read_to_string(Path::new(&a.dir).join("log/arex.log")).unwrap_or_default().lines().rev().take(20).collect::<Vec<_>>().join("\n"));
+    assert_eq!(
+        json(&r.stdout)["jobs"][0]["state"],
+        "FINISHED",
+        "{}\n{}",
+        r.stdout,
+        std::fs::read_to_string(Path::new(&a.dir).join("log/arex.log"))
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let mut args = vec!["clean", &id];
     args.extend(auth(&a, &jobs));
     assert_eq!(gridship(&args, &[]).code, 0);
@@ -159,7 +216,11 @@ fn ce_errors_are_reported() {
     let d = tmpdir();
     let jobs = d.path().join("jobs.json").display().to_string();
     let x = d.path().join("q.xrsl");
-    std::fs::write(&x, "&(executable=\"/bin/true\")(walltime=\"1m\")(queue=\"nosuchqueue\")").unwrap();
+    std::fs::write(
+        &x,
+        "&(executable=\"/bin/true\")(walltime=\"1m\")(queue=\"nosuchqueue\")",
+    )
+    .unwrap();
     // Unknown queue: A-REX answers 201 with a per-job 500.
     let mut args = vec!["submit", x.to_str().unwrap(), "--ce", &a.url];
     args.extend(auth(&a, &jobs));
@@ -167,17 +228,67 @@ fn ce_errors_are_reported() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("nosuchqueue"), "{}", r.stderr);
     // A certificate the CE does not map.
-    let r = gridship(&["submit", x.to_str().unwrap(), "--ce", &a.url, "--ca-dir", &a.ca_dir, "--cert", &a.stranger_cert, "--key", &a.stranger_key, "--jobs-file", &jobs], &[]);
+    let r = gridship(
+        &[
+            "submit",
+            x.to_str().unwrap(),
+            "--ce",
+            &a.url,
+            "--ca-dir",
+            &a.ca_dir,
+            "--cert",
+            &a.stranger_cert,
+            "--key",
+            &a.stranger_key,
+            "--jobs-file",
+            &jobs,
+        ],
+        &[],
+    );
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("403") && r.stderr.contains("authentication"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("403") && r.stderr.contains("authentication"),
+        "{}",
+        r.stderr
+    );
     // A bearer token (found through BEARER_TOKEN_FILE) this CE has no token config for.
     let tok = d.path().join("bt");
     std::fs::write(&tok, "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.\n").unwrap();
-    let r = gridship(&["status", "someid", "--ce", &a.url, "--ca-dir", &a.ca_dir, "--jobs-file", &jobs], &[("BEARER_TOKEN_FILE", tok.to_str().unwrap())]);
+    let r = gridship(
+        &[
+            "status",
+            "someid",
+            "--ce",
+            &a.url,
+            "--ca-dir",
+            &a.ca_dir,
+            "--jobs-file",
+            &jobs,
+        ],
+        &[("BEARER_TOKEN_FILE", tok.to_str().unwrap())],
+    );
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("bearer token from BEARER_TOKEN_FILE"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("bearer token from BEARER_TOKEN_FILE"),
+        "{}",
+        r.stderr
+    );
     // A CE whose certificate we do not trust.
-    let r = gridship(&["status", "someid", "--ce", &a.url, "--ca-file", &a.user_cert, "--proxy", &a.proxy, "--jobs-file", &jobs], &[]);
+    let r = gridship(
+        &[
+            "status",
+            "someid",
+            "--ce",
+            &a.url,
+            "--ca-file",
+            &a.user_cert,
+            "--proxy",
+            &a.proxy,
+            "--jobs-file",
+            &jobs,
+        ],
+        &[],
+    );
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("certificate"), "{}", r.stderr);
 }
@@ -195,28 +306,55 @@ fn arcsub_and_gridship_run_the_same_description_alike() {
         .output()
         .expect("arcsub (nordugrid-arc-client + nordugrid-arc-plugins-arcrest) must be installed: run ci/arex");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "arcsub: {text} {}", String::from_utf8_lossy(&out.stderr));
-    let arc_id = text.split("/rest/1.0/jobs/").nth(1).map(|s| s.trim().to_string()).expect("arcsub prints the job URL");
+    assert!(
+        out.status.success(),
+        "arcsub: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let arc_id = text
+        .split("/rest/1.0/jobs/")
+        .nth(1)
+        .map(|s| s.trim().to_string())
+        .expect("arcsub prints the job URL");
     let mut args = vec!["--json", "submit", x.to_str().unwrap(), "--ce", &a.url];
     args.extend(auth(&a, &jobs));
     let r = gridship(&args, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let ours = json(&r.stdout)["jobs"][0]["id"].as_str().unwrap().to_string();
-    let mut args = vec!["--json", "status", &arc_id, &ours, "--ce", &a.url, "--wait", "--wait-timeout", "120"];
+    let ours = json(&r.stdout)["jobs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut args = vec![
+        "--json",
+        "status",
+        &arc_id,
+        &ours,
+        "--ce",
+        &a.url,
+        "--wait",
+        "--wait-timeout",
+        "120",
+    ];
     args.extend(auth(&a, &jobs));
     let r = gridship(&args, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let st = json(&r.stdout);
     assert_eq!(st["jobs"][0]["state"], "FINISHED");
     assert_eq!(st["jobs"][1]["state"], "FINISHED");
-    let client = gridship::jobdesc::submit::ArcRest::connect(&a.url, &gridship::jobdesc::submit::AuthConfig {
-        ca_dir: Some(a.ca_dir.clone().into()),
-        proxy: Some(a.proxy.clone().into()),
-        mode: gridship::jobdesc::submit::AuthMode::X509,
-        ..Default::default()
-    })
+    let client = gridship::jobdesc::submit::ArcRest::connect(
+        &a.url,
+        &gridship::jobdesc::submit::AuthConfig {
+            ca_dir: Some(a.ca_dir.clone().into()),
+            proxy: Some(a.proxy.clone().into()),
+            mode: gridship::jobdesc::submit::AuthMode::X509,
+            ..Default::default()
+        },
+    )
     .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let theirs = rt.block_on(client.fetch_file(&arc_id, "out.txt")).unwrap();
     let mine = rt.block_on(client.fetch_file(&ours, "out.txt")).unwrap();
     assert_eq!(theirs, "same say \"hi\"\n");

@@ -88,7 +88,9 @@ impl CeAuthArgs {
     }
 
     fn jobs_file(&self) -> PathBuf {
-        self.jobs_file.clone().unwrap_or_else(submit::default_jobs_file)
+        self.jobs_file
+            .clone()
+            .unwrap_or_else(submit::default_jobs_file)
     }
 }
 
@@ -132,25 +134,53 @@ pub struct StatusArgs {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Write to `path` via a temporary file in the same directory.
 fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes()).with_context(|| format!("writing {}", tmp.path().display()))?;
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
 }
 
 pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
-    let overlays = a.site_overlays.clone().unwrap_or_else(site::default_overlays_dir);
+    let overlays = a
+        .site_overlays
+        .clone()
+        .unwrap_or_else(site::default_overlays_dir);
     let profile = SiteProfile::load(&overlays, &a.site)?;
-    let tdir = a.templates.clone().unwrap_or_else(jobdesc::template::default_templates_dir);
-    let tname = a.template.clone().unwrap_or_else(|| if a.image.starts_with("/cvmfs/") { "gpu-cvmfs".into() } else { "gpu-sif-staged".into() });
+    let tdir = a
+        .templates
+        .clone()
+        .unwrap_or_else(jobdesc::template::default_templates_dir);
+    let tname = a.template.clone().unwrap_or_else(|| {
+        if a.image.starts_with("/cvmfs/") {
+            "gpu-cvmfs".into()
+        } else {
+            "gpu-sif-staged".into()
+        }
+    });
     let template = Template::load(&tdir, &tname)?;
-    let jobs = jobdesc::for_image(&profile, &a.queue, &a.image, &template, &Request { gpus: a.gpus })?;
+    let jobs = jobdesc::for_image(
+        &profile,
+        &a.queue,
+        &a.image,
+        &template,
+        &Request { gpus: a.gpus },
+    )?;
     let text = jobdesc::render(&jobs, a.format);
     if let Some(out) = &a.output {
         write_atomic(out, &text)?;
@@ -165,7 +195,11 @@ pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
     } else if a.output.is_none() {
         print!("{text}");
     } else if !g.quiet {
-        eprintln!("wrote {} job(s) to {}", jobs.len(), a.output.as_ref().expect("checked").display());
+        eprintln!(
+            "wrote {} job(s) to {}",
+            jobs.len(),
+            a.output.as_ref().expect("checked").display()
+        );
     }
     Ok(())
 }
@@ -175,7 +209,10 @@ pub fn submit(g: &GlobalOpts, a: SubmitArgs) -> anyhow::Result<()> {
     let ce = match (&a.ce, &a.site) {
         (Some(ce), _) => ce.clone(),
         (None, Some(s)) => {
-            let overlays = a.site_overlays.clone().unwrap_or_else(site::default_overlays_dir);
+            let overlays = a
+                .site_overlays
+                .clone()
+                .unwrap_or_else(site::default_overlays_dir);
             let p = SiteProfile::load(&overlays, s)?;
             p.ce.map(|c| c.endpoint).ok_or_else(|| Error::BadInput {
                 input: p.path.display().to_string(),
@@ -187,7 +224,12 @@ pub fn submit(g: &GlobalOpts, a: SubmitArgs) -> anyhow::Result<()> {
         (None, None) => unreachable!("clap requires one"),
     };
     let client = ArcRest::connect(&ce, &a.auth.config())?;
-    let base_dir = a.file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let base_dir = a
+        .file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let rt = runtime()?;
     let done = rt.block_on(client.submit(&jobs, &base_dir))?;
     let mut list = JobList::load(&a.auth.jobs_file())?;
@@ -203,7 +245,12 @@ pub fn submit(g: &GlobalOpts, a: SubmitArgs) -> anyhow::Result<()> {
     }
     list.save()?;
     if g.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"ce": client.base, "auth": client.auth_desc, "jobs": done}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"ce": client.base, "auth": client.auth_desc, "jobs": done})
+            )?
+        );
     } else {
         for s in &done {
             println!("{}\t{}\t{}", s.id, s.state.as_deref().unwrap_or("-"), s.url);
@@ -213,11 +260,19 @@ pub fn submit(g: &GlobalOpts, a: SubmitArgs) -> anyhow::Result<()> {
 }
 
 /// Group the given jobs (IDs from the list, or URLs) by CE.
-fn resolve(a: &JobsArgs, list: &JobList, all_if_empty: bool) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+fn resolve(
+    a: &JobsArgs,
+    list: &JobList,
+    all_if_empty: bool,
+) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
     let mut by_ce: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if a.jobs.is_empty() {
         if !all_if_empty {
-            return Err(Error::bad_input("job IDs", "name the jobs (IDs as printed by `gridship submit`)").into());
+            return Err(Error::bad_input(
+                "job IDs",
+                "name the jobs (IDs as printed by `gridship submit`)",
+            )
+            .into());
         }
         for j in &list.jobs {
             by_ce.entry(j.ce.clone()).or_default().push(j.id.clone());
@@ -226,17 +281,25 @@ fn resolve(a: &JobsArgs, list: &JobList, all_if_empty: bool) -> anyhow::Result<B
     }
     for j in &a.jobs {
         if let Some((base, id)) = j.split_once("/rest/1.0/jobs/") {
-            by_ce.entry(submit::ce_base(base)?).or_default().push(id.trim_end_matches('/').to_string());
+            by_ce
+                .entry(submit::ce_base(base)?)
+                .or_default()
+                .push(id.trim_end_matches('/').to_string());
         } else if let Some(r) = list.find(j) {
             by_ce.entry(r.ce.clone()).or_default().push(j.clone());
         } else if let Some(ce) = &a.ce {
-            by_ce.entry(submit::ce_base(ce)?).or_default().push(j.clone());
+            by_ce
+                .entry(submit::ce_base(ce)?)
+                .or_default()
+                .push(j.clone());
         } else {
             return Err(Error::BadInput {
                 input: j.clone(),
                 place: String::new(),
                 reason: format!("job '{j}' is not in {}", list.path.display()),
-                hint: Some("pass --ce URL, or the job URL https://HOST/arex/rest/1.0/jobs/ID".into()),
+                hint: Some(
+                    "pass --ce URL, or the job URL https://HOST/arex/rest/1.0/jobs/ID".into(),
+                ),
             }
             .into());
         }
@@ -246,7 +309,11 @@ fn resolve(a: &JobsArgs, list: &JobList, all_if_empty: bool) -> anyhow::Result<B
 
 const FINAL: &[&str] = &["FINISHED", "FAILED", "KILLED", "WIPED"];
 
-fn run_action(a: &JobsArgs, action: &str, all_if_empty: bool) -> anyhow::Result<(Vec<(String, JobReply)>, JobList)> {
+fn run_action(
+    a: &JobsArgs,
+    action: &str,
+    all_if_empty: bool,
+) -> anyhow::Result<(Vec<(String, JobReply)>, JobList)> {
     let list = JobList::load(&a.auth.jobs_file())?;
     let by_ce = resolve(a, &list, all_if_empty)?;
     let rt = runtime()?;
@@ -266,7 +333,10 @@ fn report(g: &GlobalOpts, action: &str, replies: &[(String, JobReply)]) -> anyho
             .iter()
             .map(|(ce, r)| serde_json::json!({"ce": ce, "id": r.id, "status-code": r.status_code, "reason": r.reason, "state": r.state}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"action": action, "jobs": v}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"action": action, "jobs": v}))?
+        );
     } else {
         for (_, r) in replies {
             if r.ok() {
@@ -276,10 +346,22 @@ fn report(g: &GlobalOpts, action: &str, replies: &[(String, JobReply)]) -> anyho
             }
         }
     }
-    let failed: Vec<String> = replies.iter().filter(|(_, r)| !r.ok()).map(|(_, r)| format!("{} ({} {})", r.id, r.status_code, r.reason)).collect();
+    let failed: Vec<String> = replies
+        .iter()
+        .filter(|(_, r)| !r.ok())
+        .map(|(_, r)| format!("{} ({} {})", r.id, r.status_code, r.reason))
+        .collect();
     if !failed.is_empty() {
-        let ce = replies.iter().find(|(_, r)| !r.ok()).map(|(c, _)| c.clone()).unwrap_or_default();
-        return Err(Error::CeRequest { ce, detail: format!("{action} failed for {}", failed.join(", ")) }.into());
+        let ce = replies
+            .iter()
+            .find(|(_, r)| !r.ok())
+            .map(|(c, _)| c.clone())
+            .unwrap_or_default();
+        return Err(Error::CeRequest {
+            ce,
+            detail: format!("{action} failed for {}", failed.join(", ")),
+        }
+        .into());
     }
     Ok(())
 }
@@ -288,13 +370,15 @@ pub fn status(g: &GlobalOpts, a: StatusArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         let (replies, mut list) = run_action(&a.jobs, "status", true)?;
-        let all_final = replies.iter().all(|(_, r)| !r.ok() || r.state.as_deref().is_some_and(|s| FINAL.contains(&s)));
+        let all_final = replies
+            .iter()
+            .all(|(_, r)| !r.ok() || r.state.as_deref().is_some_and(|s| FINAL.contains(&s)));
         if !a.wait || all_final || start.elapsed() > Duration::from_secs(a.wait_timeout) {
             for (_, r) in &replies {
-                if let Some(j) = list.jobs.iter_mut().find(|j| j.id == r.id) {
-                    if r.ok() {
-                        j.state = r.state.clone();
-                    }
+                if let Some(j) = list.jobs.iter_mut().find(|j| j.id == r.id)
+                    && r.ok()
+                {
+                    j.state = r.state.clone();
                 }
             }
             if list.path.exists() || !list.jobs.is_empty() {
@@ -302,7 +386,11 @@ pub fn status(g: &GlobalOpts, a: StatusArgs) -> anyhow::Result<()> {
             }
             report(g, "status", &replies)?;
             if a.wait && !all_final {
-                return Err(Error::CeRequest { ce: String::new(), detail: format!("jobs not final after {} s", a.wait_timeout) }.into());
+                return Err(Error::CeRequest {
+                    ce: String::new(),
+                    detail: format!("jobs not final after {} s", a.wait_timeout),
+                }
+                .into());
             }
             return Ok(());
         }
@@ -318,7 +406,11 @@ pub fn kill(g: &GlobalOpts, a: JobsArgs) -> anyhow::Result<()> {
 pub fn clean(g: &GlobalOpts, a: JobsArgs) -> anyhow::Result<()> {
     let (replies, mut list) = run_action(&a, "clean", false)?;
     // Cleaned jobs are gone on the CE; forget them here too.
-    let cleaned: Vec<&str> = replies.iter().filter(|(_, r)| r.ok()).map(|(_, r)| r.id.as_str()).collect();
+    let cleaned: Vec<&str> = replies
+        .iter()
+        .filter(|(_, r)| r.ok())
+        .map(|(_, r)| r.id.as_str())
+        .collect();
     let before = list.jobs.len();
     list.jobs.retain(|j| !cleaned.contains(&j.id.as_str()));
     if list.jobs.len() != before {

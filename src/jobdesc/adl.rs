@@ -55,7 +55,8 @@ impl W {
     }
     fn leaf(&mut self, name: &str, text: &str) {
         self.indent();
-        self.out.push_str(&format!("<{name}>{}</{name}>\n", escape(text)));
+        self.out
+            .push_str(&format!("<{name}>{}</{name}>\n", escape(text)));
     }
     fn indent(&mut self) {
         for _ in 0..self.depth {
@@ -86,7 +87,11 @@ fn write_activity(w: &mut W, j: &JobSpec, root_ns: bool) {
         w.leaf("Argument", a);
     }
     w.close("Executable");
-    for (el, v) in [("Input", &j.stdin), ("Output", &j.stdout), ("Error", &j.stderr)] {
+    for (el, v) in [
+        ("Input", &j.stdin),
+        ("Output", &j.stdout),
+        ("Error", &j.stderr),
+    ] {
         if let Some(v) = v {
             w.leaf(el, v);
         }
@@ -262,22 +267,31 @@ impl Node {
 }
 
 fn line_of(src: &str, pos: usize) -> usize {
-    src.as_bytes()[..pos.min(src.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    src.as_bytes()[..pos.min(src.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn parse_tree(input: &str, src: &str) -> Result<Node, Problems> {
     let mut reader = NsReader::from_str(src);
     let mut stack: Vec<Node> = vec![Node::default()];
     let bad = |pos: usize, msg: String| {
-        Problems::new(input, vec![Problem {
-            place: Some(Place::Element(format!("line {}", line_of(src, pos)))),
-            message: msg,
-            hint: Some("fix the XML; ADL must be well-formed".into()),
-        }])
+        Problems::new(
+            input,
+            vec![Problem {
+                place: Some(Place::Element(format!("line {}", line_of(src, pos)))),
+                message: msg,
+                hint: Some("fix the XML; ADL must be well-formed".into()),
+            }],
+        )
     };
     loop {
         let pos = reader.buffer_position() as usize;
-        let (ns, ev) = reader.read_resolved_event().map_err(|e| bad(pos, format!("XML error: {e}")))?;
+        let (ns, ev) = reader
+            .read_resolved_event()
+            .map_err(|e| bad(pos, format!("XML error: {e}")))?;
         match ev {
             Event::Start(ref e) | Event::Empty(ref e) => {
                 let is_empty = matches!(ev, Event::Empty(_));
@@ -299,7 +313,11 @@ fn parse_tree(input: &str, src: &str) -> Result<Node, Problems> {
             }
             Event::End(_) => {
                 let node = stack.pop().expect("balanced by quick-xml");
-                stack.last_mut().ok_or_else(|| bad(pos, "unbalanced XML".into()))?.children.push(node);
+                stack
+                    .last_mut()
+                    .ok_or_else(|| bad(pos, "unbalanced XML".into()))?
+                    .children
+                    .push(node);
             }
             Event::Text(t) => {
                 // References arrive as their own events, so this is plain text.
@@ -307,7 +325,11 @@ fn parse_tree(input: &str, src: &str) -> Result<Node, Problems> {
                 stack.last_mut().expect("root").text.push_str(&t);
             }
             Event::CData(t) => {
-                stack.last_mut().expect("root").text.push_str(&t.xml10_content());
+                stack
+                    .last_mut()
+                    .expect("root")
+                    .text
+                    .push_str(&t.xml10_content());
             }
             Event::GeneralRef(r) => {
                 let name = r.xml10_content();
@@ -375,7 +397,11 @@ impl Reader<'_> {
         match t.parse::<u64>() {
             Ok(v) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => Some(v),
             _ => {
-                self.problem(n.path_place(path), format!("{path} \"{}\" is not {what}", n.text), format!("write a whole number of {what}"));
+                self.problem(
+                    n.path_place(path),
+                    format!("{path} \"{}\" is not {what}", n.text),
+                    format!("write a whole number of {what}"),
+                );
                 None
             }
         }
@@ -385,7 +411,11 @@ impl Reader<'_> {
         let mut found = nodes.iter().filter(|n| qname(n) == name);
         let first = found.next().copied();
         if let Some(second) = found.next() {
-            self.problem(second.path_place(&format!("{path}/{name}")), format!("{path}/{name} is given twice"), "keep one");
+            self.problem(
+                second.path_place(&format!("{path}/{name}")),
+                format!("{path}/{name} is given twice"),
+                "keep one",
+            );
         }
         first
     }
@@ -414,8 +444,19 @@ pub fn read(input: &str, src: &str) -> Result<Vec<JobSpec>, Problems> {
         [one] if one.ns == NS_ADL && one.name == "ActivityDescriptions" => {
             acts.extend(r.children(one, "ActivityDescriptions", &["ActivityDescription"]));
         }
-        [one] => r.problem(one.path_place(&one.name), format!("root element is {{{}}}{}; ARC needs {{{NS_ADL}}}ActivityDescription", one.ns, one.name), "use the ADL namespace on the root element"),
-        _ => r.problem(Place::Element("document".into()), "ADL must have exactly one root element", "wrap several jobs in ActivityDescriptions"),
+        [one] => r.problem(
+            one.path_place(&one.name),
+            format!(
+                "root element is {{{}}}{}; ARC needs {{{NS_ADL}}}ActivityDescription",
+                one.ns, one.name
+            ),
+            "use the ADL namespace on the root element",
+        ),
+        _ => r.problem(
+            Place::Element("document".into()),
+            "ADL must have exactly one root element",
+            "wrap several jobs in ActivityDescriptions",
+        ),
     }
     let mut jobs = Vec::new();
     for a in acts {
@@ -430,14 +471,29 @@ pub fn read(input: &str, src: &str) -> Result<Vec<JobSpec>, Problems> {
 
 fn read_activity(r: &mut Reader<'_>, a: &Node) -> JobSpec {
     let mut j = JobSpec::default();
-    let kids = r.children(a, "ActivityDescription", &["ActivityIdentification", "Application", "Resources", "DataStaging"]);
+    let kids = r.children(
+        a,
+        "ActivityDescription",
+        &[
+            "ActivityIdentification",
+            "Application",
+            "Resources",
+            "DataStaging",
+        ],
+    );
     if let Some(id) = r.once(&kids, "ActivityIdentification", "ActivityDescription") {
         let k = r.children(id, "ActivityIdentification", &["Name"]);
-        j.job_name = r.once(&k, "Name", "ActivityIdentification").map(|n| n.text.clone());
+        j.job_name = r
+            .once(&k, "Name", "ActivityIdentification")
+            .map(|n| n.text.clone());
     }
     match r.once(&kids, "Application", "ActivityDescription") {
         Some(app) => read_application(r, app, &mut j),
-        None => r.problem(a.path_place("ActivityDescription"), "no Application/Executable; A-REX rejects a job without one", "add <Application><Executable><Path>run.sh</Path></Executable></Application>"),
+        None => r.problem(
+            a.path_place("ActivityDescription"),
+            "no Application/Executable; A-REX rejects a job without one",
+            "add <Application><Executable><Path>run.sh</Path></Executable></Application>",
+        ),
     }
     if let Some(res) = r.once(&kids, "Resources", "ActivityDescription") {
         read_resources(r, res, &mut j);
@@ -450,45 +506,98 @@ fn read_activity(r: &mut Reader<'_>, a: &Node) -> JobSpec {
 
 fn read_application(r: &mut Reader<'_>, app: &Node, j: &mut JobSpec) {
     let p = "Application";
-    let k = r.children(app, p, &["Executable", "Input", "Output", "Error", "Environment", "Notification", "nordugrid-adl:Rerun", "nordugrid-adl:Priority", "nordugrid-adl:LoggingDirectory"]);
+    let k = r.children(
+        app,
+        p,
+        &[
+            "Executable",
+            "Input",
+            "Output",
+            "Error",
+            "Environment",
+            "Notification",
+            "nordugrid-adl:Rerun",
+            "nordugrid-adl:Priority",
+            "nordugrid-adl:LoggingDirectory",
+        ],
+    );
     match r.once(&k, "Executable", p) {
         Some(e) => {
             let ek = r.children(e, "Application/Executable", &["Path", "Argument"]);
             match r.once(&ek, "Path", "Application/Executable") {
                 Some(path) => j.executable = path.text.clone(),
-                None => r.problem(e.path_place("Application/Executable"), "Executable without Path", "add <Path>"),
+                None => r.problem(
+                    e.path_place("Application/Executable"),
+                    "Executable without Path",
+                    "add <Path>",
+                ),
             }
-            j.arguments = ek.iter().filter(|n| n.name == "Argument").map(|n| n.text.clone()).collect();
+            j.arguments = ek
+                .iter()
+                .filter(|n| n.name == "Argument")
+                .map(|n| n.text.clone())
+                .collect();
         }
-        None => r.problem(app.path_place(p), "no Application/Executable", "add <Executable><Path>run.sh</Path></Executable>"),
+        None => r.problem(
+            app.path_place(p),
+            "no Application/Executable",
+            "add <Executable><Path>run.sh</Path></Executable>",
+        ),
     }
     j.stdin = r.once(&k, "Input", p).map(|n| n.text.clone());
     j.stdout = r.once(&k, "Output", p).map(|n| n.text.clone());
     j.stderr = r.once(&k, "Error", p).map(|n| n.text.clone());
-    j.gmlog = r.once(&k, "nordugrid-adl:LoggingDirectory", p).map(|n| n.text.clone());
+    j.gmlog = r
+        .once(&k, "nordugrid-adl:LoggingDirectory", p)
+        .map(|n| n.text.clone());
     if let Some(n) = r.once(&k, "nordugrid-adl:Rerun", p) {
-        j.rerun = r.uint(n, "Application/nordugrid-adl:Rerun", "reruns").and_then(|v| u32::try_from(v).ok());
+        j.rerun = r
+            .uint(n, "Application/nordugrid-adl:Rerun", "reruns")
+            .and_then(|v| u32::try_from(v).ok());
     }
     if let Some(n) = r.once(&k, "nordugrid-adl:Priority", p) {
         match r.uint(n, "Application/nordugrid-adl:Priority", "priority 0..100") {
             Some(v) if v <= 100 => j.priority = Some(v as u8),
-            Some(_) => r.problem(n.path_place("Application/nordugrid-adl:Priority"), "priority above 100; ARC clamps it silently", "use 0..100"),
+            Some(_) => r.problem(
+                n.path_place("Application/nordugrid-adl:Priority"),
+                "priority above 100; ARC clamps it silently",
+                "use 0..100",
+            ),
             None => {}
         }
     }
     for e in k.iter().filter(|n| n.name == "Environment") {
         let ek = r.children(e, "Application/Environment", &["Name", "Value"]);
-        let name = r.once(&ek, "Name", "Application/Environment").map(|n| n.text.clone());
-        let value = r.once(&ek, "Value", "Application/Environment").map(|n| n.text.clone());
+        let name = r
+            .once(&ek, "Name", "Application/Environment")
+            .map(|n| n.text.clone());
+        let value = r
+            .once(&ek, "Value", "Application/Environment")
+            .map(|n| n.text.clone());
         match (name, value) {
             (Some(name), Some(value)) => j.environment.push(EnvVar { name, value }),
-            _ => r.problem(e.path_place("Application/Environment"), "Environment needs Name and Value", "add both"),
+            _ => r.problem(
+                e.path_place("Application/Environment"),
+                "Environment needs Name and Value",
+                "add both",
+            ),
         }
     }
     for n in k.iter().filter(|n| n.name == "Notification") {
-        let nk = r.children(n, "Application/Notification", &["Protocol", "Recipient", "OnState"]);
-        if r.once(&nk, "Protocol", "Application/Notification").map(|p| p.text.trim().to_string()) != Some("email".into()) {
-            r.problem(n.path_place("Application/Notification"), "Notification must have Protocol email (ARC rejects others)", "write <Protocol>email</Protocol>");
+        let nk = r.children(
+            n,
+            "Application/Notification",
+            &["Protocol", "Recipient", "OnState"],
+        );
+        if r.once(&nk, "Protocol", "Application/Notification")
+            .map(|p| p.text.trim().to_string())
+            != Some("email".into())
+        {
+            r.problem(
+                n.path_place("Application/Notification"),
+                "Notification must have Protocol email (ARC rejects others)",
+                "write <Protocol>email</Protocol>",
+            );
             continue;
         }
         let mut states = Vec::new();
@@ -496,37 +605,75 @@ fn read_application(r: &mut Reader<'_>, app: &Node, j: &mut JobSpec) {
             match NotifyState::from_adl_state(s.text.trim()) {
                 Some(st) if !states.contains(&st) => states.push(st),
                 Some(_) => {}
-                None => r.problem(s.path_place("Application/Notification/OnState"), format!("OnState \"{}\" is not one ARC maps", s.text), "use PREPROCESSING, PROCESSING, POSTPROCESSING or TERMINAL"),
+                None => r.problem(
+                    s.path_place("Application/Notification/OnState"),
+                    format!("OnState \"{}\" is not one ARC maps", s.text),
+                    "use PREPROCESSING, PROCESSING, POSTPROCESSING or TERMINAL",
+                ),
             }
         }
         for rcp in nk.iter().filter(|c| c.name == "Recipient") {
-            j.notify.push(Notify { email: rcp.text.clone(), states: states.clone() });
+            j.notify.push(Notify {
+                email: rcp.text.clone(),
+                states: states.clone(),
+            });
         }
     }
 }
 
 fn read_resources(r: &mut Reader<'_>, res: &Node, j: &mut JobSpec) {
     let p = "Resources";
-    let k = r.children(res, p, &["RuntimeEnvironment", "IndividualPhysicalMemory", "DiskSpaceRequirement", "SlotRequirement", "QueueName", "TotalCPUTime", "WallTime"]);
+    let k = r.children(
+        res,
+        p,
+        &[
+            "RuntimeEnvironment",
+            "IndividualPhysicalMemory",
+            "DiskSpaceRequirement",
+            "SlotRequirement",
+            "QueueName",
+            "TotalCPUTime",
+            "WallTime",
+        ],
+    );
     for rte in k.iter().filter(|n| n.name == "RuntimeEnvironment") {
-        let rk = r.children(rte, "Resources/RuntimeEnvironment", &["Name", "Version", "Option"]);
+        let rk = r.children(
+            rte,
+            "Resources/RuntimeEnvironment",
+            &["Name", "Version", "Option"],
+        );
         let Some(name) = r.once(&rk, "Name", "Resources/RuntimeEnvironment") else {
-            r.problem(rte.path_place("Resources/RuntimeEnvironment"), "RuntimeEnvironment without Name", "add <Name>");
+            r.problem(
+                rte.path_place("Resources/RuntimeEnvironment"),
+                "RuntimeEnvironment without Name",
+                "add <Name>",
+            );
             continue;
         };
         let mut full = name.text.clone();
-        if let Some(v) = r.once(&rk, "Version", "Resources/RuntimeEnvironment") {
-            if !v.text.is_empty() {
-                full = format!("{full}-{}", v.text);
-            }
+        if let Some(v) = r.once(&rk, "Version", "Resources/RuntimeEnvironment")
+            && !v.text.is_empty()
+        {
+            full = format!("{full}-{}", v.text);
         }
-        let options = rk.iter().filter(|n| n.name == "Option").map(|n| n.text.clone()).collect();
-        j.runtime_environments.push(RuntimeEnv { name: full, options });
+        let options = rk
+            .iter()
+            .filter(|n| n.name == "Option")
+            .map(|n| n.text.clone())
+            .collect();
+        j.runtime_environments.push(RuntimeEnv {
+            name: full,
+            options,
+        });
     }
     let bytes_to_mb = |r: &mut Reader<'_>, n: &Node, path: &str| -> Option<u64> {
         let b = r.uint(n, path, "bytes")?;
         if b % MB != 0 {
-            r.problem(n.path_place(path), format!("{path} {b} is not a whole number of MB; ARC rounds it up"), format!("write {}", b.div_ceil(MB) * MB));
+            r.problem(
+                n.path_place(path),
+                format!("{path} {b} is not a whole number of MB; ARC rounds it up"),
+                format!("write {}", b.div_ceil(MB) * MB),
+            );
             return None;
         }
         Some(b / MB)
@@ -538,11 +685,21 @@ fn read_resources(r: &mut Reader<'_>, res: &Node, j: &mut JobSpec) {
         j.disk_mb = bytes_to_mb(r, n, "Resources/DiskSpaceRequirement");
     }
     if let Some(s) = r.once(&k, "SlotRequirement", p) {
-        let sk = r.children(s, "Resources/SlotRequirement", &["NumberOfSlots", "SlotsPerHost", "ExclusiveExecution"]);
-        let u32_of = |r: &mut Reader<'_>, n: &Node, path: &str| r.uint(n, path, "slots").and_then(|v| u32::try_from(v).ok());
+        let sk = r.children(
+            s,
+            "Resources/SlotRequirement",
+            &["NumberOfSlots", "SlotsPerHost", "ExclusiveExecution"],
+        );
+        let u32_of = |r: &mut Reader<'_>, n: &Node, path: &str| {
+            r.uint(n, path, "slots").and_then(|v| u32::try_from(v).ok())
+        };
         match r.once(&sk, "NumberOfSlots", "Resources/SlotRequirement") {
             Some(n) => j.count = u32_of(r, n, "Resources/SlotRequirement/NumberOfSlots"),
-            None => r.problem(s.path_place("Resources/SlotRequirement"), "SlotRequirement without NumberOfSlots; ARC rejects it", "add <NumberOfSlots>"),
+            None => r.problem(
+                s.path_place("Resources/SlotRequirement"),
+                "SlotRequirement without NumberOfSlots; ARC rejects it",
+                "add <NumberOfSlots>",
+            ),
         }
         if let Some(n) = r.once(&sk, "SlotsPerHost", "Resources/SlotRequirement") {
             j.count_per_node = u32_of(r, n, "Resources/SlotRequirement/SlotsPerHost");
@@ -551,7 +708,11 @@ fn read_resources(r: &mut Reader<'_>, res: &Node, j: &mut JobSpec) {
             match n.text.trim() {
                 "true" => j.exclusive = Some(true),
                 "false" => j.exclusive = Some(false),
-                t => r.problem(n.path_place("Resources/SlotRequirement/ExclusiveExecution"), format!("ExclusiveExecution \"{t}\" is not true or false"), "write true or false"),
+                t => r.problem(
+                    n.path_place("Resources/SlotRequirement/ExclusiveExecution"),
+                    format!("ExclusiveExecution \"{t}\" is not true or false"),
+                    "write true or false",
+                ),
             }
         }
     }
@@ -568,25 +729,45 @@ fn read_staging(r: &mut Reader<'_>, ds: &Node, j: &mut JobSpec) {
     let p = "DataStaging";
     let k = r.children(ds, p, &["InputFile", "OutputFile"]);
     for f in k.iter().filter(|n| n.name == "InputFile") {
-        let fk = r.children(f, "DataStaging/InputFile", &["Name", "Source", "IsExecutable"]);
-        let name = r.once(&fk, "Name", "DataStaging/InputFile").map(|n| n.text.clone()).unwrap_or_default();
-        let source = r.once(&fk, "Source", "DataStaging/InputFile").and_then(|s| {
-            let sk = r.children(s, "DataStaging/InputFile/Source", &["URI"]);
-            r.once(&sk, "URI", "DataStaging/InputFile/Source").map(|u| u.text.clone())
-        });
+        let fk = r.children(
+            f,
+            "DataStaging/InputFile",
+            &["Name", "Source", "IsExecutable"],
+        );
+        let name = r
+            .once(&fk, "Name", "DataStaging/InputFile")
+            .map(|n| n.text.clone())
+            .unwrap_or_default();
+        let source = r
+            .once(&fk, "Source", "DataStaging/InputFile")
+            .and_then(|s| {
+                let sk = r.children(s, "DataStaging/InputFile/Source", &["URI"]);
+                r.once(&sk, "URI", "DataStaging/InputFile/Source")
+                    .map(|u| u.text.clone())
+            });
         let executable = match r.once(&fk, "IsExecutable", "DataStaging/InputFile") {
             Some(n) => n.text.trim() == "true",
             None => false,
         };
-        j.input_files.push(InputFile { name, source, executable });
+        j.input_files.push(InputFile {
+            name,
+            source,
+            executable,
+        });
     }
     for f in k.iter().filter(|n| n.name == "OutputFile") {
         let fk = r.children(f, "DataStaging/OutputFile", &["Name", "Target"]);
-        let name = r.once(&fk, "Name", "DataStaging/OutputFile").map(|n| n.text.clone()).unwrap_or_default();
-        let target = r.once(&fk, "Target", "DataStaging/OutputFile").and_then(|t| {
-            let tk = r.children(t, "DataStaging/OutputFile/Target", &["URI"]);
-            r.once(&tk, "URI", "DataStaging/OutputFile/Target").map(|u| u.text.clone())
-        });
+        let name = r
+            .once(&fk, "Name", "DataStaging/OutputFile")
+            .map(|n| n.text.clone())
+            .unwrap_or_default();
+        let target = r
+            .once(&fk, "Target", "DataStaging/OutputFile")
+            .and_then(|t| {
+                let tk = r.children(t, "DataStaging/OutputFile/Target", &["URI"]);
+                r.once(&tk, "URI", "DataStaging/OutputFile/Target")
+                    .map(|u| u.text.clone())
+            });
         j.output_files.push(OutputFile { name, target });
     }
 }
@@ -605,7 +786,10 @@ mod tests {
             count_per_node: Some(4),
             exclusive: Some(true),
             queue: Some("gpu".into()),
-            runtime_environments: vec![RuntimeEnv { name: "APPS/X-1.2".into(), options: vec!["o".into()] }],
+            runtime_environments: vec![RuntimeEnv {
+                name: "APPS/X-1.2".into(),
+                options: vec!["o".into()],
+            }],
             ..JobSpec::default()
         };
         let x = write_job(&j);
@@ -617,7 +801,9 @@ mod tests {
 
     #[test]
     fn coprocessor_and_unknown_are_refused() {
-        let x = format!("<ActivityDescription xmlns=\"{NS_ADL}\"><Application><Executable><Path>a</Path></Executable></Application><Resources><Coprocessor>CUDA</Coprocessor><Gpus>1</Gpus></Resources></ActivityDescription>");
+        let x = format!(
+            "<ActivityDescription xmlns=\"{NS_ADL}\"><Application><Executable><Path>a</Path></Executable></Application><Resources><Coprocessor>CUDA</Coprocessor><Gpus>1</Gpus></Resources></ActivityDescription>"
+        );
         let e = read("t.adl", &x).unwrap_err().to_string();
         assert!(e.contains("Coprocessor is not supported yet"), "{e}");
         assert!(e.contains("Resources/Gpus"), "{e}");

@@ -142,7 +142,11 @@ pub fn render(jobs: &[JobSpec], format: Format) -> String {
 
 /// Check parsed jobs; issues point at the attribute that set the field when
 /// the spans know it.
-pub fn check_parsed(input: &str, src: &str, jobs: &[xrsl::ParsedJob]) -> std::result::Result<(), Problems> {
+pub fn check_parsed(
+    input: &str,
+    src: &str,
+    jobs: &[xrsl::ParsedJob],
+) -> std::result::Result<(), Problems> {
     let mut items = Vec::new();
     for pj in jobs {
         for i in validate::check(&pj.spec) {
@@ -165,12 +169,20 @@ pub fn check_parsed(input: &str, src: &str, jobs: &[xrsl::ParsedJob]) -> std::re
 }
 
 /// Check jobs that carry no positions (ADL, JSON, or built in code).
-pub fn check_specs(input: &str, jobs: &[JobSpec], adl_places: bool) -> std::result::Result<(), Problems> {
+pub fn check_specs(
+    input: &str,
+    jobs: &[JobSpec],
+    adl_places: bool,
+) -> std::result::Result<(), Problems> {
     let items: Vec<Problem> = jobs
         .iter()
-        .flat_map(|j| validate::check(j))
+        .flat_map(validate::check)
         .map(|i| Problem {
-            place: Some(Place::Element(if adl_places { i.field.adl().to_string() } else { i.field.xrsl().to_string() })),
+            place: Some(Place::Element(if adl_places {
+                i.field.adl().to_string()
+            } else {
+                i.field.xrsl().to_string()
+            })),
             message: i.message,
             hint: Some(i.hint),
         })
@@ -185,7 +197,8 @@ pub fn check_specs(input: &str, jobs: &[JobSpec], adl_places: bool) -> std::resu
 /// Read a job description file in any of the three formats (by content:
 /// `<` ADL, `{`/`[` JSON, else xRSL) and check it.
 pub fn load(path: &Path) -> Result<Vec<JobSpec>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io_path(path, "reading job description", e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io_path(path, "reading job description", e))?;
     parse_any(&path.display().to_string(), &text)
 }
 
@@ -245,36 +258,67 @@ fn site_err(site: &SiteProfile, place: String, reason: String, hint: String) -> 
 
 /// A job name from an image reference: its last path part, without tag.
 fn job_name_for(image: &str) -> String {
-    let last = image.trim_end_matches('/').rsplit('/').next().unwrap_or(image);
-    let base = last.split([':', '@']).next().unwrap_or(last).trim_end_matches(".sif");
-    if base.is_empty() { "gridship-job".into() } else { base.to_string() }
+    let last = image
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(image);
+    let base = last
+        .split([':', '@'])
+        .next()
+        .unwrap_or(last)
+        .trim_end_matches(".sif");
+    if base.is_empty() {
+        "gridship-job".into()
+    } else {
+        base.to_string()
+    }
 }
 
 /// The job(s) that run `image` on `queue` of `site` from `template`: the
 /// template is instantiated with the site's numbers, the site's required
 /// RTEs, environment and attributes are added, and the result is checked.
 /// `gridship jobdesc` and (later) `gridship promote` both call this.
-pub fn for_image(site: &SiteProfile, queue: &str, image: &str, template: &Template, req: &Request) -> Result<Vec<JobSpec>> {
+pub fn for_image(
+    site: &SiteProfile,
+    queue: &str,
+    image: &str,
+    template: &Template,
+    req: &Request,
+) -> Result<Vec<JobSpec>> {
     let q = site.queue(queue)?;
     let gpus = req.gpus.unwrap_or(q.gpus_per_job);
     let qplace = format!("gpu_queues.{queue}: ");
     if gpus == 0 {
-        return Err(Error::bad_input("--gpus 0", "a GPU queue job needs at least one GPU"));
+        return Err(Error::bad_input(
+            "--gpus 0",
+            "a GPU queue job needs at least one GPU",
+        ));
     }
     match q.gpu_request {
         GpuRequest::Fixed if gpus != q.gpus_per_job => {
             return Err(site_err(
                 site,
                 qplace,
-                format!("{} queue '{queue}' gives every job exactly {} GPU(s) and has no way to ask for {gpus}", site.name, q.gpus_per_job),
-                format!("drop --gpus or use --gpus {}; ARC has no GPU attribute, so the queue decides", q.gpus_per_job),
+                format!(
+                    "{} queue '{queue}' gives every job exactly {} GPU(s) and has no way to ask for {gpus}",
+                    site.name, q.gpus_per_job
+                ),
+                format!(
+                    "drop --gpus or use --gpus {}; ARC has no GPU attribute, so the queue decides",
+                    q.gpus_per_job
+                ),
             ));
         }
         GpuRequest::Cores | GpuRequest::Rte if gpus > q.max_gpus() => {
             return Err(site_err(
                 site,
                 qplace,
-                format!("{} queue '{queue}' allows at most {} GPU(s) per job; {gpus} cannot be expressed", site.name, q.max_gpus()),
+                format!(
+                    "{} queue '{queue}' allows at most {} GPU(s) per job; {gpus} cannot be expressed",
+                    site.name,
+                    q.max_gpus()
+                ),
                 format!("use --gpus 1..{}", q.max_gpus()),
             ));
         }
@@ -300,7 +344,10 @@ pub fn for_image(site: &SiteProfile, queue: &str, image: &str, template: &Templa
         let v: Vec<String> = vals.values().iter().map(|s| xrsl::quote(s)).collect();
         extra_src.push_str(&format!("\n({attr} = {})", v.join(" ")));
     }
-    let extra_input = format!("{} (gpu_queues.{queue}.extra_attributes, as xRSL)", site.path.display());
+    let extra_input = format!(
+        "{} (gpu_queues.{queue}.extra_attributes, as xRSL)",
+        site.path.display()
+    );
     let extra = xrsl::read(&extra_input, &extra_src, &BTreeMap::new())?.remove(0);
 
     let mut problems = Vec::new();
@@ -312,15 +359,28 @@ pub fn for_image(site: &SiteProfile, queue: &str, image: &str, template: &Templa
                 let (l, c) = xrsl::line_col(&template.text, p);
                 Place::LineCol(l, c)
             }),
-            message: format!("the template sets {} = {has}, but {} queue '{queue}' needs {want}", field.xrsl(), site.name),
-            hint: Some(format!("remove ({}=...) from the template or use the placeholder gridship fills", field.xrsl())),
+            message: format!(
+                "the template sets {} = {has}, but {} queue '{queue}' needs {want}",
+                field.xrsl(),
+                site.name
+            ),
+            hint: Some(format!(
+                "remove ({}=...) from the template or use the placeholder gridship fills",
+                field.xrsl()
+            )),
         };
         match &j.queue {
-            Some(t) if t != queue => problems.push(conflict(Field::Queue, t.clone(), queue.to_string())),
+            Some(t) if t != queue => {
+                problems.push(conflict(Field::Queue, t.clone(), queue.to_string()))
+            }
             _ => j.queue = Some(queue.to_string()),
         }
         match j.count {
-            Some(c) if c != cores => problems.push(conflict(Field::Count, c.to_string(), format!("{cores} ({gpus} GPU × {} cores)", q.cores_per_gpu))),
+            Some(c) if c != cores => problems.push(conflict(
+                Field::Count,
+                c.to_string(),
+                format!("{cores} ({gpus} GPU × {} cores)", q.cores_per_gpu),
+            )),
             _ => j.count = Some(cores),
         }
         // A GPU job's cores sit on the GPU's node.
@@ -328,33 +388,51 @@ pub fn for_image(site: &SiteProfile, queue: &str, image: &str, template: &Templa
             j.count_per_node = Some(cores);
         }
         match j.memory_mb {
-            Some(m) if m > mem_per_core => problems.push(conflict(Field::Memory, m.to_string(), format!("at most {mem_per_core} MB per core"))),
+            Some(m) if m > mem_per_core => problems.push(conflict(
+                Field::Memory,
+                m.to_string(),
+                format!("at most {mem_per_core} MB per core"),
+            )),
             Some(_) => {}
             None => j.memory_mb = Some(mem_per_core),
         }
         match (j.walltime_s, q.max_walltime_hours) {
             (None, _) => problems.push(Problem {
                 place: None,
-                message: "the template sets no walltime; sites kill or refuse jobs without one".into(),
+                message: "the template sets no walltime; sites kill or refuse jobs without one"
+                    .into(),
                 hint: Some("add (walltime=\"2h\") to the template".into()),
             }),
-            (Some(w), Some(max)) if w > u64::from(max) * 3600 => problems.push(conflict(Field::Walltime, xrsl::format_duration(w), format!("at most {max}h"))),
+            (Some(w), Some(max)) if w > u64::from(max) * 3600 => problems.push(conflict(
+                Field::Walltime,
+                xrsl::format_duration(w),
+                format!("at most {max}h"),
+            )),
             _ => {}
         }
         let mut add_rte = |name: &str, options: Vec<String>| {
             if !j.runtime_environments.iter().any(|r| r.name == name) {
-                j.runtime_environments.push(RuntimeEnv { name: name.to_string(), options });
+                j.runtime_environments.push(RuntimeEnv {
+                    name: name.to_string(),
+                    options,
+                });
             }
         };
         if q.gpu_request == GpuRequest::Rte {
-            add_rte(q.gpu_rte.as_deref().expect("checked on load"), vec![gpus.to_string()]);
+            add_rte(
+                q.gpu_rte.as_deref().expect("checked on load"),
+                vec![gpus.to_string()],
+            );
         }
         for r in &q.rtes {
             add_rte(&r.name, r.options.clone());
         }
         for (name, value) in &q.environment {
             if !j.environment.iter().any(|e| &e.name == name) {
-                j.environment.push(EnvVar { name: name.clone(), value: value.clone() });
+                j.environment.push(EnvVar {
+                    name: name.clone(),
+                    value: value.clone(),
+                });
             }
         }
         merge_extra(j, &extra.spec, &extra.spans, |field, has, want| {
@@ -363,8 +441,15 @@ pub fn for_image(site: &SiteProfile, queue: &str, image: &str, template: &Templa
                     let (l, c) = xrsl::line_col(&template.text, p);
                     Place::LineCol(l, c)
                 }),
-                message: format!("the template sets {} = {has}, but {} requires {want}", field.xrsl(), site.name),
-                hint: Some(format!("remove it from the template; {} sets it in extra_attributes", site.path.display())),
+                message: format!(
+                    "the template sets {} = {has}, but {} requires {want}",
+                    field.xrsl(),
+                    site.name
+                ),
+                hint: Some(format!(
+                    "remove it from the template; {} sets it in extra_attributes",
+                    site.path.display()
+                )),
             })
         });
     }
@@ -377,12 +462,19 @@ pub fn for_image(site: &SiteProfile, queue: &str, image: &str, template: &Templa
 
 /// Add what a site's extra_attributes set; a scalar the template set
 /// differently is a conflict.
-fn merge_extra(j: &mut JobSpec, e: &JobSpec, set: &xrsl::Spans, mut conflict: impl FnMut(Field, String, String)) {
+fn merge_extra(
+    j: &mut JobSpec,
+    e: &JobSpec,
+    set: &xrsl::Spans,
+    mut conflict: impl FnMut(Field, String, String),
+) {
     macro_rules! scalar {
         ($field:ident, $f:expr) => {
             if set.contains_key(&$f) {
                 match (&j.$field, &e.$field) {
-                    (Some(a), Some(b)) if a != b => conflict($f, format!("{a:?}"), format!("{b:?}")),
+                    (Some(a), Some(b)) if a != b => {
+                        conflict($f, format!("{a:?}"), format!("{b:?}"))
+                    }
                     _ => j.$field = e.$field.clone(),
                 }
             }
@@ -407,7 +499,13 @@ fn merge_extra(j: &mut JobSpec, e: &JobSpec, set: &xrsl::Spans, mut conflict: im
             j.environment.push(v.clone());
         }
     }
-    j.output_files.extend(e.output_files.iter().filter(|f| !j.output_files.contains(f)).cloned().collect::<Vec<_>>());
+    j.output_files.extend(
+        e.output_files
+            .iter()
+            .filter(|f| !j.output_files.contains(f))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     j.notify.extend(e.notify.iter().cloned());
 }
 
@@ -417,20 +515,37 @@ mod tests {
 
     #[test]
     fn job_names() {
-        assert_eq!(job_name_for("/cvmfs/unpacked.cern.ch/reg/org/pytorch:2.3"), "pytorch");
+        assert_eq!(
+            job_name_for("/cvmfs/unpacked.cern.ch/reg/org/pytorch:2.3"),
+            "pytorch"
+        );
         assert_eq!(job_name_for("https://x/y/train.sif"), "train");
         assert_eq!(job_name_for(""), "gridship-job");
     }
 
     #[test]
     fn problems_render_with_places() {
-        let p = Problems::new("t.xrsl", vec![
-            Problem { place: Some(Place::LineCol(2, 5)), message: "bad".into(), hint: Some("fix".into()) },
-            Problem { place: None, message: "worse".into(), hint: None },
-        ]);
+        let p = Problems::new(
+            "t.xrsl",
+            vec![
+                Problem {
+                    place: Some(Place::LineCol(2, 5)),
+                    message: "bad".into(),
+                    hint: Some("fix".into()),
+                },
+                Problem {
+                    place: None,
+                    message: "worse".into(),
+                    hint: None,
+                },
+            ],
+        );
         let e: Error = p.into();
         assert_eq!(e.exit_code(), 2);
         let s = e.to_string();
-        assert!(s.starts_with("t.xrsl:2:5: bad\n  hint: fix\nt.xrsl: worse"), "{s}");
+        assert!(
+            s.starts_with("t.xrsl:2:5: bad\n  hint: fix\nt.xrsl: worse"),
+            "{s}"
+        );
     }
 }

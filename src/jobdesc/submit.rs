@@ -61,13 +61,26 @@ pub fn find_token() -> Result<Option<(String, String)>> {
     let file = match std::env::var_os("BEARER_TOKEN_FILE") {
         Some(f) => Some((PathBuf::from(f), "BEARER_TOKEN_FILE")),
         None => std::env::var_os("XDG_RUNTIME_DIR").map(|d| {
-            (PathBuf::from(d).join(format!("bt_u{}", rustix::process::getuid().as_raw())), "XDG_RUNTIME_DIR/bt_u$UID")
+            (
+                PathBuf::from(d).join(format!("bt_u{}", rustix::process::getuid().as_raw())),
+                "XDG_RUNTIME_DIR/bt_u$UID",
+            )
         }),
     };
     if let Some((path, how)) = file {
         match std::fs::read_to_string(&path) {
-            Ok(t) if !t.trim().is_empty() => return Ok(Some((t.trim().to_string(), format!("{how} ({})", path.display())))),
-            Ok(_) => return Err(Error::bad_input(path.display().to_string(), "the bearer token file is empty")),
+            Ok(t) if !t.trim().is_empty() => {
+                return Ok(Some((
+                    t.trim().to_string(),
+                    format!("{how} ({})", path.display()),
+                )));
+            }
+            Ok(_) => {
+                return Err(Error::bad_input(
+                    path.display().to_string(),
+                    "the bearer token file is empty",
+                ));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && how != "BEARER_TOKEN_FILE" => {}
             Err(e) => return Err(Error::io_path(&path, "reading bearer token", e)),
         }
@@ -76,7 +89,9 @@ pub fn find_token() -> Result<Option<(String, String)>> {
 }
 
 fn env_path(var: &str) -> Option<PathBuf> {
-    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
@@ -89,7 +104,11 @@ fn pem_blocks(input: &str, text: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
-        let Some(label) = line.trim().strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----")) else {
+        let Some(label) = line
+            .trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        else {
             continue;
         };
         let mut b64 = String::new();
@@ -106,7 +125,10 @@ fn pem_blocks(input: &str, text: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
             }
         }
         if !closed {
-            return Err(Error::bad_input(input, format!("PEM block {label} is not closed")));
+            return Err(Error::bad_input(
+                input,
+                format!("PEM block {label} is not closed"),
+            ));
         }
         let der = base64::engine::general_purpose::STANDARD
             .decode(b64.as_bytes())
@@ -124,7 +146,10 @@ fn pem_blocks(input: &str, text: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
 fn client_identity(
     desc: &str,
     pem: &[u8],
-) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)> {
+) -> Result<(
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+)> {
     use rustls::pki_types::pem::PemObject;
     let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .collect::<std::result::Result<_, _>>()
@@ -132,7 +157,8 @@ fn client_identity(
     if chain.is_empty() {
         return Err(Error::bad_input(desc, "no certificate in it"));
     }
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem).map_err(|e| Error::bad_input(desc, format!("no usable private key: {e}")))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|e| Error::bad_input(desc, format!("no usable private key: {e}")))?;
     Ok((chain, key))
 }
 
@@ -140,7 +166,11 @@ fn client_identity(
 struct ProxyIdentity(std::sync::Arc<rustls::sign::CertifiedKey>);
 
 impl rustls::client::ResolvesClientCert for ProxyIdentity {
-    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
         Some(self.0.clone())
     }
 
@@ -162,10 +192,18 @@ struct P521Exchange {
 }
 
 impl rustls::crypto::SupportedKxGroup for P521Group {
-    fn start(&self) -> std::result::Result<Box<dyn rustls::crypto::ActiveKeyExchange>, rustls::Error> {
+    fn start(
+        &self,
+    ) -> std::result::Result<Box<dyn rustls::crypto::ActiveKeyExchange>, rustls::Error> {
         let rng = aws_lc_rs::rand::SystemRandom::new();
-        let key = aws_lc_rs::agreement::EphemeralPrivateKey::generate(&aws_lc_rs::agreement::ECDH_P521, &rng).map_err(|_| rustls::Error::FailedToGetRandomBytes)?;
-        let public = key.compute_public_key().map_err(|_| rustls::Error::FailedToGetRandomBytes)?;
+        let key = aws_lc_rs::agreement::EphemeralPrivateKey::generate(
+            &aws_lc_rs::agreement::ECDH_P521,
+            &rng,
+        )
+        .map_err(|_| rustls::Error::FailedToGetRandomBytes)?;
+        let public = key
+            .compute_public_key()
+            .map_err(|_| rustls::Error::FailedToGetRandomBytes)?;
         Ok(Box::new(P521Exchange { key, public }))
     }
 
@@ -175,14 +213,20 @@ impl rustls::crypto::SupportedKxGroup for P521Group {
 }
 
 impl rustls::crypto::ActiveKeyExchange for P521Exchange {
-    fn complete(self: Box<Self>, peer: &[u8]) -> std::result::Result<rustls::crypto::SharedSecret, rustls::Error> {
+    fn complete(
+        self: Box<Self>,
+        peer: &[u8],
+    ) -> std::result::Result<rustls::crypto::SharedSecret, rustls::Error> {
         // TLS carries uncompressed points only (RFC 8446 4.2.8.2).
         if peer.first() != Some(&0x04) {
             return Err(rustls::PeerMisbehaved::InvalidKeyShare.into());
         }
-        let peer = aws_lc_rs::agreement::UnparsedPublicKey::new(&aws_lc_rs::agreement::ECDH_P521, peer);
-        aws_lc_rs::agreement::agree_ephemeral(self.key, peer, (), |secret| Ok(rustls::crypto::SharedSecret::from(secret)))
-            .map_err(|()| rustls::PeerMisbehaved::InvalidKeyShare.into())
+        let peer =
+            aws_lc_rs::agreement::UnparsedPublicKey::new(&aws_lc_rs::agreement::ECDH_P521, peer);
+        aws_lc_rs::agreement::agree_ephemeral(self.key, peer, (), |secret| {
+            Ok(rustls::crypto::SharedSecret::from(secret))
+        })
+        .map_err(|()| rustls::PeerMisbehaved::InvalidKeyShare.into())
     }
 
     fn pub_key(&self) -> &[u8] {
@@ -209,7 +253,11 @@ pub struct ArcRest {
 pub fn ce_base(ce: &str) -> Result<String> {
     let ce = ce.trim().trim_end_matches('/');
     let ce = ce.strip_suffix("/rest/1.0").unwrap_or(ce);
-    let with_scheme = if ce.contains("://") { ce.to_string() } else { format!("https://{ce}") };
+    let with_scheme = if ce.contains("://") {
+        ce.to_string()
+    } else {
+        format!("https://{ce}")
+    };
     let Some(rest) = with_scheme.strip_prefix("https://") else {
         return Err(Error::BadInput {
             input: format!("--ce {ce}"),
@@ -219,9 +267,16 @@ pub fn ce_base(ce: &str) -> Result<String> {
         });
     };
     if rest.is_empty() || rest.starts_with('/') {
-        return Err(Error::bad_input(format!("--ce {ce}"), "no host in the CE URL"));
+        return Err(Error::bad_input(
+            format!("--ce {ce}"),
+            "no host in the CE URL",
+        ));
     }
-    Ok(if rest.contains('/') { with_scheme } else { format!("{with_scheme}/arex") })
+    Ok(if rest.contains('/') {
+        with_scheme
+    } else {
+        format!("{with_scheme}/arex")
+    })
 }
 
 fn ce_error(base: &str, detail: impl Into<String>) -> Error {
@@ -253,7 +308,12 @@ fn job_entries(body: &str) -> std::result::Result<Vec<serde_json::Value>, String
     if body.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("answer is not JSON ({e}): {}", body.chars().take(200).collect::<String>()))?;
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| {
+        format!(
+            "answer is not JSON ({e}): {}",
+            body.chars().take(200).collect::<String>()
+        )
+    })?;
     match v.get("job") {
         None => Ok(Vec::new()),
         Some(serde_json::Value::Array(a)) => Ok(a.clone()),
@@ -312,7 +372,10 @@ impl ArcRest {
                     }
                     Err(e) => {
                         if let Some(p) = strict {
-                            return Err(Error::bad_input(p.display().to_string(), format!("not PEM certificates: {e}")));
+                            return Err(Error::bad_input(
+                                p.display().to_string(),
+                                format!("not PEM certificates: {e}"),
+                            ));
                         }
                     }
                 }
@@ -322,18 +385,23 @@ impl ArcRest {
         if let Some(f) = &cfg.ca_file {
             add_pem(&read(f, "reading CA file")?, Some(f))?;
         }
-        let ca_dir = cfg.ca_dir.clone().or_else(|| env_path("X509_CERT_DIR")).unwrap_or_else(|| PathBuf::from("/etc/grid-security/certificates"));
-        if cfg.ca_file.is_none() || cfg.ca_dir.is_some() {
-            if let Ok(rd) = std::fs::read_dir(&ca_dir) {
-                for e in rd.flatten() {
-                    let p = e.path();
-                    let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    let is_cert = n.ends_with(".pem") || n.rsplit_once('.').is_some_and(|(_, ext)| !ext.is_empty() && ext.bytes().all(|b| b.is_ascii_digit()));
-                    if is_cert {
-                        if let Ok(pem) = std::fs::read(&p) {
-                            add_pem(&pem, None)?;
-                        }
-                    }
+        let ca_dir = cfg
+            .ca_dir
+            .clone()
+            .or_else(|| env_path("X509_CERT_DIR"))
+            .unwrap_or_else(|| PathBuf::from("/etc/grid-security/certificates"));
+        if (cfg.ca_file.is_none() || cfg.ca_dir.is_some())
+            && let Ok(rd) = std::fs::read_dir(&ca_dir)
+        {
+            for e in rd.flatten() {
+                let p = e.path();
+                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let is_cert = n.ends_with(".pem")
+                    || n.rsplit_once('.').is_some_and(|(_, ext)| {
+                        !ext.is_empty() && ext.bytes().all(|b| b.is_ascii_digit())
+                    });
+                if is_cert && let Ok(pem) = std::fs::read(&p) {
+                    add_pem(&pem, None)?;
                 }
             }
         }
@@ -342,17 +410,29 @@ impl ArcRest {
                 input: ca_dir.display().to_string(),
                 place: String::new(),
                 reason: "no trusted CA certificates found".into(),
-                hint: Some("install the IGTF CA bundle, set X509_CERT_DIR, or pass --ca-file".into()),
+                hint: Some(
+                    "install the IGTF CA bundle, set X509_CERT_DIR, or pass --ca-file".into(),
+                ),
             });
         }
 
-        let token = if cfg.mode == AuthMode::X509 { None } else { find_token()? };
+        let token = if cfg.mode == AuthMode::X509 {
+            None
+        } else {
+            find_token()?
+        };
         let mut proxy_pem = None;
         let mut identity = None;
         let auth_desc;
         if let Some((t, how)) = &token {
             let mut h = reqwest::header::HeaderMap::new();
-            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| Error::bad_input(how.clone(), "the token contains characters not allowed in an HTTP header"))?;
+            let mut v =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                    Error::bad_input(
+                        how.clone(),
+                        "the token contains characters not allowed in an HTTP header",
+                    )
+                })?;
             v.set_sensitive(true);
             h.insert(reqwest::header::AUTHORIZATION, v);
             b = b.default_headers(h);
@@ -361,13 +441,20 @@ impl ArcRest {
             return Err(Error::BadInput {
                 input: "bearer token".into(),
                 place: String::new(),
-                reason: "no token in BEARER_TOKEN, BEARER_TOKEN_FILE or $XDG_RUNTIME_DIR/bt_u$UID".into(),
-                hint: Some("get one (e.g. oidc-token) and export BEARER_TOKEN, or use --auth x509".into()),
+                reason: "no token in BEARER_TOKEN, BEARER_TOKEN_FILE or $XDG_RUNTIME_DIR/bt_u$UID"
+                    .into(),
+                hint: Some(
+                    "get one (e.g. oidc-token) and export BEARER_TOKEN, or use --auth x509".into(),
+                ),
             });
         } else {
             let uid = rustix::process::getuid().as_raw();
             let default_proxy = PathBuf::from(format!("/tmp/x509up_u{uid}"));
-            let proxy = cfg.proxy.clone().or_else(|| env_path("X509_USER_PROXY")).or_else(|| default_proxy.is_file().then_some(default_proxy));
+            let proxy = cfg
+                .proxy
+                .clone()
+                .or_else(|| env_path("X509_USER_PROXY"))
+                .or_else(|| default_proxy.is_file().then_some(default_proxy));
             let cert = cfg.cert.clone().or_else(|| env_path("X509_USER_CERT"));
             let key = cfg.key.clone().or_else(|| env_path("X509_USER_KEY"));
             let (pem, desc) = match (proxy, cert, key) {
@@ -404,35 +491,63 @@ impl ArcRest {
             .with_root_certificates(roots);
         let tls = match identity {
             Some((chain, key)) => {
-                let signer = provider.key_provider.load_private_key(key).map_err(|e| Error::bad_input(auth_desc.clone(), format!("unusable private key: {e}")))?;
-                builder.with_client_cert_resolver(std::sync::Arc::new(ProxyIdentity(std::sync::Arc::new(rustls::sign::CertifiedKey::new(chain, signer)))))
+                let signer = provider.key_provider.load_private_key(key).map_err(|e| {
+                    Error::bad_input(auth_desc.clone(), format!("unusable private key: {e}"))
+                })?;
+                builder.with_client_cert_resolver(std::sync::Arc::new(ProxyIdentity(
+                    std::sync::Arc::new(rustls::sign::CertifiedKey::new(chain, signer)),
+                )))
             }
             None => builder.with_no_client_auth(),
         };
         b = b.tls_backend_preconfigured(tls);
-        let http = b.build().map_err(|e| ce_error(&base, format!("TLS setup: {}", chain(&e))))?;
-        Ok(ArcRest { base, http, proxy_pem, auth_desc })
+        let http = b
+            .build()
+            .map_err(|e| ce_error(&base, format!("TLS setup: {}", chain(&e))))?;
+        Ok(ArcRest {
+            base,
+            http,
+            proxy_pem,
+            auth_desc,
+        })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}/rest/1.0/{path}", self.base)
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<(reqwest::StatusCode, String, reqwest::header::HeaderMap)> {
-        let resp = req.send().await.map_err(|e| ce_error(&self.base, format!("{what}: {}", chain(&e))))?;
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<(reqwest::StatusCode, String, reqwest::header::HeaderMap)> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ce_error(&self.base, format!("{what}: {}", chain(&e))))?;
         let status = resp.status();
         if let Err(e) = resp.error_for_status_ref() {
             let msg = e.without_url().to_string();
             let body = resp.text().await.unwrap_or_default();
             let hint = match status.as_u16() {
-                401 | 403 => format!(" (authentication with {} was refused: is your identity mapped on the CE?)", self.auth_desc),
+                401 | 403 => format!(
+                    " (authentication with {} was refused: is your identity mapped on the CE?)",
+                    self.auth_desc
+                ),
                 _ => String::new(),
             };
-            let body = if body.trim().is_empty() { String::new() } else { format!(": {}", body.chars().take(300).collect::<String>()) };
+            let body = if body.trim().is_empty() {
+                String::new()
+            } else {
+                format!(": {}", body.chars().take(300).collect::<String>())
+            };
             return Err(ce_error(&self.base, format!("{what}: {msg}{body}{hint}")));
         }
         let headers = resp.headers().clone();
-        let body = resp.text().await.map_err(|e| ce_error(&self.base, format!("{what}: reading answer: {e}")))?;
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| ce_error(&self.base, format!("{what}: reading answer: {e}")))?;
         Ok((status, body, headers))
     }
 
@@ -448,25 +563,50 @@ impl ArcRest {
             });
         };
         let (status, csr, headers) = self
-            .send(self.http.post(self.url("delegations")).query(&[("action", "new")]), "starting delegation")
+            .send(
+                self.http
+                    .post(self.url("delegations"))
+                    .query(&[("action", "new")]),
+                "starting delegation",
+            )
             .await?;
         if status.as_u16() != 201 {
-            return Err(ce_error(&self.base, format!("starting delegation: expected 201, got {status}")));
+            return Err(ce_error(
+                &self.base,
+                format!("starting delegation: expected 201, got {status}"),
+            ));
         }
-        let loc = headers.get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let id = loc.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string();
+        let loc = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let id = loc
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
         if id.is_empty() {
-            return Err(ce_error(&self.base, "starting delegation: no delegation id in the Location header"));
+            return Err(ce_error(
+                &self.base,
+                "starting delegation: no delegation id in the Location header",
+            ));
         }
         let signed = sign_proxy_request(&path.display().to_string(), pem, csr.as_bytes())?;
         let (status, _, _) = self
             .send(
-                self.http.put(self.url(&format!("delegations/{id}"))).header(reqwest::header::CONTENT_TYPE, "application/x-pem-file").body(signed),
+                self.http
+                    .put(self.url(&format!("delegations/{id}")))
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-pem-file")
+                    .body(signed),
                 "storing delegation",
             )
             .await?;
         if !status.is_success() {
-            return Err(ce_error(&self.base, format!("storing delegation {id}: {status}")));
+            return Err(ce_error(
+                &self.base,
+                format!("storing delegation {id}: {status}"),
+            ));
         }
         Ok(id)
     }
@@ -481,14 +621,24 @@ impl ArcRest {
                     return Err(Error::BadInput {
                         input: p.display().to_string(),
                         place: String::new(),
-                        reason: format!("input file '{}' is to be uploaded but does not exist", f.name),
-                        hint: Some("put it next to the job description or give a URL as its source".into()),
+                        reason: format!(
+                            "input file '{}' is to be uploaded but does not exist",
+                            f.name
+                        ),
+                        hint: Some(
+                            "put it next to the job description or give a URL as its source".into(),
+                        ),
                     });
                 }
             }
         }
         let needs_delegation = jobs.iter().any(|j| {
-            j.input_files.iter().any(|f| f.source.as_deref().is_some_and(is_remote_url)) || j.output_files.iter().any(|f| f.target.as_deref().is_some_and(is_remote_url))
+            j.input_files
+                .iter()
+                .any(|f| f.source.as_deref().is_some_and(is_remote_url))
+                || j.output_files
+                    .iter()
+                    .any(|f| f.target.as_deref().is_some_and(is_remote_url))
         });
         let delegation = if needs_delegation && self.proxy_pem.is_some() {
             Some(self.delegate().await?)
@@ -512,13 +662,37 @@ impl ArcRest {
             )
             .await?;
         if status.as_u16() != 201 {
-            return Err(ce_error(&self.base, format!("submitting: expected 201 Created, got {status}")));
+            return Err(ce_error(
+                &self.base,
+                format!("submitting: expected 201 Created, got {status}"),
+            ));
         }
-        let reps = replies(&answer).map_err(|e| ce_error(&self.base, format!("submitting: {e}")))?;
+        let reps =
+            replies(&answer).map_err(|e| ce_error(&self.base, format!("submitting: {e}")))?;
         if reps.len() != jobs.len() {
-            return Err(ce_error(&self.base, format!("submitting: sent {} job(s), the CE answered for {}", jobs.len(), reps.len())));
+            return Err(ce_error(
+                &self.base,
+                format!(
+                    "submitting: sent {} job(s), the CE answered for {}",
+                    jobs.len(),
+                    reps.len()
+                ),
+            ));
         }
-        let failed: Vec<String> = reps.iter().enumerate().filter(|(_, r)| !r.ok()).map(|(i, r)| format!("job {} ({}): {} {}", i + 1, jobs[i].job_name.as_deref().unwrap_or("unnamed"), r.status_code, r.reason)).collect();
+        let failed: Vec<String> = reps
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.ok())
+            .map(|(i, r)| {
+                format!(
+                    "job {} ({}): {} {}",
+                    i + 1,
+                    jobs[i].job_name.as_deref().unwrap_or("unnamed"),
+                    r.status_code,
+                    r.reason
+                )
+            })
+            .collect();
         let mut out = Vec::new();
         for (j, r) in jobs.iter().zip(&reps) {
             if !r.ok() {
@@ -528,7 +702,14 @@ impl ArcRest {
             for f in j.input_files.iter().filter(|f| f.source.is_none()) {
                 let data = read(&base_dir.join(&f.name), "reading input file")?;
                 let url = self.url(&format!("jobs/{}/session/{}", r.id, encode_path(&f.name)));
-                self.send(self.http.put(url).header(reqwest::header::CONTENT_TYPE, "application/octet-stream").body(data), &format!("uploading {} to job {}", f.name, r.id)).await?;
+                self.send(
+                    self.http
+                        .put(url)
+                        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                        .body(data),
+                    &format!("uploading {} to job {}", f.name, r.id),
+                )
+                .await?;
                 uploaded.push(f.name.clone());
             }
             out.push(Submitted {
@@ -541,8 +722,22 @@ impl ArcRest {
             });
         }
         if !failed.is_empty() {
-            let ok = if out.is_empty() { String::new() } else { format!(" ({} other job(s) were accepted: {})", out.len(), out.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")) };
-            return Err(ce_error(&self.base, format!("the CE refused {}{ok}", failed.join("; "))));
+            let ok = if out.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} other job(s) were accepted: {})",
+                    out.len(),
+                    out.iter()
+                        .map(|s| s.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            return Err(ce_error(
+                &self.base,
+                format!("the CE refused {}{ok}", failed.join("; ")),
+            ));
         }
         Ok(out)
     }
@@ -567,7 +762,13 @@ impl ArcRest {
 
     /// Read one file from a job's session directory.
     pub async fn fetch_file(&self, id: &str, name: &str) -> Result<String> {
-        let (_, body, _) = self.send(self.http.get(self.url(&format!("jobs/{id}/session/{}", encode_path(name)))), &format!("reading {name} of job {id}")).await?;
+        let (_, body, _) = self
+            .send(
+                self.http
+                    .get(self.url(&format!("jobs/{id}/session/{}", encode_path(name)))),
+                &format!("reading {name} of job {id}"),
+            )
+            .await?;
         Ok(body)
     }
 }
@@ -644,7 +845,12 @@ fn der_header(b: &[u8]) -> Option<(usize, usize)> {
     if n == 0 || n > 4 || b.len() < 2 + n {
         return None;
     }
-    Some((2 + n, b[2..2 + n].iter().fold(0usize, |a, &x| (a << 8) | x as usize)))
+    Some((
+        2 + n,
+        b[2..2 + n]
+            .iter()
+            .fold(0usize, |a, &x| (a << 8) | x as usize),
+    ))
 }
 
 fn der_content_checked(tlv: &[u8]) -> Option<&[u8]> {
@@ -674,7 +880,13 @@ fn utc_time(t: SystemTime) -> Vec<u8> {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    let s = format!("{:02}{m:02}{d:02}{:02}{:02}{:02}Z", y % 100, rem / 3600, rem % 3600 / 60, rem % 60);
+    let s = format!(
+        "{:02}{m:02}{d:02}{:02}{:02}{:02}Z",
+        y % 100,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
     if y >= 2050 {
         tlv(0x18, format!("{y:04}{}", &s[2..]).as_bytes())
     } else {
@@ -682,7 +894,9 @@ fn utc_time(t: SystemTime) -> Vec<u8> {
     }
 }
 
-const OID_SHA256_RSA: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
+const OID_SHA256_RSA: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b,
+];
 const OID_CN: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x03];
 const OID_KEY_USAGE: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x0f];
 /// id-pe-proxyCertInfo 1.3.6.1.5.5.7.1.14
@@ -695,61 +909,133 @@ const OID_INHERIT_ALL: &[u8] = &[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07,
 /// inheritAll) followed by our proxy's certificate chain, as PEM.
 pub fn sign_proxy_request(input: &str, proxy_pem: &[u8], csr_pem: &[u8]) -> Result<String> {
     let blocks = pem_blocks(input, proxy_pem)?;
-    let certs: Vec<&Vec<u8>> = blocks.iter().filter(|(l, _)| l == "CERTIFICATE").map(|(_, d)| d).collect();
+    let certs: Vec<&Vec<u8>> = blocks
+        .iter()
+        .filter(|(l, _)| l == "CERTIFICATE")
+        .map(|(_, d)| d)
+        .collect();
     let Some(issuer_der) = certs.first() else {
-        return Err(Error::bad_input(input, "the proxy file holds no certificate"));
+        return Err(Error::bad_input(
+            input,
+            "the proxy file holds no certificate",
+        ));
     };
     let key = blocks.iter().find(|(l, _)| l.ends_with("PRIVATE KEY"));
     let signer = match key {
         Some((l, d)) if l == "RSA PRIVATE KEY" => aws_lc_rs::rsa::KeyPair::from_der(d),
         Some((l, d)) if l == "PRIVATE KEY" => aws_lc_rs::rsa::KeyPair::from_pkcs8(d),
-        Some((l, _)) => return Err(Error::bad_input(input, format!("the proxy key is a {l}; delegation supports RSA proxies"))),
-        None => return Err(Error::bad_input(input, "the proxy file holds no private key")),
+        Some((l, _)) => {
+            return Err(Error::bad_input(
+                input,
+                format!("the proxy key is a {l}; delegation supports RSA proxies"),
+            ));
+        }
+        None => {
+            return Err(Error::bad_input(
+                input,
+                "the proxy file holds no private key",
+            ));
+        }
     }
     .map_err(|e| Error::bad_input(input, format!("the proxy's RSA key cannot be used: {e}")))?;
 
-    let issuer = x509_cert::Certificate::from_der(issuer_der).map_err(|e| Error::bad_input(input, format!("proxy certificate: {e}")))?;
+    let issuer = x509_cert::Certificate::from_der(issuer_der)
+        .map_err(|e| Error::bad_input(input, format!("proxy certificate: {e}")))?;
     let csr_blocks = pem_blocks("delegation request from the CE", csr_pem)?;
-    let Some((_, csr_der)) = csr_blocks.iter().find(|(l, _)| l.contains("CERTIFICATE REQUEST")) else {
-        return Err(Error::CeRequest { ce: String::new(), detail: "the CE's delegation answer holds no certificate request".into() });
+    let Some((_, csr_der)) = csr_blocks
+        .iter()
+        .find(|(l, _)| l.contains("CERTIFICATE REQUEST"))
+    else {
+        return Err(Error::CeRequest {
+            ce: String::new(),
+            detail: "the CE's delegation answer holds no certificate request".into(),
+        });
     };
     // ARC's request is not always strict DER (x509-cert refuses its version
     // INTEGER), and only its public key is needed: walk the structure.
-    let bad_csr = || Error::CeRequest { ce: String::new(), detail: "the CE's delegation request is not a PKCS#10 request".into() };
-    let info = der_children(csr_der).and_then(|c| c.first().copied()).and_then(der_children).ok_or_else(bad_csr)?;
-    let spki = info.get(2).filter(|t| t.first() == Some(&0x30)).ok_or_else(bad_csr)?.to_vec();
-    let enc = |r: std::result::Result<Vec<u8>, x509_cert::der::Error>| r.map_err(|e| Error::Other(format!("DER encoding: {e}")));
+    let bad_csr = || Error::CeRequest {
+        ce: String::new(),
+        detail: "the CE's delegation request is not a PKCS#10 request".into(),
+    };
+    let info = der_children(csr_der)
+        .and_then(|c| c.first().copied())
+        .and_then(der_children)
+        .ok_or_else(bad_csr)?;
+    let spki = info
+        .get(2)
+        .filter(|t| t.first() == Some(&0x30))
+        .ok_or_else(bad_csr)?
+        .to_vec();
+    let enc = |r: std::result::Result<Vec<u8>, x509_cert::der::Error>| {
+        r.map_err(|e| Error::Other(format!("DER encoding: {e}")))
+    };
     let issuer_subject = enc(issuer.tbs_certificate().subject().to_der())?;
 
     let mut serial = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut serial).map_err(|_| Error::Other("no randomness for the serial number".into()))?;
+    aws_lc_rs::rand::fill(&mut serial)
+        .map_err(|_| Error::Other("no randomness for the serial number".into()))?;
     serial[0] &= 0x7f;
     serial[0] |= 0x01;
     let serial_dec = u64::from_be_bytes(serial).to_string();
 
     // Subject: ours plus one CN (RFC 3820 §3.4).
     let cn = seq(&[OID_CN, &tlv(0x13, serial_dec.as_bytes())]);
-    let subject = tlv(0x30, &[der_content(&issuer_subject), &tlv(0x31, &cn)].concat());
+    let subject = tlv(
+        0x30,
+        &[der_content(&issuer_subject), &tlv(0x31, &cn)].concat(),
+    );
 
     let now = SystemTime::now();
-    let issuer_end = issuer.tbs_certificate().validity().not_after.to_system_time();
+    let issuer_end = issuer
+        .tbs_certificate()
+        .validity()
+        .not_after
+        .to_system_time();
     let not_after = (now + Duration::from_secs(12 * 3600)).min(issuer_end);
     if not_after <= now {
-        return Err(Error::bad_input(input, "the proxy has expired; make a new one"));
+        return Err(Error::bad_input(
+            input,
+            "the proxy has expired; make a new one",
+        ));
     }
-    let validity = seq(&[&utc_time(now - Duration::from_secs(300)), &utc_time(not_after)]);
+    let validity = seq(&[
+        &utc_time(now - Duration::from_secs(300)),
+        &utc_time(not_after),
+    ]);
 
     let alg = seq(&[OID_SHA256_RSA, &[0x05, 0x00]]);
     // keyUsage: digitalSignature, keyEncipherment (critical).
-    let ku = seq(&[OID_KEY_USAGE, &[0x01, 0x01, 0xff], &tlv(0x04, &[0x03, 0x02, 0x05, 0xa0])]);
+    let ku = seq(&[
+        OID_KEY_USAGE,
+        &[0x01, 0x01, 0xff],
+        &tlv(0x04, &[0x03, 0x02, 0x05, 0xa0]),
+    ]);
     let pci_value = seq(&[&seq(&[OID_INHERIT_ALL])]);
-    let pci = seq(&[OID_PROXY_CERT_INFO, &[0x01, 0x01, 0xff], &tlv(0x04, &pci_value)]);
+    let pci = seq(&[
+        OID_PROXY_CERT_INFO,
+        &[0x01, 0x01, 0xff],
+        &tlv(0x04, &pci_value),
+    ]);
     let exts = tlv(0xa3, &seq(&[&ku, &pci]));
-    let tbs = seq(&[&[0xa0, 0x03, 0x02, 0x01, 0x02], &tlv(0x02, &serial), &alg, &issuer_subject, &validity, &subject, &spki, &exts]);
+    let tbs = seq(&[
+        &[0xa0, 0x03, 0x02, 0x01, 0x02],
+        &tlv(0x02, &serial),
+        &alg,
+        &issuer_subject,
+        &validity,
+        &subject,
+        &spki,
+        &exts,
+    ]);
 
     let mut sig = vec![0u8; signer.public_modulus_len()];
     signer
-        .sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &aws_lc_rs::rand::SystemRandom::new(), &tbs, &mut sig)
+        .sign(
+            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+            &aws_lc_rs::rand::SystemRandom::new(),
+            &tbs,
+            &mut sig,
+        )
         .map_err(|_| Error::Other("signing the delegation failed".into()))?;
     let cert = seq(&[&tbs, &alg, &tlv(0x03, &[&[0u8][..], &sig].concat())]);
 
@@ -803,7 +1089,9 @@ pub fn default_jobs_file() -> PathBuf {
     if let Some(p) = env_path("GRIDSHIP_ARC_JOBS") {
         return p;
     }
-    let data = env_path("XDG_DATA_HOME").or_else(|| env_path("HOME").map(|h| h.join(".local/share"))).unwrap_or_else(|| PathBuf::from("."));
+    let data = env_path("XDG_DATA_HOME")
+        .or_else(|| env_path("HOME").map(|h| h.join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
     data.join("gridship").join("arc-jobs.json")
 }
 
@@ -825,12 +1113,20 @@ impl JobList {
 
     /// Write to a temporary file beside it, then rename: never half a list.
     pub fn save(&self) -> Result<()> {
-        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| Error::io_path(dir, "creating job list directory", e))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io_path(dir, "creating temporary job list", e))?;
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io_path(dir, "creating job list directory", e))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .map_err(|e| Error::io_path(dir, "creating temporary job list", e))?;
         let text = serde_json::to_vec_pretty(self).expect("job list serialises");
-        std::io::Write::write_all(&mut tmp, &text).map_err(|e| Error::io_path(tmp.path(), "writing job list", e))?;
-        tmp.persist(&self.path).map_err(|e| Error::io_path(&self.path, "replacing job list", e.error))?;
+        std::io::Write::write_all(&mut tmp, &text)
+            .map_err(|e| Error::io_path(tmp.path(), "writing job list", e))?;
+        tmp.persist(&self.path)
+            .map_err(|e| Error::io_path(&self.path, "replacing job list", e.error))?;
         Ok(())
     }
 
@@ -840,7 +1136,10 @@ impl JobList {
 }
 
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 #[cfg(test)]
@@ -849,16 +1148,26 @@ mod tests {
 
     #[test]
     fn ce_urls() {
-        assert_eq!(ce_base("ce.example.org").unwrap(), "https://ce.example.org/arex");
-        assert_eq!(ce_base("https://h:8443/arex/").unwrap(), "https://h:8443/arex");
+        assert_eq!(
+            ce_base("ce.example.org").unwrap(),
+            "https://ce.example.org/arex"
+        );
+        assert_eq!(
+            ce_base("https://h:8443/arex/").unwrap(),
+            "https://h:8443/arex"
+        );
         assert_eq!(ce_base("https://h:8443").unwrap(), "https://h:8443/arex");
-        assert_eq!(ce_base("https://h/arex/rest/1.0").unwrap(), "https://h/arex");
+        assert_eq!(
+            ce_base("https://h/arex/rest/1.0").unwrap(),
+            "https://h/arex"
+        );
         assert!(ce_base("http://h/arex").is_err());
     }
 
     #[test]
     fn replies_one_or_many() {
-        let one = r#"{"job":{"status-code":"201","reason":"Created","id":"abc","state":"ACCEPTING"}}"#;
+        let one =
+            r#"{"job":{"status-code":"201","reason":"Created","id":"abc","state":"ACCEPTING"}}"#;
         let r = replies(one).unwrap();
         assert_eq!(r.len(), 1);
         assert!(r[0].ok());

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::xrsl::{self, ParsedJob};
-use super::{validate, Place, Problem, Problems};
+use super::{Place, Problem, Problems, validate};
 use crate::error::{Error, Result};
 
 /// Placeholder types.
@@ -61,7 +61,9 @@ impl PlaceholderType {
 
     fn check(self, v: &str) -> std::result::Result<(), String> {
         let ok = match self {
-            Self::CvmfsPath => v.starts_with("/cvmfs/") && v.len() > 7 && !v.contains(char::is_whitespace),
+            Self::CvmfsPath => {
+                v.starts_with("/cvmfs/") && v.len() > 7 && !v.contains(char::is_whitespace)
+            }
             Self::Url => validate::is_remote_url(v),
             Self::Image | Self::Name => !v.is_empty() && !v.contains(char::is_whitespace),
             Self::Int => !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && v != "0",
@@ -86,10 +88,16 @@ pub const KNOWN_PLACEHOLDERS: &[(&str, &str)] = &[
     ("IMAGE", "the --image argument"),
     ("QUEUE", "the --queue argument"),
     ("SITE", "the --site argument"),
-    ("CONTAINER_RTE", "the queue's container RTE (site.yaml container_rte)"),
+    (
+        "CONTAINER_RTE",
+        "the queue's container RTE (site.yaml container_rte)",
+    ),
     ("GPUS", "GPUs per job"),
     ("CORES", "cores per job (GPUs × cores_per_gpu)"),
-    ("MEMORY_MB", "memory per core in MB (memory_per_gpu_mb / cores_per_gpu)"),
+    (
+        "MEMORY_MB",
+        "memory per core in MB (memory_per_gpu_mb / cores_per_gpu)",
+    ),
     ("JOBNAME", "a job name derived from the image"),
 ];
 
@@ -113,7 +121,8 @@ pub struct Template {
 
 /// Where templates live: `$GRIDSHIP_XRSL_TEMPLATES`, else ./xrsl-templates.
 pub fn default_templates_dir() -> PathBuf {
-    std::env::var_os("GRIDSHIP_XRSL_TEMPLATES").map_or_else(|| PathBuf::from("xrsl-templates"), PathBuf::from)
+    std::env::var_os("GRIDSHIP_XRSL_TEMPLATES")
+        .map_or_else(|| PathBuf::from("xrsl-templates"), PathBuf::from)
 }
 
 impl Template {
@@ -137,7 +146,7 @@ impl Template {
                 return Err(Error::BadInput {
                     input: format!("--template {name_or_path}"),
                     place: String::new(),
-                    reason: format!("no such file, and no {} in {}", format!("{n}.xrsl"), dir.display()),
+                    reason: format!("no such file, and no {n}.xrsl in {}", dir.display()),
                     hint: Some(if known.is_empty() {
                         "give a path to an .xrsl file, or set GRIDSHIP_XRSL_TEMPLATES".into()
                     } else {
@@ -147,7 +156,8 @@ impl Template {
             }
             p
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io_path(&path, "reading template", e))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::io_path(&path, "reading template", e))?;
         Self::from_text(&path.display().to_string(), Some(path.clone()), text)
     }
 
@@ -155,7 +165,9 @@ impl Template {
         let mut placeholders = Vec::new();
         let mut problems = Vec::new();
         for (i, line) in text.lines().enumerate() {
-            let Some(at) = line.find("@placeholder") else { continue };
+            let Some(at) = line.find("@placeholder") else {
+                continue;
+            };
             let rest = &line[at + "@placeholder".len()..];
             let rest = rest.trim_end().trim_end_matches("*)");
             let mut parts = rest.split_whitespace();
@@ -208,7 +220,10 @@ impl Template {
 
     /// Bind the declared placeholders from `values` (type-checked) and read
     /// the template as jobs.
-    pub fn instantiate(&self, values: &BTreeMap<String, String>) -> std::result::Result<Vec<ParsedJob>, Problems> {
+    pub fn instantiate(
+        &self,
+        values: &BTreeMap<String, String>,
+    ) -> std::result::Result<Vec<ParsedJob>, Problems> {
         let mut bound = BTreeMap::new();
         let mut problems = Vec::new();
         for p in &self.placeholders {
@@ -216,8 +231,19 @@ impl Template {
             if let Err(want) = p.ty.check(&v) {
                 problems.push(Problem {
                     place: Some(Place::LineCol(p.line, p.col)),
-                    message: format!("placeholder {} ({}) gets \"{v}\", which is not {want}", p.name, p.ty.as_str()),
-                    hint: Some(format!("{} comes from {}", p.name, KNOWN_PLACEHOLDERS.iter().find(|(k, _)| *k == p.name).map_or("gridship", |(_, d)| d))),
+                    message: format!(
+                        "placeholder {} ({}) gets \"{v}\", which is not {want}",
+                        p.name,
+                        p.ty.as_str()
+                    ),
+                    hint: Some(format!(
+                        "{} comes from {}",
+                        p.name,
+                        KNOWN_PLACEHOLDERS
+                            .iter()
+                            .find(|(k, _)| *k == p.name)
+                            .map_or("gridship", |(_, d)| d)
+                    )),
                 });
             }
             bound.insert(p.name.clone(), v);

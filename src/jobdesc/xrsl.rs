@@ -10,7 +10,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::model::{EnvVar, Field, InputFile, JobSpec, Notify, NotifyState, OutputFile, RuntimeEnv};
+use super::model::{
+    EnvVar, Field, InputFile, JobSpec, Notify, NotifyState, OutputFile, RuntimeEnv,
+};
 use super::{Place, Problem, Problems};
 
 /// Characters that end a bare word and that attribute and variable names must not contain.
@@ -71,10 +73,23 @@ pub struct Relation {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
-    Lit { text: String, pos: usize },
-    Var { name: String, pos: usize },
-    Concat { left: Box<Value>, right: Box<Value>, pos: usize },
-    Seq { items: Vec<Value>, pos: usize },
+    Lit {
+        text: String,
+        pos: usize,
+    },
+    Var {
+        name: String,
+        pos: usize,
+    },
+    Concat {
+        left: Box<Value>,
+        right: Box<Value>,
+        pos: usize,
+    },
+    Seq {
+        items: Vec<Value>,
+        pos: usize,
+    },
 }
 
 impl Value {
@@ -176,7 +191,10 @@ impl<'a> Parser<'a> {
                 }
                 if !self.s[self.n + 1].is_ascii() {
                     // ARC splits bytes; a non-ASCII delimiter would cut a character.
-                    return err(self.n + 1, "the delimiter after ^ must be an ASCII character");
+                    return err(
+                        self.n + 1,
+                        "the delimiter after ^ must be an ASCII character",
+                    );
                 }
                 self.n += 1;
                 self.s[self.n]
@@ -207,7 +225,10 @@ impl<'a> Parser<'a> {
                 let what = match delim {
                     b'"' => "End of double quoted string not found".to_string(),
                     b'\'' => "End of single quoted string not found".to_string(),
-                    d => format!("End of user delimiter ({}) quoted string not found", d as char),
+                    d => format!(
+                        "End of user delimiter ({}) quoted string not found",
+                        d as char
+                    ),
                 };
                 return Err(SyntaxError {
                     pos: start,
@@ -537,7 +558,10 @@ fn eval_rsl(rsl: &Rsl, vars: &mut BTreeMap<String, String>) -> PResult<ERsl> {
                     let (EValue::Lit { text: n, .. }, EValue::Lit { text: val, .. }) =
                         (&name, &value)
                     else {
-                        return err(*pos, "RSL substitution variable name or value is not a literal");
+                        return err(
+                            *pos,
+                            "RSL substitution variable name or value is not a literal",
+                        );
                     };
                     vars.insert(n.clone(), val.clone());
                     values.push(EValue::Seq {
@@ -586,14 +610,20 @@ fn eval_value(v: &Value, vars: &BTreeMap<String, String>) -> PResult<EValue> {
             let l = eval_value(left, vars)?;
             let r = eval_value(right, vars)?;
             match (l, r) {
-                (EValue::Lit { text: a, pos: lp }, EValue::Lit { text: b, .. }) => Ok(EValue::Lit {
-                    text: a + &b,
-                    pos: lp,
-                }),
-                (EValue::Seq { .. }, _) => {
-                    err(*pos, "Left operand for RSL concatenation does not evaluate to a literal")
+                (EValue::Lit { text: a, pos: lp }, EValue::Lit { text: b, .. }) => {
+                    Ok(EValue::Lit {
+                        text: a + &b,
+                        pos: lp,
+                    })
                 }
-                _ => err(*pos, "Right operand for RSL concatenation does not evaluate to a literal"),
+                (EValue::Seq { .. }, _) => err(
+                    *pos,
+                    "Left operand for RSL concatenation does not evaluate to a literal",
+                ),
+                _ => err(
+                    *pos,
+                    "Right operand for RSL concatenation does not evaluate to a literal",
+                ),
             }
         }
         Value::Seq { items, pos } => Ok(EValue::Seq {
@@ -671,14 +701,20 @@ const SERVER_ATTRS: &[&str] = &[
 /// Globus RSL leftovers ARC warns about and drops, with the xRSL to use.
 const GLOBUS_ATTRS: &[(&str, &str)] = &[
     ("resourcemanagercontact", "submit with --ce instead"),
-    ("directory", "jobs run in their session directory; remove it"),
+    (
+        "directory",
+        "jobs run in their session directory; remove it",
+    ),
     ("maxcputime", "use (cputime=...)"),
     ("maxwalltime", "use (walltime=...)"),
     ("maxtime", "use (walltime=...)"),
     ("maxmemory", "use (memory=MB per core)"),
     ("minmemory", "use (memory=MB per core)"),
     ("grammyjob", "remove it"),
-    ("project", "ARC has no project attribute; the VO comes from your proxy or token"),
+    (
+        "project",
+        "ARC has no project attribute; the VO comes from your proxy or token",
+    ),
     ("hostcount", "use (count=...) with (countpernode=...)"),
     ("label", "use (jobname=...)"),
     ("subjobcommstype", "remove it"),
@@ -689,7 +725,10 @@ const GLOBUS_ATTRS: &[(&str, &str)] = &[
     ("filestageout", "use (outputfiles=...)"),
     ("gasscache", "remove it"),
     ("jobtype", "use (count=...)"),
-    ("librarypath", "use (environment=(\"LD_LIBRARY_PATH\" \"...\"))"),
+    (
+        "librarypath",
+        "use (environment=(\"LD_LIBRARY_PATH\" \"...\"))",
+    ),
     ("remoteiourl", "remove it"),
     ("scratchdir", "remove it"),
 ];
@@ -732,7 +771,9 @@ fn attribute_problem(name: &str, written: &str) -> Option<(String, String)> {
     }
     if SERVER_ATTRS.contains(&name) {
         return Some((
-            format!("attribute '{written}' is set by the CE, not by a user description; ARC rejects or overrides it"),
+            format!(
+                "attribute '{written}' is set by the CE, not by a user description; ARC rejects or overrides it"
+            ),
             "remove it".into(),
         ));
     }
@@ -755,7 +796,10 @@ fn attribute_problem(name: &str, written: &str) -> Option<(String, String)> {
         .min();
     let hint = match best {
         Some((d, k)) if d <= 3 && k != "rslsubstitution" => format!("did you mean '{k}'?"),
-        _ => format!("known attributes: {}", GRIDSHIP_ATTRS[..GRIDSHIP_ATTRS.len() - 1].join(", ")),
+        _ => format!(
+            "known attributes: {}",
+            GRIDSHIP_ATTRS[..GRIDSHIP_ATTRS.len() - 1].join(", ")
+        ),
     };
     Some((
         format!("unknown attribute '{written}': ARC would silently ignore it"),
@@ -767,7 +811,8 @@ fn attribute_problem(name: &str, written: &str) -> Option<(String, String)> {
 /// bare unit, refusing every form ARC would misread.
 pub fn parse_duration(text: &str) -> Result<u64, (String, String)> {
     let t = text.trim();
-    let hint = "write minutes (\"90\"), units (\"1h30m\", \"2 hours\", \"45s\") or ISO 8601 (\"PT1H30M\")";
+    let hint =
+        "write minutes (\"90\"), units (\"1h30m\", \"2 hours\", \"45s\") or ISO 8601 (\"PT1H30M\")";
     let bad = |why: &str| Err((format!("duration \"{text}\" {why}"), hint.to_string()));
     if t.is_empty() {
         return bad("is empty; ARC would read it as 0");
@@ -782,7 +827,9 @@ pub fn parse_duration(text: &str) -> Result<u64, (String, String)> {
         );
     }
     if t.bytes().all(|b| b.is_ascii_digit()) {
-        let m: u64 = t.parse().map_err(|_| ("duration too large".to_string(), hint.to_string()))?;
+        let m: u64 = t
+            .parse()
+            .map_err(|_| ("duration too large".to_string(), hint.to_string()))?;
         if m == 0 {
             return bad("is zero");
         }
@@ -797,7 +844,9 @@ pub fn parse_duration(text: &str) -> Result<u64, (String, String)> {
         if digits == 0 {
             return bad("is not a number with a unit");
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| ("duration too large".to_string(), hint.to_string()))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| ("duration too large".to_string(), hint.to_string()))?;
         rest = rest[digits..].trim_start();
         let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         if letters == 0 {
@@ -894,7 +943,11 @@ impl Mapper<'_> {
         match v {
             EValue::Lit { text, .. } => Some(text),
             EValue::Seq { pos, .. } => {
-                self.problem(*pos, format!("'{attr}' takes strings, not a ( ... ) sequence"), format!("write ({attr}=\"value\")"));
+                self.problem(
+                    *pos,
+                    format!("'{attr}' takes strings, not a ( ... ) sequence"),
+                    format!("write ({attr}=\"value\")"),
+                );
                 None
             }
         }
@@ -902,7 +955,11 @@ impl Mapper<'_> {
 
     fn single<'v>(&mut self, attr: &str, pos: usize, values: &'v [EValue]) -> Option<&'v str> {
         if values.len() != 1 {
-            self.problem(pos, format!("'{attr}' takes exactly one value, found {}", values.len()), format!("write ({attr}=\"value\"); quote values with spaces"));
+            self.problem(
+                pos,
+                format!("'{attr}' takes exactly one value, found {}", values.len()),
+                format!("write ({attr}=\"value\"); quote values with spaces"),
+            );
             return None;
         }
         self.lit(attr, &values[0])
@@ -913,7 +970,14 @@ impl Mapper<'_> {
         if self.spans.contains_key(&field) {
             let first = self.spans.get(&field).copied().unwrap_or(pos);
             let (l, c) = line_col(self.src, first);
-            self.problem(pos, format!("'{}' is given twice (first at {l}:{c}); ARC keeps one silently or fails", field.xrsl()), "keep one of them");
+            self.problem(
+                pos,
+                format!(
+                    "'{}' is given twice (first at {l}:{c}); ARC keeps one silently or fails",
+                    field.xrsl()
+                ),
+                "keep one of them",
+            );
             return false;
         }
         self.spans.insert(field, pos);
@@ -922,12 +986,17 @@ impl Mapper<'_> {
 
     fn uint(&mut self, attr: &str, pos: usize, text: &str, what: &str, hint: &str) -> Option<u64> {
         let t = text.trim();
-        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(n) = t.parse::<u64>() {
-                return Some(n);
-            }
+        if !t.is_empty()
+            && t.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(n) = t.parse::<u64>()
+        {
+            return Some(n);
         }
-        self.problem(pos, format!("{attr}=\"{text}\" is not {what}; ARC would misread it"), hint);
+        self.problem(
+            pos,
+            format!("{attr}=\"{text}\" is not {what}; ARC would misread it"),
+            hint,
+        );
         None
     }
 
@@ -945,7 +1014,14 @@ impl Mapper<'_> {
                 "runtimeenvironment" => "request the exact RTE with (runtimeenvironment=\"NAME-VERSION\")".to_string(),
                 _ => format!("write ({attr}=...)"),
             };
-            self.problem(pos, format!("'{attr}' is used with '{}'; gridship accepts only '='", op.as_str()), hint);
+            self.problem(
+                pos,
+                format!(
+                    "'{attr}' is used with '{}'; gridship accepts only '='",
+                    op.as_str()
+                ),
+                hint,
+            );
             return;
         }
         match name {
@@ -973,7 +1049,11 @@ impl Mapper<'_> {
                         "yes" | "true" => true,
                         "no" | "false" => false,
                         _ => {
-                            self.problem(pos, format!("join=\"{t}\" must be yes or no"), "write (join=\"yes\")");
+                            self.problem(
+                                pos,
+                                format!("join=\"{t}\" must be yes or no"),
+                                "write (join=\"yes\")",
+                            );
                             return;
                         }
                     };
@@ -981,7 +1061,11 @@ impl Mapper<'_> {
                 }
             }
             "walltime" | "cputime" => {
-                let field = if name == "walltime" { Field::Walltime } else { Field::Cputime };
+                let field = if name == "walltime" {
+                    Field::Walltime
+                } else {
+                    Field::Cputime
+                };
                 if let Some(t) = self.single(attr, pos, values) {
                     if !self.set_once(field, pos) {
                         return;
@@ -994,7 +1078,11 @@ impl Mapper<'_> {
                 }
             }
             "memory" | "disk" => {
-                let field = if name == "memory" { Field::Memory } else { Field::Disk };
+                let field = if name == "memory" {
+                    Field::Memory
+                } else {
+                    Field::Disk
+                };
                 if let Some(t) = self.single(attr, pos, values) {
                     if !self.set_once(field, pos) {
                         return;
@@ -1004,7 +1092,9 @@ impl Mapper<'_> {
                     } else {
                         suggest_mb(t, "disk is MB")
                     };
-                    if let Some(n) = self.uint(attr, values[0].pos(), t, "a whole number of MB", &hint) {
+                    if let Some(n) =
+                        self.uint(attr, values[0].pos(), t, "a whole number of MB", &hint)
+                    {
                         if name == "memory" {
                             self.spec.memory_mb = Some(n);
                         } else {
@@ -1026,7 +1116,11 @@ impl Mapper<'_> {
                     let hint = format!("write ({attr}=\"4\")");
                     if let Some(n) = self.uint(attr, values[0].pos(), t, "a whole number", &hint) {
                         let Ok(n) = u32::try_from(n) else {
-                            self.problem(values[0].pos(), format!("{attr}=\"{t}\" is too large"), hint);
+                            self.problem(
+                                values[0].pos(),
+                                format!("{attr}=\"{t}\" is too large"),
+                                hint,
+                            );
                             return;
                         };
                         match field {
@@ -1042,9 +1136,21 @@ impl Mapper<'_> {
                     if !self.set_once(Field::Priority, pos) {
                         return;
                     }
-                    if let Some(n) = self.uint(attr, values[0].pos(), t, "a number from 0 to 100", "write (priority=\"50\"); ARC clamps larger values to 100") {
+                    if let Some(n) = self.uint(
+                        attr,
+                        values[0].pos(),
+                        t,
+                        "a number from 0 to 100",
+                        "write (priority=\"50\"); ARC clamps larger values to 100",
+                    ) {
                         if n > 100 {
-                            self.problem(values[0].pos(), format!("priority=\"{t}\" is above 100; ARC would clamp it silently"), "use 0..100");
+                            self.problem(
+                                values[0].pos(),
+                                format!(
+                                    "priority=\"{t}\" is above 100; ARC would clamp it silently"
+                                ),
+                                "use 0..100",
+                            );
                         } else {
                             self.spec.priority = Some(n as u8);
                         }
@@ -1059,7 +1165,11 @@ impl Mapper<'_> {
                     match t.to_ascii_lowercase().as_str() {
                         "yes" | "true" => self.spec.exclusive = Some(true),
                         "no" | "false" => self.spec.exclusive = Some(false),
-                        _ => self.problem(values[0].pos(), format!("exclusiveexecution=\"{t}\" must be yes or no"), "write (exclusiveexecution=\"yes\")"),
+                        _ => self.problem(
+                            values[0].pos(),
+                            format!("exclusiveexecution=\"{t}\" must be yes or no"),
+                            "write (exclusiveexecution=\"yes\")",
+                        ),
                     }
                 }
             }
@@ -1072,11 +1182,18 @@ impl Mapper<'_> {
                     }
                 }
                 if strs.is_empty() {
-                    self.problem(pos, "runtimeenvironment needs a name", "write (runtimeenvironment=\"ENV/SINGULARITY\" \"/cvmfs/...\")");
+                    self.problem(
+                        pos,
+                        "runtimeenvironment needs a name",
+                        "write (runtimeenvironment=\"ENV/SINGULARITY\" \"/cvmfs/...\")",
+                    );
                     return;
                 }
                 let name = strs.remove(0);
-                self.spec.runtime_environments.push(RuntimeEnv { name, options: strs });
+                self.spec.runtime_environments.push(RuntimeEnv {
+                    name,
+                    options: strs,
+                });
             }
             "environment" => {
                 self.spans.entry(Field::Environment).or_insert(pos);
@@ -1090,31 +1207,53 @@ impl Mapper<'_> {
                             }
                             let _ = spos;
                         }
-                        _ => self.problem(v.pos(), "environment takes (\"NAME\" \"VALUE\") pairs", "write (environment=(\"NAME\" \"VALUE\") (\"OTHER\" \"VALUE\"))"),
+                        _ => self.problem(
+                            v.pos(),
+                            "environment takes (\"NAME\" \"VALUE\") pairs",
+                            "write (environment=(\"NAME\" \"VALUE\") (\"OTHER\" \"VALUE\"))",
+                        ),
                     }
                 }
             }
             "inputfiles" | "outputfiles" => {
                 let input = name == "inputfiles";
-                let field = if input { Field::InputFiles } else { Field::OutputFiles };
+                let field = if input {
+                    Field::InputFiles
+                } else {
+                    Field::OutputFiles
+                };
                 self.spans.entry(field).or_insert(pos);
                 for v in values {
                     let EValue::Seq { items, pos: spos } = v else {
-                        self.problem(v.pos(), format!("{attr} takes (\"NAME\" \"URL\") sequences"), format!("write ({attr}=(\"name\" \"\") (\"other\" \"https://...\"))"));
+                        self.problem(
+                            v.pos(),
+                            format!("{attr} takes (\"NAME\" \"URL\") sequences"),
+                            format!("write ({attr}=(\"name\" \"\") (\"other\" \"https://...\"))"),
+                        );
                         continue;
                     };
                     if items.len() != 2 {
                         self.problem(*spos, format!("{attr} entries need exactly a name and a URL (or \"\"); found {} values", items.len()), "URL options and locations are not supported by gridship: put options in the URL");
                         continue;
                     }
-                    let (Some(fname), Some(url)) = (self.lit(attr, &items[0]).map(str::to_string), self.lit(attr, &items[1]).map(str::to_string)) else {
+                    let (Some(fname), Some(url)) = (
+                        self.lit(attr, &items[0]).map(str::to_string),
+                        self.lit(attr, &items[1]).map(str::to_string),
+                    ) else {
                         continue;
                     };
                     let loc = if url.is_empty() { None } else { Some(url) };
                     if input {
-                        self.spec.input_files.push(InputFile { name: fname, source: loc, executable: false });
+                        self.spec.input_files.push(InputFile {
+                            name: fname,
+                            source: loc,
+                            executable: false,
+                        });
                     } else {
-                        self.spec.output_files.push(OutputFile { name: fname, target: loc });
+                        self.spec.output_files.push(OutputFile {
+                            name: fname,
+                            target: loc,
+                        });
                     }
                 }
             }
@@ -1132,7 +1271,9 @@ impl Mapper<'_> {
             "notify" => {
                 self.spans.entry(Field::Notify).or_insert(pos);
                 for v in values {
-                    let Some(t) = self.lit(attr, v).map(str::to_string) else { continue };
+                    let Some(t) = self.lit(attr, v).map(str::to_string) else {
+                        continue;
+                    };
                     self.notify(&t, v.pos());
                 }
             }
@@ -1141,7 +1282,9 @@ impl Mapper<'_> {
     }
 
     fn string_field(&mut self, field: Field, attr: &str, pos: usize, values: &[EValue]) {
-        let Some(t) = self.single(attr, pos, values).map(str::to_string) else { return };
+        let Some(t) = self.single(attr, pos, values).map(str::to_string) else {
+            return;
+        };
         if !self.set_once(field, pos) {
             return;
         }
@@ -1214,46 +1357,83 @@ impl Mapper<'_> {
 
     fn walk(&mut self, r: &ERsl) {
         match r {
-            ERsl::Bool { op: BoolOp::And, items, .. } => {
+            ERsl::Bool {
+                op: BoolOp::And,
+                items,
+                ..
+            } => {
                 for i in items {
                     self.walk(i);
                 }
             }
             ERsl::Bool { op, pos, .. } => {
-                let what = if *op == BoolOp::Or { "'|' (alternatives)" } else { "'+' (multi-request)" };
-                self.problem(*pos, format!("{what} inside a job is not supported by gridship"), "write one job per request: +(&(...))(&(...)); choose the queue with --queue");
+                let what = if *op == BoolOp::Or {
+                    "'|' (alternatives)"
+                } else {
+                    "'+' (multi-request)"
+                };
+                self.problem(
+                    *pos,
+                    format!("{what} inside a job is not supported by gridship"),
+                    "write one job per request: +(&(...))(&(...)); choose the queue with --queue",
+                );
             }
-            ERsl::Rel { attr, name, pos, op, values } => self.relation(attr, name, *pos, *op, values),
+            ERsl::Rel {
+                attr,
+                name,
+                pos,
+                op,
+                values,
+            } => self.relation(attr, name, *pos, *op, values),
         }
     }
 
     fn finish(&mut self, top_pos: usize) {
-        if let Some((yes, pos)) = self.join {
-            if yes {
-                match (&self.spec.stdout, &self.spec.stderr) {
-                    (None, _) => self.problem(pos, "join is set but stdout is not", "add (stdout=\"out.txt\") or drop join"),
-                    (Some(o), Some(e)) if o != e => self.problem(pos, "join is set but stderr names another file", "drop stderr or join"),
-                    (Some(o), _) => self.spec.stderr = Some(o.clone()),
-                }
+        if let Some((yes, pos)) = self.join
+            && yes
+        {
+            match (&self.spec.stdout, &self.spec.stderr) {
+                (None, _) => self.problem(
+                    pos,
+                    "join is set but stdout is not",
+                    "add (stdout=\"out.txt\") or drop join",
+                ),
+                (Some(o), Some(e)) if o != e => self.problem(
+                    pos,
+                    "join is set but stderr names another file",
+                    "drop stderr or join",
+                ),
+                (Some(o), _) => self.spec.stderr = Some(o.clone()),
             }
         }
         if let Some((names, _)) = self.executables.take() {
             for (n, p) in names {
                 match self.spec.input_files.iter_mut().find(|f| f.name == n) {
                     Some(f) => f.executable = true,
-                    None => self.problem(p, format!("executables names '{n}', which is not in inputfiles"), "add it to (inputfiles=...) or remove it"),
+                    None => self.problem(
+                        p,
+                        format!("executables names '{n}', which is not in inputfiles"),
+                        "add it to (inputfiles=...) or remove it",
+                    ),
                 }
             }
         }
         if self.spec.executable.is_empty() && !self.spans.contains_key(&Field::Executable) {
-            self.problem(top_pos, "no executable; ARC rejects a job without one", "add (executable=\"run.sh\")");
+            self.problem(
+                top_pos,
+                "no executable; ARC rejects a job without one",
+                "add (executable=\"run.sh\")",
+            );
         }
     }
 }
 
 fn suggest_mb(text: &str, what: &str) -> String {
     let t = text.trim().to_ascii_lowercase();
-    let digits: String = t.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let digits: String = t
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     let unit = t[digits.len()..].trim().to_string();
     let n: f64 = digits.parse().unwrap_or(0.0);
     let mb = match unit.as_str() {
@@ -1278,14 +1458,23 @@ pub struct ParsedJob {
 
 /// Parse, evaluate and map xRSL text onto JobSpecs (one per request). Every
 /// problem is reported with line:column.
-pub fn read(input: &str, src: &str, predefined: &BTreeMap<String, String>) -> Result<Vec<ParsedJob>, Problems> {
+pub fn read(
+    input: &str,
+    src: &str,
+    predefined: &BTreeMap<String, String>,
+) -> Result<Vec<ParsedJob>, Problems> {
     let syntax = |e: SyntaxError| {
         let (l, c) = line_col(src, e.pos);
-        Problems::new(input, vec![Problem {
-            place: Some(Place::LineCol(l, c)),
-            message: e.message,
-            hint: e.hint.or_else(|| Some("see the xRSL grammar: &(attribute=\"value\")(...)".into())),
-        }])
+        Problems::new(
+            input,
+            vec![Problem {
+                place: Some(Place::LineCol(l, c)),
+                message: e.message,
+                hint: e
+                    .hint
+                    .or_else(|| Some("see the xRSL grammar: &(attribute=\"value\")(...)".into())),
+            }],
+        )
     };
     let rsl = parse(src).map_err(syntax)?;
     let jobs = evaluate(&rsl, predefined).map_err(syntax)?;
@@ -1306,7 +1495,10 @@ pub fn read(input: &str, src: &str, predefined: &BTreeMap<String, String>) -> Re
         m.walk(job);
         m.finish(top_pos);
         problems.extend(m.problems);
-        out.push(ParsedJob { spec: m.spec, spans: m.spans });
+        out.push(ParsedJob {
+            spec: m.spec,
+            spans: m.spans,
+        });
     }
     if problems.is_empty() {
         Ok(out)
@@ -1353,7 +1545,11 @@ pub fn write_job(j: &JobSpec) -> String {
         let a: Vec<String> = j.arguments.iter().map(|s| q(s)).collect();
         rel(&mut out, &mut first, "arguments", &a);
     }
-    for (attr, v) in [("stdin", &j.stdin), ("stdout", &j.stdout), ("stderr", &j.stderr)] {
+    for (attr, v) in [
+        ("stdin", &j.stdin),
+        ("stdout", &j.stdout),
+        ("stderr", &j.stderr),
+    ] {
         if let Some(v) = v {
             rel(&mut out, &mut first, attr, &[q(v)]);
         }
@@ -1365,7 +1561,12 @@ pub fn write_job(j: &JobSpec) -> String {
             .map(|f| format!("({} {})", q(&f.name), q(f.source.as_deref().unwrap_or(""))))
             .collect();
         rel(&mut out, &mut first, "inputfiles", &seqs);
-        let execs: Vec<String> = j.input_files.iter().filter(|f| f.executable).map(|f| q(&f.name)).collect();
+        let execs: Vec<String> = j
+            .input_files
+            .iter()
+            .filter(|f| f.executable)
+            .map(|f| q(&f.name))
+            .collect();
         if !execs.is_empty() {
             rel(&mut out, &mut first, "executables", &execs);
         }
@@ -1379,7 +1580,11 @@ pub fn write_job(j: &JobSpec) -> String {
         rel(&mut out, &mut first, "outputfiles", &seqs);
     }
     if !j.environment.is_empty() {
-        let seqs: Vec<String> = j.environment.iter().map(|e| format!("({} {})", q(&e.name), q(&e.value))).collect();
+        let seqs: Vec<String> = j
+            .environment
+            .iter()
+            .map(|e| format!("({} {})", q(&e.name), q(&e.value)))
+            .collect();
         rel(&mut out, &mut first, "environment", &seqs);
     }
     if let Some(s) = j.walltime_s {
@@ -1401,7 +1606,12 @@ pub fn write_job(j: &JobSpec) -> String {
         rel(&mut out, &mut first, "countpernode", &[q(&c.to_string())]);
     }
     if let Some(e) = j.exclusive {
-        rel(&mut out, &mut first, "exclusiveexecution", &[q(if e { "yes" } else { "no" })]);
+        rel(
+            &mut out,
+            &mut first,
+            "exclusiveexecution",
+            &[q(if e { "yes" } else { "no" })],
+        );
     }
     if let Some(qn) = &j.queue {
         rel(&mut out, &mut first, "queue", &[q(qn)]);
@@ -1415,7 +1625,13 @@ pub fn write_job(j: &JobSpec) -> String {
         let v: Vec<String> = j
             .notify
             .iter()
-            .map(|n| q(&format!("{} {}", n.states.iter().map(|s| s.xrsl_flag()).collect::<String>(), n.email)))
+            .map(|n| {
+                q(&format!(
+                    "{} {}",
+                    n.states.iter().map(|s| s.xrsl_flag()).collect::<String>(),
+                    n.email
+                ))
+            })
             .collect();
         rel(&mut out, &mut first, "notify", &v);
     }

@@ -16,13 +16,17 @@ pub fn repo() -> PathBuf {
 
 /// Variables from the environment, else from the file `ci/arex` writes.
 fn ci_env() -> HashMap<String, String> {
-    let mut m: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("GRIDSHIP_")).collect();
+    let mut m: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("GRIDSHIP_"))
+        .collect();
     if !m.contains_key("GRIDSHIP_AREX_URL") {
-        let state = std::env::var("GRIDSHIP_CI_STATE").unwrap_or_else(|_| "/var/lib/gridship-ci".into());
+        let state =
+            std::env::var("GRIDSHIP_CI_STATE").unwrap_or_else(|_| "/var/lib/gridship-ci".into());
         if let Ok(text) = std::fs::read_to_string(Path::new(&state).join("arex.env")) {
             for line in text.lines() {
                 if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
-                    m.entry(k.to_string()).or_insert_with(|| v.trim_matches(['"', '\'']).to_string());
+                    m.entry(k.to_string())
+                        .or_insert_with(|| v.trim_matches(['"', '\'']).to_string());
                 }
             }
         }
@@ -31,8 +35,15 @@ fn ci_env() -> HashMap<String, String> {
 }
 
 pub fn python() -> String {
-    let py = ci_env().get("GRIDSHIP_ARC_PYTHON").cloned().unwrap_or_else(|| "/usr/bin/python3".into());
-    let ok = Command::new(&py).args(["-c", "import arc"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let py = ci_env()
+        .get("GRIDSHIP_ARC_PYTHON")
+        .cloned()
+        .unwrap_or_else(|| "/usr/bin/python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import arc"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     assert!(
         ok,
         "ARC's python bindings are missing: `{py} -c 'import arc'` fails. Install python3-nordugrid-arc (ci/arex does) \
@@ -51,7 +62,10 @@ pub struct ArcResult {
 /// Parse texts with ARC's library; lang "" lets ARC guess.
 pub fn arc_parse(items: &[(String, &str)]) -> Vec<ArcResult> {
     let py = python();
-    let input: Vec<Value> = items.iter().map(|(t, l)| json!({"text": t, "lang": l})).collect();
+    let input: Vec<Value> = items
+        .iter()
+        .map(|(t, l)| json!({"text": t, "lang": l}))
+        .collect();
     let mut child = Command::new(py)
         .arg(repo().join("tests/support/arc_parse.py"))
         .stdin(Stdio::piped())
@@ -59,7 +73,12 @@ pub fn arc_parse(items: &[(String, &str)]) -> Vec<ArcResult> {
         .stderr(Stdio::null())
         .spawn()
         .expect("start ARC parser");
-    child.stdin.take().unwrap().write_all(serde_json::to_string(&input).unwrap().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&input).unwrap().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "ARC parser script failed");
     serde_json::from_slice(&out.stdout).expect("ARC parser output")
@@ -87,14 +106,23 @@ pub fn key(j: &JobSpec) -> Value {
 
 /// Field-by-field comparison with a readable failure.
 pub fn assert_same(what: &str, ours: &Value, arcs: &Value) {
-    let (Value::Object(a), Value::Object(b)) = (ours, arcs) else { panic!("{what}: not objects") };
+    let (Value::Object(a), Value::Object(b)) = (ours, arcs) else {
+        panic!("{what}: not objects")
+    };
     let mut diffs = Vec::new();
     for (k, v) in a {
         if b.get(k) != Some(v) {
-            diffs.push(format!("  {k}: gridship {v} / ARC {}", b.get(k).unwrap_or(&Value::Null)));
+            diffs.push(format!(
+                "  {k}: gridship {v} / ARC {}",
+                b.get(k).unwrap_or(&Value::Null)
+            ));
         }
     }
-    assert!(diffs.is_empty(), "{what}: fields differ:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{what}: fields differ:\n{}",
+        diffs.join("\n")
+    );
 }
 
 pub struct Arex {
@@ -129,8 +157,15 @@ pub fn arex() -> Arex {
         dir: get("GRIDSHIP_AREX_DIR"),
     };
     let pid = Path::new(&a.dir).join("run/arched-arex-ws.pid");
-    let alive = std::fs::read_to_string(&pid).ok().and_then(|p| p.trim().parse::<u32>().ok()).is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-    assert!(alive, "A-REX is not running ({} has no live PID): run `ci/arex`", pid.display());
+    let alive = std::fs::read_to_string(&pid)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+    assert!(
+        alive,
+        "A-REX is not running ({} has no live PID): run `ci/arex`",
+        pid.display()
+    );
     a
 }
 
@@ -144,7 +179,14 @@ pub struct Run {
 pub fn gridship(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gridship"));
     c.args(args).current_dir(repo());
-    for v in ["BEARER_TOKEN", "BEARER_TOKEN_FILE", "XDG_RUNTIME_DIR", "X509_USER_PROXY", "X509_USER_CERT", "X509_USER_KEY"] {
+    for v in [
+        "BEARER_TOKEN",
+        "BEARER_TOKEN_FILE",
+        "XDG_RUNTIME_DIR",
+        "X509_USER_PROXY",
+        "X509_USER_CERT",
+        "X509_USER_KEY",
+    ] {
         c.env_remove(v);
     }
     for (k, v) in env {
