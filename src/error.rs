@@ -37,6 +37,10 @@ pub enum Error {
     #[error("authentication failed for {registry}: {detail}")]
     AuthFailed { registry: String, detail: String },
 
+    /// An ARC CE refused or failed a request (submit, status, kill, clean).
+    #[error("ARC CE {ce}: {detail}")]
+    CeRequest { ce: String, detail: String },
+
     #[error("{what} not found: {detail}")]
     NotFound { what: String, detail: String },
 

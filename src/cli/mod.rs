@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod arc;
 pub mod image;
 
 /// Options every command understands.
@@ -50,15 +51,30 @@ pub enum Command {
     Inspect(image::InspectArgs),
     /// Write an image's merged filesystem tree into a directory.
     Unpack(image::UnpackArgs),
+    /// Write the ARC job description (xRSL, ADL or JSON) that runs an image on a site's GPU queue.
+    Jobdesc(arc::JobdescArgs),
+    /// Check a job description and submit it to an ARC CE over REST.
+    Submit(arc::SubmitArgs),
+    /// Show the state of submitted ARC jobs.
+    Status(arc::StatusArgs),
+    /// Cancel ARC jobs.
+    Kill(arc::JobsArgs),
+    /// Remove finished ARC jobs from the CE (and from the local list).
+    Clean(arc::JobsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let global = &cli.global;
     crate::progress::init(!global.quiet && !global.json);
-    match &cli.command {
-        Command::Copy(args) => image::copy(global, args),
-        Command::Inspect(args) => image::inspect(global, args),
-        Command::Unpack(args) => image::unpack(global, args),
+    match cli.command {
+        Command::Copy(args) => image::copy(global, &args),
+        Command::Inspect(args) => image::inspect(global, &args),
+        Command::Unpack(args) => image::unpack(global, &args),
+        Command::Jobdesc(a) => arc::jobdesc(global, a),
+        Command::Submit(a) => arc::submit(global, a),
+        Command::Status(a) => arc::status(global, a),
+        Command::Kill(a) => arc::kill(global, a),
+        Command::Clean(a) => arc::clean(global, a),
     }
 }
 

@@ -3,6 +3,7 @@
 //! (independently of gridship's own store code).
 #![allow(dead_code)]
 
+pub mod arc;
 pub mod layers;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,420 @@
+//! `gridship jobdesc`, `submit`, `status`, `kill`, `clean`: ARC job
+//! descriptions and the CE's REST interface.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+
+use super::GlobalOpts;
+use crate::error::Error;
+use crate::jobdesc::submit::{self, ArcRest, AuthConfig, AuthMode, JobList, JobRecord, JobReply};
+use crate::jobdesc::{self, Format, Request, Template};
+use crate::site::{self, SiteProfile};
+
+#[derive(Debug, Args)]
+pub struct JobdescArgs {
+    /// Site profile: a directory under site-overlays/ (e.g. glasgow).
+    #[arg(long)]
+    pub site: String,
+    /// GPU queue of that site (see gpu_queues: in its site.yaml).
+    #[arg(long)]
+    pub queue: String,
+    /// The image as the site sees it: a /cvmfs/ path, or a SIF URL for a staged template.
+    #[arg(long, value_name = "REF")]
+    pub image: String,
+    /// Template name in xrsl-templates/ or a path to an .xrsl file.
+    /// Default: gpu-cvmfs for /cvmfs/ images, else gpu-sif-staged.
+    #[arg(long, value_name = "T")]
+    pub template: Option<String>,
+    /// GPUs per job (default: the queue's gpus_per_job).
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    #[arg(long, value_enum, default_value = "xrsl")]
+    pub format: Format,
+    /// Write here (atomically) instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Directory of site profiles.
+    #[arg(long, env = "GRIDSHIP_SITE_OVERLAYS", value_name = "DIR")]
+    pub site_overlays: Option<PathBuf>,
+    /// Directory of templates.
+    #[arg(long, env = "GRIDSHIP_XRSL_TEMPLATES", value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+}
+
+/// Credentials and trust for talking to a CE.
+#[derive(Debug, Clone, Args)]
+pub struct CeAuthArgs {
+    /// Credential to present: a bearer token if found (auto), X.509, or token.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub auth: AuthMode,
+    /// X.509 proxy file (default: $X509_USER_PROXY, then /tmp/x509up_u$UID).
+    #[arg(long, value_name = "FILE")]
+    pub proxy: Option<PathBuf>,
+    /// X.509 certificate instead of a proxy (with --key).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Trusted CA directory (default: $X509_CERT_DIR, then /etc/grid-security/certificates).
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// Trusted CA certificates, one PEM file.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds to wait for one CE request.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+    /// Local list of submitted jobs (default: $XDG_DATA_HOME/gridship/arc-jobs.json).
+    #[arg(long, env = "GRIDSHIP_ARC_JOBS", value_name = "FILE")]
+    pub jobs_file: Option<PathBuf>,
+}
+
+impl CeAuthArgs {
+    fn config(&self) -> AuthConfig {
+        AuthConfig {
+            mode: self.auth,
+            ca_file: self.ca_file.clone(),
+            ca_dir: self.ca_dir.clone(),
+            proxy: self.proxy.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            timeout: Some(Duration::from_secs(self.timeout)),
+        }
+    }
+
+    fn jobs_file(&self) -> PathBuf {
+        self.jobs_file
+            .clone()
+            .unwrap_or_else(submit::default_jobs_file)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Job description: xRSL, ADL or gridship JSON (checked before sending).
+    pub file: PathBuf,
+    /// CE: https://HOST[:PORT]/arex (or a host name).
+    #[arg(long, value_name = "URL", required_unless_present = "site")]
+    pub ce: Option<String>,
+    /// Take the CE from this site's profile instead of --ce.
+    #[arg(long, conflicts_with = "ce")]
+    pub site: Option<String>,
+    #[arg(long, env = "GRIDSHIP_SITE_OVERLAYS", value_name = "DIR")]
+    pub site_overlays: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: CeAuthArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Job IDs (from `gridship submit`) or job URLs; default for status: every job in the local list.
+    pub jobs: Vec<String>,
+    /// CE of IDs that are not in the local list.
+    #[arg(long, value_name = "URL")]
+    pub ce: Option<String>,
+    #[command(flatten)]
+    pub auth: CeAuthArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub jobs: JobsArgs,
+    /// Wait until every job is in a final state (FINISHED, FAILED, KILLED, WIPED).
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECS", requires = "wait")]
+    pub wait_timeout: u64,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Write to `path` via a temporary file in the same directory.
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
+    let overlays = a
+        .site_overlays
+        .clone()
+        .unwrap_or_else(site::default_overlays_dir);
+    let profile = SiteProfile::load(&overlays, &a.site)?;
+    let tdir = a
+        .templates
+        .clone()
+        .unwrap_or_else(jobdesc::template::default_templates_dir);
+    let tname = a.template.clone().unwrap_or_else(|| {
+        if a.image.starts_with("/cvmfs/") {
+            "gpu-cvmfs".into()
+        } else {
+            "gpu-sif-staged".into()
+        }
+    });
+    let template = Template::load(&tdir, &tname)?;
+    let jobs = jobdesc::for_image(
+        &profile,
+        &a.queue,
+        &a.image,
+        &template,
+        &Request { gpus: a.gpus },
+    )?;
+    let text = jobdesc::render(&jobs, a.format);
+    if let Some(out) = &a.output {
+        write_atomic(out, &text)?;
+    }
+    if g.json {
+        let doc = serde_json::json!({
+            "site": a.site, "queue": a.queue, "image": a.image,
+            "template": template.input, "format": format!("{:?}", a.format).to_lowercase(),
+            "output": a.output, "description": text, "jobs": jobs,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else if a.output.is_none() {
+        print!("{text}");
+    } else if !g.quiet {
+        eprintln!(
+            "wrote {} job(s) to {}",
+            jobs.len(),
+            a.output.as_ref().expect("checked").display()
+        );
+    }
+    Ok(())
+}
+
+pub fn submit(g: &GlobalOpts, a: SubmitArgs) -> anyhow::Result<()> {
+    let jobs = jobdesc::load(&a.file)?;
+    let ce = match (&a.ce, &a.site) {
+        (Some(ce), _) => ce.clone(),
+        (None, Some(s)) => {
+            let overlays = a
+                .site_overlays
+                .clone()
+                .unwrap_or_else(site::default_overlays_dir);
+            let p = SiteProfile::load(&overlays, s)?;
+            p.ce.map(|c| c.endpoint).ok_or_else(|| Error::BadInput {
+                input: p.path.display().to_string(),
+                place: String::new(),
+                reason: format!("site '{s}' has no ce: section"),
+                hint: Some("add ce: endpoint: https://HOST/arex, or pass --ce".into()),
+            })?
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let client = ArcRest::connect(&ce, &a.auth.config())?;
+    let base_dir = a
+        .file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let rt = runtime()?;
+    let done = rt.block_on(client.submit(&jobs, &base_dir))?;
+    let mut list = JobList::load(&a.auth.jobs_file())?;
+    for s in &done {
+        list.jobs.push(JobRecord {
+            id: s.id.clone(),
+            ce: client.base.clone(),
+            name: s.name.clone(),
+            state: s.state.clone(),
+            submitted: submit::now_unix(),
+            description: Some(a.file.display().to_string()),
+        });
+    }
+    list.save()?;
+    if g.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"ce": client.base, "auth": client.auth_desc, "jobs": done})
+            )?
+        );
+    } else {
+        for s in &done {
+            println!("{}\t{}\t{}", s.id, s.state.as_deref().unwrap_or("-"), s.url);
+        }
+    }
+    Ok(())
+}
+
+/// Group the given jobs (IDs from the list, or URLs) by CE.
+fn resolve(
+    a: &JobsArgs,
+    list: &JobList,
+    all_if_empty: bool,
+) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let mut by_ce: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if a.jobs.is_empty() {
+        if !all_if_empty {
+            return Err(Error::bad_input(
+                "job IDs",
+                "name the jobs (IDs as printed by `gridship submit`)",
+            )
+            .into());
+        }
+        for j in &list.jobs {
+            by_ce.entry(j.ce.clone()).or_default().push(j.id.clone());
+        }
+        return Ok(by_ce);
+    }
+    for j in &a.jobs {
+        if let Some((base, id)) = j.split_once("/rest/1.0/jobs/") {
+            by_ce
+                .entry(submit::ce_base(base)?)
+                .or_default()
+                .push(id.trim_end_matches('/').to_string());
+        } else if let Some(r) = list.find(j) {
+            by_ce.entry(r.ce.clone()).or_default().push(j.clone());
+        } else if let Some(ce) = &a.ce {
+            by_ce
+                .entry(submit::ce_base(ce)?)
+                .or_default()
+                .push(j.clone());
+        } else {
+            return Err(Error::BadInput {
+                input: j.clone(),
+                place: String::new(),
+                reason: format!("job '{j}' is not in {}", list.path.display()),
+                hint: Some(
+                    "pass --ce URL, or the job URL https://HOST/arex/rest/1.0/jobs/ID".into(),
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(by_ce)
+}
+
+const FINAL: &[&str] = &["FINISHED", "FAILED", "KILLED", "WIPED"];
+
+fn run_action(
+    a: &JobsArgs,
+    action: &str,
+    all_if_empty: bool,
+) -> anyhow::Result<(Vec<(String, JobReply)>, JobList)> {
+    let list = JobList::load(&a.auth.jobs_file())?;
+    let by_ce = resolve(a, &list, all_if_empty)?;
+    let rt = runtime()?;
+    let mut out = Vec::new();
+    for (ce, ids) in by_ce {
+        let client = ArcRest::connect(&ce, &a.auth.config())?;
+        for r in rt.block_on(client.action(action, &ids))? {
+            out.push((ce.clone(), r));
+        }
+    }
+    Ok((out, list))
+}
+
+fn report(g: &GlobalOpts, action: &str, replies: &[(String, JobReply)]) -> anyhow::Result<()> {
+    if g.json {
+        let v: Vec<serde_json::Value> = replies
+            .iter()
+            .map(|(ce, r)| serde_json::json!({"ce": ce, "id": r.id, "status-code": r.status_code, "reason": r.reason, "state": r.state}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"action": action, "jobs": v}))?
+        );
+    } else {
+        for (_, r) in replies {
+            if r.ok() {
+                println!("{}\t{}", r.id, r.state.as_deref().unwrap_or(&r.reason));
+            } else {
+                println!("{}\terror {}: {}", r.id, r.status_code, r.reason);
+            }
+        }
+    }
+    let failed: Vec<String> = replies
+        .iter()
+        .filter(|(_, r)| !r.ok())
+        .map(|(_, r)| format!("{} ({} {})", r.id, r.status_code, r.reason))
+        .collect();
+    if !failed.is_empty() {
+        let ce = replies
+            .iter()
+            .find(|(_, r)| !r.ok())
+            .map(|(c, _)| c.clone())
+            .unwrap_or_default();
+        return Err(Error::CeRequest {
+            ce,
+            detail: format!("{action} failed for {}", failed.join(", ")),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+pub fn status(g: &GlobalOpts, a: StatusArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let (replies, mut list) = run_action(&a.jobs, "status", true)?;
+        let all_final = replies
+            .iter()
+            .all(|(_, r)| !r.ok() || r.state.as_deref().is_some_and(|s| FINAL.contains(&s)));
+        if !a.wait || all_final || start.elapsed() > Duration::from_secs(a.wait_timeout) {
+            for (_, r) in &replies {
+                if let Some(j) = list.jobs.iter_mut().find(|j| j.id == r.id)
+                    && r.ok()
+                {
+                    j.state = r.state.clone();
+                }
+            }
+            if list.path.exists() || !list.jobs.is_empty() {
+                list.save()?;
+            }
+            report(g, "status", &replies)?;
+            if a.wait && !all_final {
+                return Err(Error::CeRequest {
+                    ce: String::new(),
+                    detail: format!("jobs not final after {} s", a.wait_timeout),
+                }
+                .into());
+            }
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+pub fn kill(g: &GlobalOpts, a: JobsArgs) -> anyhow::Result<()> {
+    let (replies, _) = run_action(&a, "kill", false)?;
+    report(g, "kill", &replies)
+}
+
+pub fn clean(g: &GlobalOpts, a: JobsArgs) -> anyhow::Result<()> {
+    let (replies, mut list) = run_action(&a, "clean", false)?;
+    // Cleaned jobs are gone on the CE; forget them here too.
+    let cleaned: Vec<&str> = replies
+        .iter()
+        .filter(|(_, r)| r.ok())
+        .map(|(_, r)| r.id.as_str())
+        .collect();
+    let before = list.jobs.len();
+    list.jobs.retain(|j| !cleaned.contains(&j.id.as_str()));
+    if list.jobs.len() != before {
+        list.save()?;
+    }
+    report(g, "clean", &replies)
+}

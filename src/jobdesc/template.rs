@@ -1,0 +1,256 @@
+//! xRSL templates with typed placeholders.
+//!
+//! A template is plain xRSL. Placeholders are xRSL variables, `$(IMAGE)`,
+//! that gridship binds before evaluation (so a template is still valid
+//! grammar); each must be declared in a comment with its type:
+//!
+//! ```text
+//! (* @placeholder IMAGE cvmfs-path  the unpacked image directory *)
+//! ```
+//!
+//! An undeclared or unknown placeholder, or a value of the wrong type, is an
+//! error with the template's line:column.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::xrsl::{self, ParsedJob};
+use super::{Place, Problem, Problems, validate};
+use crate::error::{Error, Result};
+
+/// Placeholder types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaceholderType {
+    /// An absolute path under /cvmfs/.
+    CvmfsPath,
+    /// A URL the CE can fetch (https://, root://, ...).
+    Url,
+    /// Any image reference without whitespace.
+    Image,
+    /// A positive integer.
+    Int,
+    /// A name without whitespace (queue, RTE, site).
+    Name,
+    /// Any text.
+    Text,
+}
+
+impl PlaceholderType {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "cvmfs-path" => Self::CvmfsPath,
+            "url" => Self::Url,
+            "image" => Self::Image,
+            "int" => Self::Int,
+            "name" => Self::Name,
+            "text" => Self::Text,
+            _ => return None,
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::CvmfsPath => "cvmfs-path",
+            Self::Url => "url",
+            Self::Image => "image",
+            Self::Int => "int",
+            Self::Name => "name",
+            Self::Text => "text",
+        }
+    }
+
+    fn check(self, v: &str) -> std::result::Result<(), String> {
+        let ok = match self {
+            Self::CvmfsPath => {
+                v.starts_with("/cvmfs/") && v.len() > 7 && !v.contains(char::is_whitespace)
+            }
+            Self::Url => validate::is_remote_url(v),
+            Self::Image | Self::Name => !v.is_empty() && !v.contains(char::is_whitespace),
+            Self::Int => !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && v != "0",
+            Self::Text => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(match self {
+                Self::CvmfsPath => "an absolute path under /cvmfs/ (e.g. /cvmfs/unpacked.cern.ch/registry.hub.docker.com/org/image:tag)".into(),
+                Self::Url => "a URL the CE can fetch (https://..., root://..., davs://...)".into(),
+                Self::Image | Self::Name => "a non-empty value without spaces".into(),
+                Self::Int => "a positive whole number".into(),
+                Self::Text => unreachable!(),
+            })
+        }
+    }
+}
+
+/// The placeholders gridship can fill.
+pub const KNOWN_PLACEHOLDERS: &[(&str, &str)] = &[
+    ("IMAGE", "the --image argument"),
+    ("QUEUE", "the --queue argument"),
+    ("SITE", "the --site argument"),
+    (
+        "CONTAINER_RTE",
+        "the queue's container RTE (site.yaml container_rte)",
+    ),
+    ("GPUS", "GPUs per job"),
+    ("CORES", "cores per job (GPUs × cores_per_gpu)"),
+    (
+        "MEMORY_MB",
+        "memory per core in MB (memory_per_gpu_mb / cores_per_gpu)",
+    ),
+    ("JOBNAME", "a job name derived from the image"),
+];
+
+#[derive(Debug, Clone)]
+pub struct Placeholder {
+    pub name: String,
+    pub ty: PlaceholderType,
+    pub description: String,
+    pub line: usize,
+    pub col: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// How errors name it.
+    pub input: String,
+    pub path: Option<PathBuf>,
+    pub text: String,
+    pub placeholders: Vec<Placeholder>,
+}
+
+/// Where templates live: `$GRIDSHIP_XRSL_TEMPLATES`, else ./xrsl-templates.
+pub fn default_templates_dir() -> PathBuf {
+    std::env::var_os("GRIDSHIP_XRSL_TEMPLATES")
+        .map_or_else(|| PathBuf::from("xrsl-templates"), PathBuf::from)
+}
+
+impl Template {
+    /// `name_or_path`: a file, or a name in `dir` (with or without .xrsl).
+    pub fn load(dir: &Path, name_or_path: &str) -> Result<Template> {
+        let direct = PathBuf::from(name_or_path);
+        let path = if direct.is_file() {
+            direct
+        } else {
+            let n = name_or_path.strip_suffix(".xrsl").unwrap_or(name_or_path);
+            let p = dir.join(format!("{n}.xrsl"));
+            if !p.is_file() {
+                let mut known: Vec<String> = std::fs::read_dir(dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter_map(|n| n.strip_suffix(".xrsl").map(str::to_string))
+                    .collect();
+                known.sort();
+                return Err(Error::BadInput {
+                    input: format!("--template {name_or_path}"),
+                    place: String::new(),
+                    reason: format!("no such file, and no {n}.xrsl in {}", dir.display()),
+                    hint: Some(if known.is_empty() {
+                        "give a path to an .xrsl file, or set GRIDSHIP_XRSL_TEMPLATES".into()
+                    } else {
+                        format!("templates: {}", known.join(", "))
+                    }),
+                });
+            }
+            p
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::io_path(&path, "reading template", e))?;
+        Self::from_text(&path.display().to_string(), Some(path.clone()), text)
+    }
+
+    pub fn from_text(input: &str, path: Option<PathBuf>, text: String) -> Result<Template> {
+        let mut placeholders = Vec::new();
+        let mut problems = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let Some(at) = line.find("@placeholder") else {
+                continue;
+            };
+            let rest = &line[at + "@placeholder".len()..];
+            let rest = rest.trim_end().trim_end_matches("*)");
+            let mut parts = rest.split_whitespace();
+            let col = line[..at].chars().count() + 1;
+            let (Some(name), Some(ty)) = (parts.next(), parts.next()) else {
+                problems.push(Problem {
+                    place: Some(Place::LineCol(i + 1, col)),
+                    message: "@placeholder needs a name and a type".into(),
+                    hint: Some("write (* @placeholder IMAGE cvmfs-path description *)".into()),
+                });
+                continue;
+            };
+            let Some(ty) = PlaceholderType::parse(ty) else {
+                problems.push(Problem {
+                    place: Some(Place::LineCol(i + 1, col)),
+                    message: format!("unknown placeholder type '{ty}'"),
+                    hint: Some("types: cvmfs-path, url, image, int, name, text".into()),
+                });
+                continue;
+            };
+            if !KNOWN_PLACEHOLDERS.iter().any(|(k, _)| *k == name) {
+                problems.push(Problem {
+                    place: Some(Place::LineCol(i + 1, col)),
+                    message: format!("gridship cannot fill placeholder '{name}'"),
+                    hint: Some(format!(
+                        "placeholders: {}; bind your own values with (rsl_substitution=(\"NAME\" \"value\"))",
+                        KNOWN_PLACEHOLDERS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                    )),
+                });
+                continue;
+            }
+            placeholders.push(Placeholder {
+                name: name.to_string(),
+                ty,
+                description: parts.collect::<Vec<_>>().join(" "),
+                line: i + 1,
+                col,
+            });
+        }
+        if !problems.is_empty() {
+            return Err(Problems::new(input, problems).into());
+        }
+        Ok(Template {
+            input: input.to_string(),
+            path,
+            text,
+            placeholders,
+        })
+    }
+
+    /// Bind the declared placeholders from `values` (type-checked) and read
+    /// the template as jobs.
+    pub fn instantiate(
+        &self,
+        values: &BTreeMap<String, String>,
+    ) -> std::result::Result<Vec<ParsedJob>, Problems> {
+        let mut bound = BTreeMap::new();
+        let mut problems = Vec::new();
+        for p in &self.placeholders {
+            let v = values.get(&p.name).cloned().unwrap_or_default();
+            if let Err(want) = p.ty.check(&v) {
+                problems.push(Problem {
+                    place: Some(Place::LineCol(p.line, p.col)),
+                    message: format!(
+                        "placeholder {} ({}) gets \"{v}\", which is not {want}",
+                        p.name,
+                        p.ty.as_str()
+                    ),
+                    hint: Some(format!(
+                        "{} comes from {}",
+                        p.name,
+                        KNOWN_PLACEHOLDERS
+                            .iter()
+                            .find(|(k, _)| *k == p.name)
+                            .map_or("gridship", |(_, d)| d)
+                    )),
+                });
+            }
+            bound.insert(p.name.clone(), v);
+        }
+        if !problems.is_empty() {
+            return Err(Problems::new(&self.input, problems));
+        }
+        xrsl::read(&self.input, &self.text, &bound)
+    }
+}

@@ -1,0 +1,200 @@
+//! Shared by the jobdesc integration tests: ARC's own parser (through
+//! python3-nordugrid-arc) and the local A-REX that `ci/arex` starts.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use gridship::jobdesc::JobSpec;
+use serde_json::{Value, json};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Variables from the environment, else from the file `ci/arex` writes.
+fn ci_env() -> HashMap<String, String> {
+    let mut m: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("GRIDSHIP_"))
+        .collect();
+    if !m.contains_key("GRIDSHIP_AREX_URL") {
+        let state =
+            std::env::var("GRIDSHIP_CI_STATE").unwrap_or_else(|_| "/var/lib/gridship-ci".into());
+        if let Ok(text) = std::fs::read_to_string(Path::new(&state).join("arex.env")) {
+            for line in text.lines() {
+                if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                    m.entry(k.to_string())
+                        .or_insert_with(|| v.trim_matches(['"', '\'']).to_string());
+                }
+            }
+        }
+    }
+    m
+}
+
+pub fn python() -> String {
+    let py = ci_env()
+        .get("GRIDSHIP_ARC_PYTHON")
+        .cloned()
+        .unwrap_or_else(|| "/usr/bin/python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import arc"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "ARC's python bindings are missing: `{py} -c 'import arc'` fails. Install python3-nordugrid-arc (ci/arex does) \
+         and point GRIDSHIP_ARC_PYTHON at the python that has them."
+    );
+    py
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ArcResult {
+    pub ok: bool,
+    pub error: String,
+    pub jobs: Vec<Value>,
+}
+
+/// Parse texts with ARC's library; lang "" lets ARC guess.
+pub fn arc_parse(items: &[(String, &str)]) -> Vec<ArcResult> {
+    let py = python();
+    let input: Vec<Value> = items
+        .iter()
+        .map(|(t, l)| json!({"text": t, "lang": l}))
+        .collect();
+    let mut child = Command::new(py)
+        .arg(repo().join("tests/support/arc_parse.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ARC parser");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&input).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "ARC parser script failed");
+    serde_json::from_slice(&out.stdout).expect("ARC parser output")
+}
+
+/// A JobSpec in the shape arc_parse.py reports ARC's job description.
+pub fn key(j: &JobSpec) -> Value {
+    json!({
+        "executable": j.executable,
+        "arguments": j.arguments,
+        "stdin": j.stdin, "stdout": j.stdout, "stderr": j.stderr,
+        "input_files": j.input_files.iter().map(|f| json!([f.name, f.source, f.executable])).collect::<Vec<_>>(),
+        "output_files": j.output_files.iter().map(|f| json!([f.name, f.target])).collect::<Vec<_>>(),
+        "environment": j.environment.iter().map(|e| json!([e.name, e.value])).collect::<Vec<_>>(),
+        "walltime_s": j.walltime_s, "cputime_s": j.cputime_s,
+        "memory_mb": j.memory_mb, "disk_mb": j.disk_mb,
+        "count": j.count, "count_per_node": j.count_per_node, "exclusive": j.exclusive,
+        "queue": j.queue,
+        "runtime_environments": j.runtime_environments.iter().map(|r| json!([r.name, r.options])).collect::<Vec<_>>(),
+        "job_name": j.job_name,
+        "notify": j.notify.iter().map(|n| json!([n.email, n.states])).collect::<Vec<_>>(),
+        "priority": j.priority, "rerun": j.rerun, "gmlog": j.gmlog,
+    })
+}
+
+/// Field-by-field comparison with a readable failure.
+pub fn assert_same(what: &str, ours: &Value, arcs: &Value) {
+    let (Value::Object(a), Value::Object(b)) = (ours, arcs) else {
+        panic!("{what}: not objects")
+    };
+    let mut diffs = Vec::new();
+    for (k, v) in a {
+        if b.get(k) != Some(v) {
+            diffs.push(format!(
+                "  {k}: gridship {v} / ARC {}",
+                b.get(k).unwrap_or(&Value::Null)
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{what}: fields differ:\n{}",
+        diffs.join("\n")
+    );
+}
+
+pub struct Arex {
+    pub url: String,
+    pub ca_dir: String,
+    pub user_cert: String,
+    pub user_key: String,
+    pub stranger_cert: String,
+    pub stranger_key: String,
+    pub proxy: String,
+    pub client_conf: String,
+    pub dir: String,
+}
+
+/// The local A-REX from `ci/arex`; fails (not skips) when it is not there.
+pub fn arex() -> Arex {
+    let m = ci_env();
+    let get = |k: &str| {
+        m.get(k).cloned().unwrap_or_else(|| {
+            panic!("{k} is not set and no arex.env was found: run `ci/arex` (as root) and `source ${{GRIDSHIP_CI_STATE:-/var/lib/gridship-ci}}/arex.env`")
+        })
+    };
+    let a = Arex {
+        url: get("GRIDSHIP_AREX_URL"),
+        ca_dir: get("GRIDSHIP_AREX_CA_DIR"),
+        user_cert: get("GRIDSHIP_AREX_USER_CERT"),
+        user_key: get("GRIDSHIP_AREX_USER_KEY"),
+        stranger_cert: get("GRIDSHIP_AREX_STRANGER_CERT"),
+        stranger_key: get("GRIDSHIP_AREX_STRANGER_KEY"),
+        proxy: get("GRIDSHIP_AREX_PROXY"),
+        client_conf: get("GRIDSHIP_AREX_CLIENT_CONF"),
+        dir: get("GRIDSHIP_AREX_DIR"),
+    };
+    let pid = Path::new(&a.dir).join("run/arched-arex-ws.pid");
+    let alive = std::fs::read_to_string(&pid)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+    assert!(
+        alive,
+        "A-REX is not running ({} has no live PID): run `ci/arex`",
+        pid.display()
+    );
+    a
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run the gridship binary from the repository root.
+pub fn gridship(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gridship"));
+    c.args(args).current_dir(repo());
+    for v in [
+        "BEARER_TOKEN",
+        "BEARER_TOKEN_FILE",
+        "XDG_RUNTIME_DIR",
+        "X509_USER_PROXY",
+        "X509_USER_CERT",
+        "X509_USER_KEY",
+    ] {
+        c.env_remove(v);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run gridship");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
