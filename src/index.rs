@@ -609,16 +609,30 @@ impl FsIndex {
         plan
     }
 
-    /// Stream the content of every surviving layer-backed file: `f` gets the
-    /// node and a reader over exactly its bytes. Layers with nothing left are
-    /// still read in full, so every blob is verified.
+    /// Stream the content of every surviving regular file, once per node:
+    /// `f` gets the node and a reader over exactly its bytes. The order is
+    /// deterministic: bytes added by transforms (in path order), then layer
+    /// content in layer order. Layers with nothing left are still read in
+    /// full, so every blob is verified.
     pub fn for_each_content(
         &self,
         image: &Image,
         mut f: impl FnMut(NodeId, &mut dyn Read) -> Result<()>,
     ) -> Result<()> {
-        let plan = self.content_plan();
         let bar = crate::progress::bytes(self.content_bytes(), "write content");
+        let mut seen = HashSet::new();
+        for &id in self.entries.values() {
+            if let Kind::File {
+                data: Data::Bytes(bytes),
+                ..
+            } = &self.node(id).kind
+                && seen.insert(id)
+            {
+                bar.inc(bytes.len() as u64);
+                f(id, &mut &bytes[..])?;
+            }
+        }
+        let plan = self.content_plan();
         for (i, wanted) in plan.iter().enumerate() {
             let mut layer = LayerReader::open(image, i)?;
             let mut stream = || -> Result<()> {
@@ -799,6 +813,55 @@ mod tests {
         assert!(!is_under(b"ab", b"a"));
         assert!(!is_under(b"a", b"a"));
         assert!(is_under(b"a", b""));
+    }
+
+    #[test]
+    fn transform_edits_land_like_layer_entries() {
+        let mut idx = FsIndex::new();
+        let dir = |mode| Node {
+            kind: Kind::Dir,
+            meta: Meta {
+                mode,
+                ..Meta::default()
+            },
+        };
+        let file = |b: &[u8]| Node {
+            kind: Kind::File {
+                size: b.len() as u64,
+                data: Data::Bytes(b.into()),
+            },
+            meta: Meta {
+                mode: 0o644,
+                ..Meta::default()
+            },
+        };
+        idx.put("/usr/lib", dir(0o755)).unwrap();
+        idx.put(
+            "/lib",
+            Node {
+                kind: Kind::Symlink {
+                    target: b"usr/lib".to_vec(),
+                },
+                meta: Meta::default(),
+            },
+        )
+        .unwrap();
+        // Through the symlink, into usr/lib; missing parents are created.
+        assert_eq!(
+            idx.put("/lib/x/y.so", file(b"elf")).unwrap(),
+            b"usr/lib/x/y.so"
+        );
+        assert_eq!(idx.lookup("/usr/lib/x").unwrap().2.meta.mode, 0o755);
+        // A directory over a directory keeps the children.
+        idx.put("/usr/lib", dir(0o700)).unwrap();
+        assert!(idx.lookup("/usr/lib/x/y.so").is_some());
+        assert_eq!(idx.lookup("/usr/lib").unwrap().2.meta.mode, 0o700);
+        // remove() takes the symlink itself, not what it points at.
+        assert!(idx.remove("/lib"));
+        assert!(idx.lookup("/usr/lib/x/y.so").is_some());
+        assert!(idx.remove("/usr"));
+        assert_eq!(idx.len(), 1, "only the root is left");
+        assert!(idx.put("/", file(b"x")).is_err());
     }
 
     #[test]

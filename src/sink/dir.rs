@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::error::IoContext;
 use crate::image::Image;
-use crate::index::{Data, FsIndex, Kind, Meta, Node, NodeId, display_path};
+use crate::index::{FsIndex, Kind, Meta, Node, NodeId, display_path};
 use crate::{Error, Result};
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -323,13 +323,9 @@ fn create_node(
 ) -> Result<()> {
     match &node.kind {
         Kind::Dir => Ok(()),
-        Kind::File { data, .. } => {
-            if let Data::Bytes(bytes) = data {
-                let mut f = create_file(path)?;
-                f.write_all(bytes).at("writing", path)?;
-            }
-            Ok(())
-        }
+        // Content, layer-backed or added by a transform, is written in the
+        // streaming pass.
+        Kind::File { .. } => Ok(()),
         Kind::Symlink { target } => {
             std::os::unix::fs::symlink(OsStr::from_bytes(target), path).at("creating symlink", path)
         }
