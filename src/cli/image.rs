@@ -50,7 +50,7 @@ fn parse_arch(s: &str) -> std::result::Result<PlatformWanted, String> {
     PlatformWanted::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_ref(s: &str) -> std::result::Result<ImageRef, String> {
+pub fn parse_ref(s: &str) -> std::result::Result<ImageRef, String> {
     s.parse::<ImageRef>().map_err(|e| e.to_string())
 }
 

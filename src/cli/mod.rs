@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod arc;
 pub mod image;
+pub mod sif;
 
 /// Options every command understands.
 #[derive(Debug, Clone, Args)]
@@ -51,6 +52,10 @@ pub enum Command {
     Inspect(image::InspectArgs),
     /// Write an image's merged filesystem tree into a directory.
     Unpack(image::UnpackArgs),
+    /// Convert an image to an Apptainer SIF file (squashfs, streamed, reproducible).
+    Sif(sif::SifArgs),
+    /// Show a SIF file's header and objects.
+    SifInfo(sif::SifInfoArgs),
     /// Write the ARC job description (xRSL, ADL or JSON) that runs an image on a site's GPU queue.
     Jobdesc(arc::JobdescArgs),
     /// Check a job description and submit it to an ARC CE over REST.
@@ -70,6 +75,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Copy(args) => image::copy(global, &args),
         Command::Inspect(args) => image::inspect(global, &args),
         Command::Unpack(args) => image::unpack(global, &args),
+        Command::Sif(args) => sif::sif(global, &args),
+        Command::SifInfo(args) => sif::sif_info(global, &args),
         Command::Jobdesc(a) => arc::jobdesc(global, a),
         Command::Submit(a) => arc::submit(global, a),
         Command::Status(a) => arc::status(global, a),

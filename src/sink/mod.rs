@@ -1,3 +1,5 @@
 //! Sinks: where a merged, transformed image goes.
 
 pub mod dir;
+pub mod sif;
+pub mod squashfs;

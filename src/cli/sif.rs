@@ -1,0 +1,264 @@
+//! `sif` and `sif-info`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::image::{AccessOpts, human_bytes, parse_ref};
+use super::{GlobalOpts, print_json};
+use crate::index::FsIndex;
+use crate::reference::ImageRef;
+use crate::sink::sif::{self, SifContent, Stamp};
+use crate::sink::squashfs::{self, Compression, SquashfsOptions, SquashfsReport};
+use crate::transport;
+use crate::{Error, Result};
+
+#[derive(Debug, Args)]
+pub struct SifArgs {
+    /// Image to convert, e.g. docker://REG/REPO:TAG or oci:DIR:TAG.
+    #[arg(value_parser = parse_ref)]
+    pub image: ImageRef,
+    /// The SIF file to write (written beside it, then renamed).
+    pub output: PathBuf,
+    /// Squashfs compression: gzip (every kernel and squashfuse reads it), zstd, xz, lz4.
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "xz", "lz4"])]
+    pub compression: String,
+    /// Compression level (gzip 1-12, default 9; zstd 1-22, default 15; xz 0-9, default 6).
+    #[arg(long)]
+    pub level: Option<i64>,
+    /// Squashfs block size in bytes (power of two, 4096 to 1048576).
+    #[arg(long, default_value_t = 131072)]
+    pub block_size: u32,
+    /// Byte-identical output for the same image: nil UUID, fixed times, times
+    /// clamped to SOURCE_DATE_EPOCH (or the image's creation time). Implied by
+    /// SOURCE_DATE_EPOCH.
+    #[arg(long)]
+    pub reproducible: bool,
+    /// Compression threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub access: AccessOpts,
+}
+
+#[derive(Serialize)]
+struct SifView {
+    image: String,
+    output: PathBuf,
+    sha256: String,
+    input_bytes: u64,
+    output_bytes: u64,
+    seconds: f64,
+    compression: Compression,
+    block_size: u32,
+    reproducible: bool,
+    squashfs: SquashfsReport,
+}
+
+/// SOURCE_DATE_EPOCH as seconds, if set (a bad value is bad input).
+pub fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| Error::BadInput {
+                input: format!("SOURCE_DATE_EPOCH={v}"),
+                place: String::new(),
+                reason: "not a number of seconds since 1970".into(),
+                hint: Some("e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)".into()),
+            }),
+        _ => Ok(None),
+    }
+}
+
+pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let compression = Compression::parse(&args.compression, args.level)?;
+    SquashfsOptions::check_block_size(args.block_size)?;
+    let epoch = source_date_epoch()?;
+    let reproducible = args.reproducible || epoch.is_some();
+
+    let ctx = args.access.context(global);
+    let image = transport::open(&args.image, &ctx)?;
+    let index = FsIndex::from_image(&image)?;
+
+    // The build time: SOURCE_DATE_EPOCH, else (reproducible) the image's
+    // creation time, else now.
+    let build_time = match (epoch, reproducible) {
+        (Some(e), _) => e,
+        (None, true) => created_epoch(image.config.created.as_deref()).unwrap_or(0),
+        (None, false) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    };
+    let mut opts = SquashfsOptions::new(compression);
+    opts.block_size = args.block_size;
+    if let Some(t) = args.threads {
+        opts.threads = t.max(1);
+    }
+    if reproducible {
+        let t = build_time.clamp(0, u32::MAX as i64) as u32;
+        opts.mkfs_time = t;
+        opts.clamp_mtime = Some(t);
+    }
+    let stamp = if reproducible {
+        Stamp::deterministic()
+    } else {
+        Stamp::now()?
+    };
+    let from = args.image.to_string();
+    let deffile = format!("bootstrap: docker\nfrom: {from}\n\n");
+    let oci_config = serde_json::to_vec(&image.config.config)?;
+    let content = SifContent {
+        deffile: deffile.as_bytes(),
+        json: vec![("oci-config.json", &oci_config)],
+        arch: &image.config.architecture,
+    };
+    let report = sif::write_sif(&args.output, &content, stamp, |out| {
+        let r = squashfs::write_squashfs(&index, &image, out, &opts)?;
+        Ok((r.bytes, r))
+    })?;
+    let sha256 = {
+        let mut f = std::fs::File::open(&args.output)?;
+        let mut h = crate::digest::HashingWriter::new(std::io::sink());
+        std::io::copy(&mut f, &mut h)?;
+        h.finish().1
+    };
+    let view = SifView {
+        image: image.name.clone(),
+        output: args.output.clone(),
+        sha256: sha256.to_string(),
+        input_bytes: image.layers().iter().map(|l| l.size).sum(),
+        output_bytes: std::fs::metadata(&args.output)?.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        compression,
+        block_size: args.block_size,
+        reproducible,
+        squashfs: report,
+    };
+    if global.json {
+        return print_json(&view);
+    }
+    for x in &view.squashfs.skipped_xattrs {
+        tracing::warn!("xattr not representable in squashfs, skipped: {x}");
+    }
+    println!(
+        "wrote {} from {}\n  {} ({} of layers in), {} compression, {} inodes, {} duplicate files, {:.1}s\n  {}",
+        view.output.display(),
+        view.image,
+        human_bytes(view.output_bytes),
+        human_bytes(view.input_bytes),
+        compression.name(),
+        view.squashfs.inodes,
+        view.squashfs.duplicate_files,
+        view.seconds,
+        view.sha256
+    );
+    Ok(())
+}
+
+/// RFC 3339 `created` of an image config as Unix seconds.
+fn created_epoch(created: Option<&str>) -> Option<i64> {
+    let s = created?;
+    // YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &s[19..];
+    if let Some(r) = rest.strip_prefix('.') {
+        rest = r.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        r if r.len() == 6 => {
+            let sign = if r.starts_with('-') { -1 } else { 1 };
+            sign * (r[1..3].parse::<i64>().ok()? * 3600 + r[4..6].parse::<i64>().ok()? * 60)
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + h * 3600 + mi * 60 + se - offset)
+}
+
+#[derive(Debug, Args)]
+pub struct SifInfoArgs {
+    /// A SIF file.
+    pub file: PathBuf,
+}
+
+pub fn sif_info(global: &GlobalOpts, args: &SifInfoArgs) -> anyhow::Result<()> {
+    let info = sif::read_sif(&args.file)?;
+    if global.json {
+        return print_json(&info);
+    }
+    println!("File:        {}", args.file.display());
+    println!("Arch:        {}", info.arch);
+    println!("UUID:        {}", info.uuid);
+    println!("Created:     {}", info.created);
+    println!(
+        "Descriptors: {} used of {} (at {}), data {}+{}",
+        info.descriptors_total - info.descriptors_free,
+        info.descriptors_total,
+        info.descriptors_offset,
+        info.data_offset,
+        info.data_size
+    );
+    println!(
+        "{:<4} {:<6} {:<14} {:>10} {:>12}  NAME",
+        "ID", "GROUP", "TYPE", "OFFSET", "SIZE"
+    );
+    for d in &info.descriptors {
+        let kind = match &d.partition {
+            Some(p) => format!(
+                "FS ({}/{}/{})",
+                if p.fs_type == sif::FS_SQUASHFS {
+                    "Squashfs"
+                } else {
+                    "Other"
+                },
+                if p.part_type == sif::PART_PRIMSYS {
+                    "*System"
+                } else {
+                    "Other"
+                },
+                p.arch
+            ),
+            None => d.type_name.clone(),
+        };
+        println!(
+            "{:<4} {:<6} {:<14} {:>10} {:>12}  {}",
+            d.id, d.group, kind, d.offset, d.size, d.name
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn created_times() {
+        assert_eq!(super::created_epoch(Some("1970-01-01T00:00:00Z")), Some(0));
+        assert_eq!(
+            super::created_epoch(Some("2024-01-01T00:00:00Z")),
+            Some(1704067200)
+        );
+        assert_eq!(
+            super::created_epoch(Some("2024-01-01T01:00:00.123+01:00")),
+            Some(1704067200)
+        );
+        assert_eq!(super::created_epoch(Some("garbage")), None);
+    }
+}
