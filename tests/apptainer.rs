@@ -749,6 +749,35 @@ fn an_image_with_its_own_apptainer_files() {
 }
 
 #[test]
+fn a_hardlinked_hosts_file_changes_with_all_its_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    layers::write_image(
+        &layout,
+        "1",
+        &[(
+            Comp::Gzip,
+            vec![
+                layers::dir("etc", 0o755),
+                layers::file("etc/hosts", 0o644, b"127.0.0.1 localhost\n"),
+                layers::hardlink("etc/hosts.orig", "etc/hosts"),
+            ],
+        )],
+    );
+    let image = open_layout(&layout, "1");
+    let mut index = FsIndex::from_image(&image).unwrap();
+    let report = transform(&mut index, image.config.config.clone()).unwrap();
+    assert_eq!(content(&index, "/etc/hosts.orig").0, b"");
+    let [_, changed, _] = entry_paths(&report);
+    assert!(changed.contains(&"/etc/hosts") && changed.contains(&"/etc/hosts.orig"));
+    let (_t, root) = written(&index, &image);
+    assert_eq!(
+        snapshot(&root).hardlinks,
+        [["/etc/hosts", "/etc/hosts.orig"]]
+    );
+}
+
+#[test]
 fn what_cannot_be_translated_is_refused() {
     let mut index = FsIndex::new();
     let mut c = config_case("busybox");
@@ -848,4 +877,50 @@ fn inspect_metadata_reads_the_built_tree_and_the_layers() {
         m.environment["/.singularity.d/env/10-docker-extra.sh"],
         "#!/bin/sh\ntrue"
     );
+}
+
+#[test]
+fn debian_fixture_runs_the_hostile_env_and_runscript_with_its_dash() {
+    let image = open_layout(&fixtures().join("debian-oci"), "1");
+    let mut index = FsIndex::from_image(&image).unwrap();
+    let original = image.config.config.clone();
+    let mut config = config_case("hostile");
+    config.labels = original.labels.clone();
+    let report = transform(&mut index, config.clone()).unwrap();
+    // The bookworm image has /etc/resolv.conf (truncated) and no /etc/hosts.
+    let [added, changed, removed] = entry_paths(&report);
+    assert!(removed.is_empty(), "{removed:?}");
+    assert!(
+        added.contains(&"/etc/hosts") && added.len() == 27,
+        "{added:?}"
+    );
+    assert_eq!(changed, ["/etc/resolv.conf", "/", "/etc"]);
+    let (_tmp, root) = written(&index, &image);
+
+    let env = config.env.clone().unwrap();
+    let mut expected = expected_env(&env);
+    expected.insert(
+        "LD_LIBRARY_PATH".into(),
+        "/opt/lib:/.singularity.d/libs".into(),
+    );
+    let keys: Vec<String> = expected.keys().cloned().collect();
+    let out = run(chroot(&root)
+        .arg("/.singularity.d/actions/exec")
+        .args(["/bin/sh", "-c", PRINT_ENV, "sh"])
+        .args(&keys));
+    assert_eq!(parse_env(&out), expected, "dash in the Debian image");
+
+    let want: Vec<String> = config.entrypoint.clone().unwrap()[3..]
+        .iter()
+        .chain(config.cmd.as_ref().unwrap())
+        .cloned()
+        .collect();
+    for no_eval in [false, true] {
+        let mut c = chroot(&root);
+        if no_eval {
+            c.env("SINGULARITY_NO_EVAL", "1");
+        }
+        let got = split_nul(&run(c.arg("/.singularity.d/actions/run")));
+        assert_eq!(got, want, "no_eval={no_eval}");
+    }
 }

@@ -271,6 +271,7 @@ impl Transform for ApptainerMetadata {
             seen: HashMap::new(),
             dirty_dirs: BTreeSet::new(),
             new_keys: BTreeSet::new(),
+            rewritten: HashMap::new(),
             warnings: Vec::new(),
         };
 
@@ -397,6 +398,8 @@ struct Editor<'a> {
     dirty_dirs: BTreeSet<Vec<u8>>,
     /// Keys this transform created (their mtime is already the build time).
     new_keys: BTreeSet<Vec<u8>>,
+    /// Files rewritten in place: their other hardlinks changed too.
+    rewritten: HashMap<NodeId, Vec<u8>>,
     warnings: Vec<String>,
 }
 
@@ -635,6 +638,7 @@ impl Editor<'_> {
                 node.meta.mtime_nsec = 0;
                 // A write drops file capabilities, as the kernel does.
                 node.meta.xattrs.remove("security.capability");
+                self.rewritten.insert(id, key.clone());
                 let p = key_path(&key)?;
                 let what = if self.new_keys.contains(&key) {
                     Rec::Added
@@ -760,6 +764,25 @@ impl Editor<'_> {
     }
 
     fn finish(mut self, report: &mut RuleReport) {
+        // One pass finds the other names of rewritten files (hardlinks).
+        if !self.rewritten.is_empty() {
+            let mut others = Vec::new();
+            for (key, id, node) in self.idx.iter() {
+                if let Some(first) = self.rewritten.get(&id)
+                    && first.as_slice() != key
+                {
+                    let size = match &node.kind {
+                        Kind::File { size, .. } => *size,
+                        _ => 0,
+                    };
+                    let reason = format!("hardlink of {}, rewritten", display_path(first));
+                    others.push((display_path(key), size, reason));
+                }
+            }
+            for (path, size, reason) in others {
+                self.record(&path, Rec::Changed, size, &reason);
+            }
+        }
         for key in std::mem::take(&mut self.dirty_dirs) {
             if self.new_keys.contains(&key) {
                 continue;
