@@ -2,6 +2,8 @@
 //! config, each reporting what it did (paths, bytes, reasons) so a site can
 //! see and tune it. Sinks read the result; no transform writes anything.
 
+pub mod apptainer;
+
 use serde::Serialize;
 
 use crate::Result;
