@@ -8,8 +8,9 @@
 //! 1. `makeBaseEnv`: the root gets owner write; directories (0755) are made
 //!    where nothing is; the `/singularity`, `/.run`, `/.exec`, `/.test`,
 //!    `/.shell`, `/environment` symlinks; empty `/etc/hosts` and
-//!    `/etc/resolv.conf` and the embedded scripts (their bytes are the files
-//!    in `apptainer/`), replacing what is there.
+//!    `/etc/resolv.conf`, and the action and environment scripts (gridship's
+//!    own, in `apptainer/`, with the behaviour of Apptainer's), replacing
+//!    what is there.
 //! 2. `insertRunScript`: `/.singularity.d/runscript` from Entrypoint and Cmd.
 //! 3. `insertEnv`: `/.singularity.d/env/10-docker2singularity.sh` from Env.
 //! 4. the apps step writes an empty `env/94-appsbase.sh`.
@@ -25,7 +26,7 @@
 //! `SOURCE_DATE_EPOCH` in a reproducible Apptainer build).
 //!
 //! Also here, for the SIF writer: the Deffile, `inspect-metadata.json` and
-//! `oci-config.json` objects, byte for byte as Apptainer's Go code writes them.
+//! `oci-config.json` objects, in the JSON encoding Apptainer's Go code uses.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -43,7 +44,7 @@ use crate::{Error, Result};
 /// The script Apptainer translates the image's Env into.
 pub const ENV_SCRIPT: &str = "/.singularity.d/env/10-docker2singularity.sh";
 
-// The scripts Apptainer embeds, unchanged (see apptainer/LICENSE.md).
+// gridship's action and environment scripts (same behaviour as Apptainer's).
 const EXEC_SH: &str = include_str!("apptainer/exec.sh");
 const RUN_SH: &str = include_str!("apptainer/run.sh");
 const SHELL_SH: &str = include_str!("apptainer/shell.sh");
@@ -322,7 +323,7 @@ impl Transform for ApptainerMetadata {
             let reason = if content.is_empty() {
                 "empty, as Apptainer leaves it for the runtime to bind over"
             } else {
-                "Apptainer's embedded script"
+                "Apptainer action/environment script"
             };
             ed.write_file(path, Perm::Chmod(mode), content.as_bytes(), reason)?;
         }
@@ -939,11 +940,18 @@ fn prepend(args: &[String]) -> String {
     out
 }
 
-/// `/.singularity.d/runscript` for an Entrypoint and Cmd: the bytes of
-/// Apptainer's `insertRunScript` (its text/template rendered by hand: each
-/// `{{- ...}}` trims the whitespace before it). The default path ends in
-/// `eval "set ${SINGULARITY_OCI_RUN}"`, the line Apptainer's runtime
-/// recognises to run the image without a shell.
+/// `/.singularity.d/runscript` for an Entrypoint and Cmd, with the
+/// semantics of the runscript Apptainer builds from an OCI image:
+/// - by default the command line (Entrypoint, then the arguments given or
+///   else Cmd) goes through the shell once, so `$VAR` in Entrypoint/Cmd
+///   expands as with Apptainer; its runtime recognises the exact line
+///   `eval "set ${SINGULARITY_OCI_RUN}"` and runs the image without /bin/sh;
+/// - with `SINGULARITY_NO_EVAL` set, the arguments are passed untouched,
+///   as an OCI runtime would.
+///
+/// Entrypoint and Cmd are stored as Apptainer stores them (each argument
+/// double-quoted and escaped, the whole single-quoted), so tools that read
+/// `OCI_ENTRYPOINT`/`OCI_CMD` from the script see what they expect.
 pub fn runscript(entrypoint: &[String], cmd: &[String]) -> Result<String> {
     check_args("Entrypoint", entrypoint)?;
     check_args("Cmd", cmd)?;
@@ -954,99 +962,44 @@ pub fn runscript(entrypoint: &[String], cmd: &[String]) -> Result<String> {
             escape_single_quotes(&args_quoted(args))
         }
     };
-    let ep = prepend(entrypoint);
-    let cm = prepend(cmd);
+    let indent = |text: String, by: &str| -> String {
+        text.lines().map(|l| format!("{by}{l}\n")).collect()
+    };
     let mut s = String::new();
-    s.push_str("#!/bin/sh\n");
+    s.push_str("#!/bin/sh\n# Written by gridship from the image's Entrypoint and Cmd.\n");
     let _ = writeln!(s, "OCI_ENTRYPOINT='{}'", quoted(entrypoint));
     let _ = writeln!(s, "OCI_CMD='{}'", quoted(cmd));
     s.push_str(concat!(
         "\n",
-        "# When SINGULARITY_NO_EVAL set, use OCI compatible behavior that does\n",
-        "# not evaluate resolved CMD / ENTRYPOINT / ARGS through the shell, and\n",
-        "# does not modify expected quoting behavior of args.\n",
-        "if [ -n \"$SINGULARITY_NO_EVAL\" ]; then\n",
-        "    # ENTRYPOINT only - run entrypoint plus args\n",
-        "    if [ -z \"$OCI_CMD\" ] && [ -n \"$OCI_ENTRYPOINT\" ]; then\n",
-        "        ",
+        "# SINGULARITY_NO_EVAL: run Entrypoint + (arguments, else Cmd) exactly,\n",
+        "# without a pass through the shell, as an OCI runtime does.\n",
+        "if [ -n \"${SINGULARITY_NO_EVAL:-}\" ]; then\n",
     ));
-    s.push_str(&ep);
-    s.push_str(concat!(
-        "\n",
-        "        exec \"$@\"\n",
-        "    fi\n",
-        "\n",
-        "    # CMD only - run CMD or override with args\n",
-        "    if [ -n \"$OCI_CMD\" ] && [ -z \"$OCI_ENTRYPOINT\" ]; then",
-    ));
-    if !cm.is_empty() {
-        s.push_str("\n        if [ $# -eq 0 ]; then\n            ");
-        s.push_str(&cm);
-        s.push_str("\n        fi");
+    if !cmd.is_empty() {
+        s.push_str("    if [ $# -eq 0 ]; then\n");
+        s.push_str(&indent(prepend(cmd), "        "));
+        s.push_str("    fi\n");
     }
+    s.push_str(&indent(prepend(entrypoint), "    "));
     s.push_str(concat!(
-        "\n",
-        "        exec \"$@\"\n",
-        "    fi\n",
-        "\n",
-        "    # ENTRYPOINT and CMD - run ENTRYPOINT with CMD as default args\n",
-        "    # override with user provided args",
-    ));
-    if !ep.is_empty() {
-        s.push_str("\n    if [ $# -gt 0 ]; then\n        ");
-        s.push_str(&ep);
-        s.push_str("\n\telse\n        ");
-        s.push_str(&cm);
-        s.push_str("\n        ");
-        s.push_str(&ep);
-        s.push_str("\n    fi");
-    } else if !cm.is_empty() {
-        s.push_str("\n    if [ $# -eq 0 ]; then\n        ");
-        s.push_str(&cm);
-        s.push_str("\n    fi");
-    }
-    s.push_str(concat!(
-        "\n",
         "    exec \"$@\"\n",
         "fi\n",
         "\n",
-        "# Standard Apptainer behavior evaluates CMD / ENTRYPOINT / ARGS\n",
-        "# combination through shell before exec, and requires special quoting\n",
-        "# due to concatenation of CMDLINE_ARGS.\n",
+        "# Default: the command line goes through the shell once, as Apptainer\n",
+        "# does; each given argument is double-quoted for that pass.\n",
         "CMDLINE_ARGS=\"\"\n",
-        "# prepare command line arguments for evaluation\n",
         "for arg in \"$@\"; do\n",
-        "        CMDLINE_ARGS=\"${CMDLINE_ARGS} \\\"$arg\\\"\"\n",
+        "    CMDLINE_ARGS=\"${CMDLINE_ARGS} \\\"$arg\\\"\"\n",
         "done\n",
-        "\n",
-        "# ENTRYPOINT only - run entrypoint plus args\n",
-        "if [ -z \"$OCI_CMD\" ] && [ -n \"$OCI_ENTRYPOINT\" ]; then\n",
-        "    if [ $# -gt 0 ]; then\n",
-        "        SINGULARITY_OCI_RUN=\"${OCI_ENTRYPOINT} ${CMDLINE_ARGS}\"\n",
-        "    else\n",
-        "        SINGULARITY_OCI_RUN=\"${OCI_ENTRYPOINT}\"\n",
-        "    fi\n",
-        "fi\n",
-        "\n",
-        "# CMD only - run CMD or override with args\n",
-        "if [ -n \"$OCI_CMD\" ] && [ -z \"$OCI_ENTRYPOINT\" ]; then\n",
-        "    if [ $# -gt 0 ]; then\n",
-        "        SINGULARITY_OCI_RUN=\"${CMDLINE_ARGS}\"\n",
-        "    else\n",
-        "        SINGULARITY_OCI_RUN=\"${OCI_CMD}\"\n",
-        "    fi\n",
-        "fi\n",
-        "\n",
-        "# ENTRYPOINT and CMD - run ENTRYPOINT with CMD as default args\n",
-        "# override with user provided args\n",
         "if [ $# -gt 0 ]; then\n",
         "    SINGULARITY_OCI_RUN=\"${OCI_ENTRYPOINT} ${CMDLINE_ARGS}\"\n",
         "else\n",
         "    SINGULARITY_OCI_RUN=\"${OCI_ENTRYPOINT} ${OCI_CMD}\"\n",
         "fi\n",
-        "\n",
-        "# Evaluate shell expressions first and set arguments accordingly,\n",
-        "# then execute final command as first container process\n",
+        "if [ -z \"${OCI_ENTRYPOINT}${OCI_CMD}\" ] && [ $# -eq 0 ]; then\n",
+        "    echo \"The image defines no Entrypoint or Cmd: give a command to run.\" 1>&2\n",
+        "    exit 1\n",
+        "fi\n",
         "eval \"set ${SINGULARITY_OCI_RUN}\"\n",
         "exec \"$@\"\n",
     ));

@@ -1,28 +1,12 @@
 #!/bin/sh
-# Copyright (c) Contributors to the Apptainer project, established as
-#   Apptainer a Series of LF Projects LLC.
-#   For website terms of use, trademark policy, privacy policy and other
-#   project policies see https://lfprojects.org/policies
-# Copyright (c) 2018-2021, Sylabs Inc. All rights reserved.
-# This software is licensed under a 3-clause BSD license. Please consult
-# https://github.com/apptainer/apptainer/blob/main/LICENSE.md regarding your
-# rights to use or distribute this software.
-#
-
+# Written by gridship. PATH edits asked for at run time (apptainer
+# --env PREPEND_PATH / APPEND_PATH / PATH arrive as SING_USER_DEFINED_*).
 if [ -n "${SING_USER_DEFINED_PREPEND_PATH:-}" ]; then
-	PATH="${SING_USER_DEFINED_PREPEND_PATH}:${PATH}"
+    PATH="${SING_USER_DEFINED_PREPEND_PATH}:${PATH}"
 fi
-
 if [ -n "${SING_USER_DEFINED_APPEND_PATH:-}" ]; then
-	PATH="${PATH}:${SING_USER_DEFINED_APPEND_PATH}"
+    PATH="${PATH}:${SING_USER_DEFINED_APPEND_PATH}"
 fi
-
 if [ -n "${SING_USER_DEFINED_PATH:-}" ]; then
-	PATH="${SING_USER_DEFINED_PATH}"
+    PATH="${SING_USER_DEFINED_PATH}"
 fi
-
-unset SING_USER_DEFINED_PREPEND_PATH \
-	  SING_USER_DEFINED_APPEND_PATH \
-	  SING_USER_DEFINED_PATH
-
-export PATH

@@ -1,17 +1,10 @@
 #!/bin/sh
-# Copyright (c) Contributors to the Apptainer project, established as
-#   Apptainer a Series of LF Projects LLC.
-#   For website terms of use, trademark policy, privacy policy and other
-#   project policies see https://lfprojects.org/policies
-# Copyright (c) 2018-2021, Sylabs Inc. All rights reserved.
-# This software is licensed under a 3-clause BSD license. Please consult the
-# LICENSE.md file distributed with the sources of this project regarding your
-# rights to use or distribute this software.
-
-for script in /.singularity.d/env/*.sh; do
-    if [ -f "$script" ]; then
-        . "$script"
+# Written by gridship. Apptainer's "exec" action: load the image's
+# environment scripts in order, then run the command given.
+for gridship_env in /.singularity.d/env/*.sh; do
+    if [ -f "$gridship_env" ]; then
+        . "$gridship_env"
     fi
 done
-
+unset gridship_env
 exec "$@"

@@ -1,9 +1,2 @@
 #!/bin/sh
-# Copyright (c) Contributors to the Apptainer project, established as
-#   Apptainer a Series of LF Projects LLC.
-#   For website terms of use, trademark policy, privacy policy and other
-#   project policies see https://lfprojects.org/policies
-# Copyright (c) 2018-2021, Sylabs Inc. All rights reserved.
-# This software is licensed under a 3-clause BSD license. Please consult the
-# LICENSE.md file distributed with the sources of this project regarding your
-# rights to use or distribute this software.
+# Written by gridship. The image defines no instance start script.
