@@ -1,3 +1,4 @@
 //! Sinks: where a merged, transformed image goes.
 
 pub mod dir;
+pub mod tar;
