@@ -583,3 +583,154 @@ fn debian_fixture_through_gnu_tar_and_mksquashfs_matches_umoci() {
         &d[..d.len().min(40)]
     );
 }
+
+/// `gridship export` under a known umask and without SOURCE_DATE_EPOCH
+/// from the environment (unless `epoch_env`).
+fn export(g: &Gridship, args: &[&str], epoch_env: Option<&str>) -> std::process::Output {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("umask 022 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_gridship"))
+        .arg("export")
+        .args(args)
+        .env("GRIDSHIP_STORE", g.store.path())
+        .env_remove("RUST_LOG")
+        .env_remove("SOURCE_DATE_EPOCH");
+    if let Some(e) = epoch_env {
+        c.env("SOURCE_DATE_EPOCH", e);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn export_command_writes_what_the_library_writes() {
+    let g = Gridship::new();
+    let p = prepare(&tar_edge_case());
+    let image = format!("oci:{}:1", p.image.layout.root().display());
+    let lib = |opts: &TarOptions| {
+        let mut v = Vec::new();
+        write_tar(&p.index, &p.image, &mut v, opts).unwrap();
+        v
+    };
+    let out = p.tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let file = out.join("image.tar");
+    let f = file.to_str().unwrap();
+
+    let run = to_run(export(&g, &["--json", &image, f][..], None)).ok();
+    let json = run.json();
+    let plain = lib(&TarOptions::default());
+    assert!(
+        std::fs::read(&file).unwrap() == plain,
+        "same bytes as write_tar"
+    );
+    assert_eq!(json["tar_bytes"].as_u64(), Some(plain.len() as u64));
+    assert_eq!(json["files"].as_u64(), Some(12), "{json}");
+    assert_eq!(json["hardlinks"].as_u64(), Some(3), "{json}");
+    assert_eq!(list(&out), ["", "image.tar"], "no temporary file is left");
+    let mode = std::fs::metadata(&file).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o644, "0666 less the umask, like tar -cf");
+
+    // Replaced atomically; the clamp from the flag and from the environment.
+    let clamped = lib(&TarOptions {
+        reproducible: Some(1_650_000_000),
+        ..Default::default()
+    });
+    let args = ["--source-date-epoch", "1650000000", &image, f];
+    assert_eq!(to_run(export(&g, &args, None)).code, 0);
+    assert!(std::fs::read(&file).unwrap() == clamped);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(to_run(export(&g, &[&image, f], Some("1650000000"))).code, 0);
+    assert!(std::fs::read(&file).unwrap() == clamped);
+
+    let no_root = lib(&TarOptions {
+        omit_root: true,
+        ..Default::default()
+    });
+    assert_eq!(
+        to_run(export(&g, &["--omit-root", &image, f], None)).code,
+        0
+    );
+    assert!(std::fs::read(&file).unwrap() == no_root);
+
+    // To stdout: the tar there, the summary on stderr.
+    let o = export(&g, &[&image, "-"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stdout == plain, "stdout carries the same tar");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("exported"));
+}
+
+#[test]
+fn export_to_a_closed_pipe_is_not_a_failure() {
+    let g = Gridship::new();
+    let p = prepare(&tar_edge_case());
+    let image = format!("oci:{}:1", p.image.layout.root().display());
+    let mut child = g
+        .cmd()
+        .args(["export", &image, "-"])
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 512];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    assert_eq!(&head[257..262], b"ustar");
+    // The tar is larger than a pipe's buffer, so gridship meets the close.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn export_failures_leave_the_old_file_and_nothing_else() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let digests = layers::write_image(&layout, "1", &layers::cases()[0].layers);
+    let image = format!("oci:{}:1", layout.display());
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let file = out.join("old.tar");
+    std::fs::write(&file, b"old").unwrap();
+    let f = file.to_str().unwrap();
+
+    let r = to_run(export(&g, &["--json", &image, "-"], None));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--json") && r.stderr.contains("stdout carries the tar"));
+
+    let missing = out.join("no/such/dir/x.tar");
+    let r = to_run(export(&g, &[&image, missing.to_str().unwrap()], None));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
+
+    let r = to_run(export(&g, &[&image, out.to_str().unwrap()], None));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("is a directory"), "{}", r.stderr);
+
+    let r = to_run(export(
+        &g,
+        &[&format!("oci:{}:nope", layout.display()), f],
+        None,
+    ));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    let blob = layout
+        .join("blobs/sha256")
+        .join(digests[0].trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let r = to_run(export(&g, &[&image, f], None));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("digest mismatch"), "{}", r.stderr);
+
+    assert_eq!(std::fs::read(&file).unwrap(), b"old", "the old tar stays");
+    assert_eq!(list(&out), ["", "old.tar"], "no temporary file is left");
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod arc;
+pub mod export;
 pub mod image;
 
 /// Options every command understands.
@@ -51,6 +52,8 @@ pub enum Command {
     Inspect(image::InspectArgs),
     /// Write an image's merged filesystem tree into a directory.
     Unpack(image::UnpackArgs),
+    /// Write an image's merged filesystem as one tar (whiteouts applied), to a file or stdout.
+    Export(export::ExportArgs),
     /// Write the ARC job description (xRSL, ADL or JSON) that runs an image on a site's GPU queue.
     Jobdesc(arc::JobdescArgs),
     /// Check a job description and submit it to an ARC CE over REST.
@@ -70,6 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Copy(args) => image::copy(global, &args),
         Command::Inspect(args) => image::inspect(global, &args),
         Command::Unpack(args) => image::unpack(global, &args),
+        Command::Export(args) => export::export(global, &args),
         Command::Jobdesc(a) => arc::jobdesc(global, a),
         Command::Submit(a) => arc::submit(global, a),
         Command::Status(a) => arc::status(global, a),
