@@ -147,11 +147,21 @@ fn bytes_match_apptainer_for_every_case() {
             c.cmd.as_deref().unwrap_or_default(),
         )
         .unwrap();
-        let go_rs = go["runscript"].as_str().unwrap();
-        for line in go_rs.lines().filter(|l| l.starts_with("OCI_ENTRYPOINT=") || l.starts_with("OCI_CMD=")) {
-            assert!(rs.lines().any(|l| l == line), "{name}: runscript keeps {line:?}");
+        let go_rs: &str = &go["runscript"];
+        for line in go_rs
+            .lines()
+            .filter(|l| l.starts_with("OCI_ENTRYPOINT=") || l.starts_with("OCI_CMD="))
+        {
+            assert!(
+                rs.lines().any(|l| l == line),
+                "{name}: runscript keeps {line:?}"
+            );
         }
-        assert!(rs.lines().any(|l| l == r#"eval "set ${SINGULARITY_OCI_RUN}""#), "{name}");
+        assert!(
+            rs.lines()
+                .any(|l| l == r#"eval "set ${SINGULARITY_OCI_RUN}""#),
+            "{name}"
+        );
         assert_eq!(
             String::from_utf8(apptainer::oci_config_json(&c)).unwrap(),
             go["oci_config"],
@@ -716,7 +726,10 @@ fn an_image_with_its_own_apptainer_files() {
     let (bytes, meta) = content(&index, "/usr/local/bin/app");
     assert!(bytes.starts_with(b"#!/bin/sh\n"));
     let text = String::from_utf8(bytes).unwrap();
-    assert!(text.contains("\nOCI_ENTRYPOINT=''\nOCI_CMD='\"/bin/sh\"'\n"), "{text}");
+    assert!(
+        text.contains("\nOCI_ENTRYPOINT=''\nOCI_CMD='\"/bin/sh\"'\n"),
+        "{text}"
+    );
     assert_eq!(meta.mode, 0o755);
     // os.WriteFile keeps the mode of an existing file.
     let (bytes, meta) = content(&index, "/.singularity.d/labels.json");

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod arc;
+pub mod export;
 pub mod image;
 pub mod sif;
 
@@ -52,6 +53,8 @@ pub enum Command {
     Inspect(image::InspectArgs),
     /// Write an image's merged filesystem tree into a directory.
     Unpack(image::UnpackArgs),
+    /// Write an image's merged filesystem as one tar (whiteouts applied), to a file or stdout.
+    Export(export::ExportArgs),
     /// Convert an image to an Apptainer SIF file (squashfs, streamed, reproducible).
     Sif(sif::SifArgs),
     /// Show a SIF file's header and objects.
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Copy(args) => image::copy(global, &args),
         Command::Inspect(args) => image::inspect(global, &args),
         Command::Unpack(args) => image::unpack(global, &args),
+        Command::Export(args) => export::export(global, &args),
         Command::Sif(args) => sif::sif(global, &args),
         Command::SifInfo(args) => sif::sif_info(global, &args),
         Command::Jobdesc(a) => arc::jobdesc(global, a),

@@ -3,3 +3,4 @@
 pub mod dir;
 pub mod sif;
 pub mod squashfs;
+pub mod tar;

@@ -962,9 +962,8 @@ pub fn runscript(entrypoint: &[String], cmd: &[String]) -> Result<String> {
             escape_single_quotes(&args_quoted(args))
         }
     };
-    let indent = |text: String, by: &str| -> String {
-        text.lines().map(|l| format!("{by}{l}\n")).collect()
-    };
+    let indent =
+        |text: String, by: &str| -> String { text.lines().map(|l| format!("{by}{l}\n")).collect() };
     let mut s = String::new();
     s.push_str("#!/bin/sh\n# Written by gridship from the image's Entrypoint and Cmd.\n");
     let _ = writeln!(s, "OCI_ENTRYPOINT='{}'", quoted(entrypoint));
