@@ -9,8 +9,9 @@ use super::image::{AccessOpts, human_bytes, parse_ref};
 use super::{GlobalOpts, print_json};
 use crate::index::FsIndex;
 use crate::reference::ImageRef;
-use crate::sink::sif::{self, SifContent, Stamp};
-use crate::sink::squashfs::{self, Compression, SquashfsOptions, SquashfsReport};
+use crate::sink::sif;
+use crate::sink::squashfs::{Compression, SquashfsOptions, SquashfsReport};
+use crate::transform::apptainer::BaseImage;
 use crate::transport;
 use crate::{Error, Result};
 
@@ -54,6 +55,7 @@ struct SifView {
     block_size: u32,
     reproducible: bool,
     squashfs: SquashfsReport,
+    transform: crate::transform::RuleReport,
 }
 
 /// SOURCE_DATE_EPOCH as seconds, if set (a bad value is bad input).
@@ -104,23 +106,21 @@ pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
         opts.mkfs_time = t;
         opts.clamp_mtime = Some(t);
     }
-    let stamp = if reproducible {
-        Stamp::deterministic()
-    } else {
-        Stamp::now()?
+    let base = match &args.image {
+        ImageRef::Registry(r) => Some(BaseImage {
+            name: r.with_tag(r.tag.as_deref().unwrap_or("latest")).to_string(),
+            digest: image.manifest_desc.digest.to_string(),
+        }),
+        _ => None,
     };
-    let from = args.image.to_string();
-    let deffile = format!("bootstrap: docker\nfrom: {from}\n\n");
-    let oci_config = serde_json::to_vec(&image.config.config)?;
-    let content = SifContent {
-        deffile: deffile.as_bytes(),
-        json: vec![("oci-config.json", &oci_config)],
-        arch: &image.config.architecture,
+    let build = sif::SifBuild {
+        uri: args.image.to_string(),
+        base,
+        created: build_time,
+        reproducible,
+        squashfs: opts,
     };
-    let report = sif::write_sif(&args.output, &content, stamp, |out| {
-        let r = squashfs::write_squashfs(&index, &image, out, &opts)?;
-        Ok((r.bytes, r))
-    })?;
+    let report = sif::build_sif(&image, index, &args.output, &build)?;
     let sha256 = {
         let mut f = std::fs::File::open(&args.output)?;
         let mut h = crate::digest::HashingWriter::new(std::io::sink());
@@ -137,7 +137,8 @@ pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
         compression,
         block_size: args.block_size,
         reproducible,
-        squashfs: report,
+        squashfs: report.squashfs,
+        transform: report.transform,
     };
     if global.json {
         return print_json(&view);

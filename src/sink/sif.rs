@@ -450,3 +450,67 @@ pub fn read_object(path: &Path, d: &Descriptor) -> Result<Vec<u8>> {
     f.read_exact(&mut buf).at("reading", path)?;
     Ok(buf)
 }
+
+/// Everything `gridship sif` decides before writing.
+#[derive(Debug, Clone)]
+pub struct SifBuild {
+    /// How the image was named (the Deffile's bootstrap/from come from it).
+    pub uri: String,
+    /// Registry images: the normalized reference and manifest digest, for
+    /// the base-image labels Apptainer writes.
+    pub base: Option<crate::transform::apptainer::BaseImage>,
+    /// Build time (SOURCE_DATE_EPOCH when reproducible).
+    pub created: i64,
+    pub reproducible: bool,
+    pub squashfs: crate::sink::squashfs::SquashfsOptions,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SifBuildReport {
+    pub squashfs: crate::sink::squashfs::SquashfsReport,
+    pub transform: crate::transform::RuleReport,
+}
+
+/// Convert a merged image to a SIF at `dest`: the Apptainer metadata
+/// transform on the index, the Deffile and JSON objects, and the squashfs
+/// partition streamed from the layers.
+pub fn build_sif(
+    image: &crate::image::Image,
+    mut index: crate::index::FsIndex,
+    dest: &Path,
+    build: &SifBuild,
+) -> Result<SifBuildReport> {
+    use crate::transform::Transform;
+    use crate::transform::apptainer::{self, ApptainerMetadata, ApptainerOptions};
+    let mut config = image.config.clone();
+    let mut options = ApptainerOptions::for_image(&build.uri, build.created, &config)?;
+    options.base = build.base.clone();
+    let deffile = apptainer::deffile_for(&options.bootstrap, &options.from);
+    let transform = ApptainerMetadata::new(options);
+    let mut transform_report =
+        crate::transform::RuleReport::new(transform.name(), transform.description());
+    transform.apply(&mut index, &mut config, &mut transform_report)?;
+    let inspect = apptainer::inspect_metadata_json(&apptainer::inspect_metadata(&index, image)?);
+    let oci_config = apptainer::oci_config_json(&config.config);
+    let stamp = if build.reproducible {
+        Stamp::deterministic()
+    } else {
+        Stamp::now()?
+    };
+    let content = SifContent {
+        deffile: deffile.as_bytes(),
+        json: vec![
+            ("inspect-metadata.json", &inspect),
+            ("oci-config.json", &oci_config),
+        ],
+        arch: &config.architecture,
+    };
+    let squashfs = write_sif(dest, &content, stamp, |out| {
+        let r = crate::sink::squashfs::write_squashfs(&index, image, out, &build.squashfs)?;
+        Ok((r.bytes, r))
+    })?;
+    Ok(SifBuildReport {
+        squashfs,
+        transform: transform_report,
+    })
+}

@@ -884,7 +884,7 @@ pub fn write_squashfs<W: Write + Seek>(
         let size = frame.listing.buf.len() + 3;
         let large = size > u16::MAX as usize
             || xattr != INVALID_XATTR
-            || frame.listing.index.len() > 0
+            || !frame.listing.index.is_empty()
             || children.get(frame.key).is_some_and(|c| c.len() > 256);
         let mut buf = Vec::new();
         base_header(

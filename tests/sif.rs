@@ -1,0 +1,459 @@
+//! `gridship sif` against the real readers: siftool, unsquashfs, the
+//! kernel's squashfs (loop mount of the partition), and the image's own
+//! shell running the Apptainer layout.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::layers;
+use common::*;
+use gridship::transform::apptainer;
+
+struct Sif {
+    path: PathBuf,
+    json: serde_json::Value,
+}
+
+fn sif(g: &Gridship, image: &str, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Sif {
+    let mut cmd = g.cmd();
+    cmd.args(["--json", "sif", image, out.to_str().unwrap()])
+        .args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let run = to_run(cmd.output().unwrap()).ok();
+    Sif {
+        path: out.to_path_buf(),
+        json: run.json(),
+    }
+}
+
+fn info(g: &Gridship, sif: &Path) -> serde_json::Value {
+    g.run(&["--json", "sif-info", sif.to_str().unwrap()])
+        .ok()
+        .json()
+}
+
+fn partition_offset(g: &Gridship, sif: &Path) -> u64 {
+    let i = info(g, sif);
+    let parts: Vec<&serde_json::Value> = i["descriptors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["data_type"] == 0x4004)
+        .collect();
+    assert_eq!(parts.len(), 1, "exactly one partition");
+    assert_eq!(parts[0]["partition"]["part_type"], 2, "PrimSys");
+    parts[0]["offset"].as_u64().unwrap()
+}
+
+/// The partition extracted by unsquashfs (reading at the SIF offset).
+fn unsquash(g: &Gridship, sif: &Path, dir: &Path) {
+    let off = partition_offset(g, sif).to_string();
+    tool(
+        "unsquashfs",
+        &[
+            "-no-progress",
+            "-o",
+            &off,
+            "-d",
+            dir.to_str().unwrap(),
+            sif.to_str().unwrap(),
+        ],
+    );
+}
+
+/// A read-only loop mount of the partition, as Apptainer's kernel mount does.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn new(g: &Gridship, sif: &Path, at: &Path) -> Mount {
+        std::fs::create_dir_all(at).unwrap();
+        let off = partition_offset(g, sif);
+        tool(
+            "mount",
+            &[
+                "-t",
+                "squashfs",
+                "-o",
+                &format!("loop,ro,nodev,offset={off}"),
+                sif.to_str().unwrap(),
+                at.to_str().unwrap(),
+            ],
+        );
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Our tree minus exactly what the Apptainer transform adds or changes must
+/// equal umoci's tree minus the same paths; and every added path is in ours.
+fn assert_tree_is_umoci_plus_layout(
+    ours: &Path,
+    theirs: &Path,
+    added: &std::collections::BTreeSet<String>,
+    what: &str,
+) {
+    let mut a = snapshot(ours);
+    let mut b = snapshot(theirs);
+    for p in added {
+        assert!(a.entries.contains_key(p), "{what}: {p} is in the SIF");
+        a.entries.remove(p);
+        b.entries.remove(p);
+    }
+    // Directories whose entries the layout added get the build time; their
+    // type, mode and owner are still compared above for the rest.
+    let d = diff(&a, &b);
+    assert!(
+        d.is_empty(),
+        "{what}: SIF tree differs from umoci beyond the layout:\n{}",
+        d.join("\n")
+    );
+}
+
+/// The paths the transform adds to an image, from the library (the same
+/// transform the SIF sink runs).
+fn layout_paths(g: &Gridship, image: &str) -> std::collections::BTreeSet<String> {
+    use gridship::transform::Transform;
+    let ctx = gridship::transport::Context {
+        store: g.store.path().to_path_buf(),
+        ..Default::default()
+    };
+    let img = gridship::transport::open(&image.parse().unwrap(), &ctx).unwrap();
+    let mut index = gridship::index::FsIndex::from_image(&img).unwrap();
+    let mut config = img.config.clone();
+    let t = apptainer::ApptainerMetadata::new(
+        apptainer::ApptainerOptions::for_image(image, 1_700_000_000, &config).unwrap(),
+    );
+    let mut report = gridship::transform::RuleReport::new(t.name(), t.description());
+    t.apply(&mut index, &mut config, &mut report).unwrap();
+    apptainer::added_paths(&report)
+}
+
+#[test]
+fn siftool_reads_what_apptainer_writes() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = format!("oci:{}:1", fixtures().join("busybox-oci").display());
+    let s = sif(&g, &image, &tmp.path().join("bb.sif"), &[], &[]);
+    let p = s.path.to_str().unwrap();
+    let header = tool("siftool", &["header", p]);
+    for want in [
+        "Launch Script:        #!/usr/bin/env run-singularity",
+        "Version:              01",
+        "Primary Architecture: amd64",
+        "Descriptors Free:     44",
+        "Descriptors Total:    48",
+        "Descriptors Offset:   4096",
+        "Data Offset:          32176",
+    ] {
+        assert!(
+            header.contains(want),
+            "siftool header lacks {want:?}:\n{header}"
+        );
+    }
+    let list = tool("siftool", &["list", p]);
+    let rows: Vec<Vec<String>> = list
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    let types: Vec<&str> = rows.iter().map(|r| r[4].as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "Def.FILE",
+            "JSON.Generic",
+            "JSON.Generic",
+            "FS (Squashfs/*System/amd64)"
+        ],
+        "{list}"
+    );
+    assert!(
+        rows.iter().all(|r| r[1] == "1" && r[2] == "NONE"),
+        "one group, no links: {list}"
+    );
+    let part_start: u64 = rows[3][3].split('-').next().unwrap().parse().unwrap();
+    assert_eq!(part_start % 4096, 0, "partition aligned to 4096");
+    let field = |id: &str, key: &str| -> String {
+        tool("siftool", &["info", id, p])
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    assert_eq!(field("2", "Name:"), "inspect-metadata.json");
+    assert_eq!(field("3", "Name:"), "oci-config.json");
+    assert_eq!(field("4", "Filesystem Type:"), "Squashfs");
+    assert_eq!(field("4", "Partition Type:"), "*System");
+    assert_eq!(field("4", "Architecture:"), "amd64");
+    let def = tool("siftool", &["dump", "1", p]);
+    assert_eq!(
+        def,
+        format!(
+            "bootstrap: oci\nfrom: {}:1\n\n",
+            fixtures().join("busybox-oci").display()
+        )
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&tool("siftool", &["dump", "2", p])).unwrap();
+    assert_eq!(inspect["type"], "container");
+    assert_eq!(
+        inspect["data"]["attributes"]["labels"]["org.label-schema.schema-version"],
+        "1.0"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&tool("siftool", &["dump", "3", p])).unwrap();
+    assert_eq!(config["Cmd"], serde_json::json!(["/bin/sh"]));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&s.path).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    // The --json summary.
+    for k in ["input_bytes", "output_bytes", "seconds", "sha256"] {
+        assert!(!s.json[k].is_null(), "summary has {k}: {}", s.json);
+    }
+    assert_eq!(s.json["sha256"], format!("sha256:{}", sha256_file(&s.path)));
+    assert_eq!(
+        s.json["output_bytes"],
+        std::fs::metadata(&s.path).unwrap().len()
+    );
+}
+
+#[test]
+fn partition_is_umoci_plus_the_layout_for_every_case() {
+    let g = Gridship::new();
+    let mut failures = Vec::new();
+    for case in layers::cases() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("layout");
+        layers::write_image(&layout, "1", &case.layers);
+        let image = format!("oci:{}:1", layout.display());
+        let out = tmp.path().join("x.sif");
+        let mut cmd = g.cmd();
+        cmd.args(["sif", &image, out.to_str().unwrap(), "--block-size", "4096"]);
+        let run = to_run(cmd.output().unwrap());
+        if run.code != 0 {
+            failures.push(format!("{}: {}", case.name, run.stderr));
+            continue;
+        }
+        let ours = tmp.path().join("ours");
+        unsquash(&g, &out, &ours);
+        let theirs = umoci_unpack(&layout, "1", &tmp.path().join("bundle"));
+        let added = layout_paths(&g, &image);
+        let r = std::panic::catch_unwind(|| {
+            assert_tree_is_umoci_plus_layout(&ours, &theirs, &added, case.name)
+        });
+        if let Err(e) = r {
+            failures.push(e.downcast_ref::<String>().cloned().unwrap_or_default());
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn debian_sif_mounts_and_runs_python() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fixtures().join("debian-oci");
+    let image = format!("oci:{}:1", layout.display());
+    let s = sif(&g, &image, &tmp.path().join("debian.sif"), &[], &[]);
+    let theirs = umoci_unpack(&layout, "1", &tmp.path().join("bundle"));
+    let added = layout_paths(&g, &image);
+    {
+        // The kernel's view of the partition, the way Apptainer mounts it.
+        let m = Mount::new(&g, &s.path, &tmp.path().join("mnt"));
+        assert_tree_is_umoci_plus_layout(&m.0, &theirs, &added, "debian via the kernel");
+        let snap = snapshot(&m.0);
+        assert!(
+            snap.entries["/usr/local/bin/gridship-netraw"]
+                .xattrs
+                .contains_key("security.capability")
+        );
+        let out = tool(
+            "chroot",
+            &[m.0.to_str().unwrap(), "/bin/sh", "-c", "python3 --version"],
+        );
+        assert!(out.starts_with("Python 3."), "{out}");
+        // The run action through the image's own shell, in a clean
+        // environment as a job gets: the config's Env, then the libs dir.
+        let out = std::process::Command::new("chroot")
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .args([
+                m.0.to_str().unwrap(),
+                "/.singularity.d/actions/run",
+                "/bin/sh",
+                "-c",
+            ])
+            .arg("echo \"$GRIDSHIP_FIXTURE:$LANG:$LD_LIBRARY_PATH\"")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "debian:C.UTF-8:/.singularity.d/libs"
+        );
+    }
+    // unsquashfs reads the same tree.
+    let ours = tmp.path().join("ours");
+    unsquash(&g, &s.path, &ours);
+    assert_tree_is_umoci_plus_layout(&ours, &theirs, &added, "debian via unsquashfs");
+}
+
+#[test]
+fn reproducible_builds_are_byte_identical() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = format!("oci:{}:1", fixtures().join("debian-oci").display());
+    let env = [("SOURCE_DATE_EPOCH", "1700000000")];
+    let a = sif(&g, &image, &tmp.path().join("a.sif"), &[], &env);
+    let b = sif(
+        &g,
+        &image,
+        &tmp.path().join("b.sif"),
+        &["--threads", "1"],
+        &env,
+    );
+    assert_eq!(
+        sha256_file(&a.path),
+        sha256_file(&b.path),
+        "same bytes, whatever the thread count"
+    );
+    let i = info(&g, &a.path);
+    assert_eq!(i["uuid"], "00000000-0000-0000-0000-000000000000");
+    assert_eq!(
+        i["created"], -62135596800i64,
+        "Go's zero time, as Apptainer writes it"
+    );
+    // Every time inside is clamped to SOURCE_DATE_EPOCH.
+    let dir = tmp.path().join("x");
+    unsquash(&g, &a.path, &dir);
+    let newest = snapshot(&dir)
+        .entries
+        .values()
+        .filter_map(|e| e.mtime)
+        .max()
+        .unwrap();
+    assert!(newest <= 1_700_000_000, "{newest}");
+    // --reproducible without SOURCE_DATE_EPOCH: the same bytes twice too.
+    let c = sif(
+        &g,
+        &image,
+        &tmp.path().join("c.sif"),
+        &["--reproducible"],
+        &[],
+    );
+    let d = sif(
+        &g,
+        &image,
+        &tmp.path().join("d.sif"),
+        &["--reproducible"],
+        &[],
+    );
+    assert_eq!(sha256_file(&c.path), sha256_file(&d.path));
+    // Without either, each build is its own (random UUID).
+    let busybox = format!("oci:{}:1", fixtures().join("busybox-oci").display());
+    let e = sif(&g, &busybox, &tmp.path().join("e.sif"), &[], &[]);
+    let f = sif(&g, &busybox, &tmp.path().join("f.sif"), &[], &[]);
+    assert_ne!(info(&g, &e.path)["uuid"], info(&g, &f.path)["uuid"]);
+}
+
+#[test]
+fn every_compression_mounts() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = format!("oci:{}:1", fixtures().join("busybox-oci").display());
+    for (name, level, says) in [
+        ("gzip", Some("6"), "Compression gzip"),
+        ("zstd", Some("3"), "Compression zstd"),
+        ("xz", None, "Compression xz"),
+        ("lz4", None, "Compression lz4"),
+    ] {
+        let out = tmp.path().join(format!("{name}.sif"));
+        let mut args = vec!["--compression", name, "--block-size", "65536"];
+        if let Some(l) = level {
+            args.extend(["--level", l]);
+        }
+        let s = sif(&g, &image, &out, &args, &[]);
+        let off = partition_offset(&g, &s.path).to_string();
+        let stat = tool("unsquashfs", &["-s", "-o", &off, s.path.to_str().unwrap()]);
+        assert!(
+            stat.contains(says) && stat.contains("Block size 65536"),
+            "{name}: {stat}"
+        );
+        let m = Mount::new(&g, &s.path, &tmp.path().join(format!("mnt-{name}")));
+        let out = tool(
+            "chroot",
+            &[m.0.to_str().unwrap(), "/bin/sh", "-c", "echo ok"],
+        );
+        assert_eq!(out.trim(), "ok", "{name}");
+    }
+}
+
+#[test]
+fn bad_options_and_inputs_are_refused_cleanly() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = format!("oci:{}:1", fixtures().join("busybox-oci").display());
+    let out = tmp.path().join("x.sif");
+    for (args, needle) in [
+        (vec!["--block-size", "1000"], "power of two"),
+        (vec!["--level", "30"], "level out of range"),
+        (
+            vec!["--compression", "lz4", "--level", "3"],
+            "lz4 has no levels",
+        ),
+        (vec!["--compression", "bzip2"], "invalid value 'bzip2'"),
+    ] {
+        let mut a = vec!["sif", image.as_str(), out.to_str().unwrap()];
+        a.extend(args.iter());
+        let run = g.run(&a);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
+    }
+    let run = g
+        .cmd()
+        .env("SOURCE_DATE_EPOCH", "yesterday")
+        .args(["sif", &image, out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let run = to_run(run);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("SOURCE_DATE_EPOCH=yesterday"),
+        "{}",
+        run.stderr
+    );
+    // A corrupt layer: an error, and no SIF nor temporary file left.
+    let layout = tmp.path().join("layout");
+    let digests = layers::write_image(&layout, "1", &layers::cases()[0].layers);
+    let blob = layout
+        .join("blobs/sha256")
+        .join(digests[0].trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let run = g.run(&[
+        "sif",
+        &format!("oci:{}:1", layout.display()),
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("digest mismatch"), "{}", run.stderr);
+    let left: Vec<String> = list(tmp.path())
+        .into_iter()
+        .filter(|p| !p.starts_with("layout"))
+        .collect();
+    assert_eq!(left, [""], "nothing written: {left:?}");
+    // Not a SIF.
+    let run = g.run(&["sif-info", blob.to_str().unwrap()]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("not a SIF file"), "{}", run.stderr);
+}
