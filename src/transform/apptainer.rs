@@ -962,8 +962,8 @@ pub fn runscript(entrypoint: &[String], cmd: &[String]) -> Result<String> {
             escape_single_quotes(&args_quoted(args))
         }
     };
-    let indent =
-        |text: String, by: &str| -> String { text.lines().map(|l| format!("{by}{l}\n")).collect() };
+    // The `set --` lines are not indented: an argument may hold newlines,
+    // and indentation would become part of it.
     let mut s = String::new();
     s.push_str("#!/bin/sh\n# Written by gridship from the image's Entrypoint and Cmd.\n");
     let _ = writeln!(s, "OCI_ENTRYPOINT='{}'", quoted(entrypoint));
@@ -976,10 +976,10 @@ pub fn runscript(entrypoint: &[String], cmd: &[String]) -> Result<String> {
     ));
     if !cmd.is_empty() {
         s.push_str("    if [ $# -eq 0 ]; then\n");
-        s.push_str(&indent(prepend(cmd), "        "));
+        s.push_str(&prepend(cmd));
         s.push_str("    fi\n");
     }
-    s.push_str(&indent(prepend(entrypoint), "    "));
+    s.push_str(&prepend(entrypoint));
     s.push_str(concat!(
         "    exec \"$@\"\n",
         "fi\n",
