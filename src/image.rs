@@ -286,6 +286,37 @@ impl Image {
         Ok(image)
     }
 
+    /// An image from a manifest known only by its content (e.g. a CVMFS
+    /// repository's stored manifest), with its config and layers in `layout`.
+    pub fn from_manifest(layout: Layout, manifest: Manifest, name: &str) -> Result<Image> {
+        let manifest_raw = serde_json::to_vec(&manifest).expect("manifest serializes");
+        let manifest_desc = Descriptor::new(
+            manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| media::OCI_MANIFEST.into()),
+            Digest::of_bytes(&manifest_raw),
+            manifest_raw.len() as u64,
+        );
+        let config_raw = layout.read_blob(&manifest.config.digest, Some(manifest.config.size))?;
+        let config: ImageConfig = parse_json(
+            &config_raw,
+            &format!("config {} of {name}", manifest.config.digest),
+        )?;
+        let image = Image {
+            layout,
+            name: name.to_string(),
+            manifest_desc,
+            manifest_raw,
+            manifest,
+            config_raw,
+            config,
+            index_desc: None,
+        };
+        image.check()?;
+        Ok(image)
+    }
+
     fn check(&self) -> Result<()> {
         let bad = |reason: String| Error::bad_input(self.name.clone(), reason);
         for (i, l) in self.manifest.layers.iter().enumerate() {

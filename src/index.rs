@@ -80,6 +80,8 @@ pub struct Node {
 
 #[derive(Debug, Clone)]
 pub struct LayerInfo {
+    /// Position in the image's manifest (0-based).
+    pub index: usize,
     pub digest: Digest,
     pub diff_id: Digest,
     pub media_type: String,
@@ -96,6 +98,10 @@ pub struct FsIndex {
     entries: BTreeMap<Vec<u8>, NodeId>,
     nodes: Vec<Node>,
     pub layers: Vec<LayerInfo>,
+    /// One layer as it is (`from_layer`): whiteouts stay plain files.
+    raw: bool,
+    /// What could not be kept exactly (raw layers only, so far).
+    pub warnings: Vec<String>,
 }
 
 const OPAQUE: &[u8] = b".wh..wh..opq";
@@ -174,6 +180,7 @@ impl FsIndex {
                 .apply_layer(&mut layer)
                 .map_err(|e| diagnose(image, i, e))?;
             idx.layers.push(LayerInfo {
+                index: i,
                 digest: layer.desc.digest.clone(),
                 diff_id: layer.diff_id.clone(),
                 media_type: layer.desc.media_type.clone(),
@@ -185,6 +192,30 @@ impl FsIndex {
             bar.inc(image.layers()[i].size);
         }
         bar.finish_and_clear();
+        Ok(idx)
+    }
+
+    /// One layer's own tree, as DUCC stores it under `.layers/`: whiteout
+    /// and opaque markers stay empty files (their consumer interprets them);
+    /// a hardlink to a file of an earlier layer becomes an empty file, with a
+    /// warning (the layer alone cannot hold its content).
+    pub fn from_layer(image: &Image, i: usize) -> Result<FsIndex> {
+        let mut idx = FsIndex::new();
+        idx.raw = true;
+        let mut layer = LayerReader::open(image, i)?;
+        let entries = idx
+            .apply_layer(&mut layer)
+            .map_err(|e| diagnose(image, i, e))?;
+        idx.layers.push(LayerInfo {
+            index: i,
+            digest: layer.desc.digest.clone(),
+            diff_id: layer.diff_id.clone(),
+            media_type: layer.desc.media_type.clone(),
+            size: layer.desc.size,
+            compression: layer.compression,
+            entries,
+        });
+        layer.finish().map_err(|e| diagnose(image, i, e))?;
         Ok(idx)
     }
 
@@ -380,7 +411,7 @@ impl FsIndex {
                 .resolve_dir(dir_comps)
                 .map_err(|r| unsafe_entry(&name, r.into()))?;
 
-            if let Some(rest) = file.strip_prefix(WHITEOUT) {
+            if let Some(rest) = file.strip_prefix(WHITEOUT).filter(|_| !self.raw) {
                 if file == OPAQUE {
                     self.whiteout(&parent, true, &upper);
                 } else if rest.starts_with(WHITEOUT) {
@@ -436,9 +467,32 @@ impl FsIndex {
                         .link_name_bytes()
                         .map(|t| t.into_owned())
                         .unwrap_or_default();
-                    let id = self
-                        .hardlink_target(&target)
-                        .map_err(|r| unsafe_entry(&name, r))?;
+                    let id = match self.hardlink_target(&target) {
+                        Ok(id) => id,
+                        // Only this layer is here: the target's content is in
+                        // an earlier one.
+                        Err(r) if self.raw && r.contains("does not exist") => {
+                            self.warnings.push(format!(
+                                "{}: hardlink to {} in an earlier layer, written as an empty file",
+                                display_path(&key),
+                                String::from_utf8_lossy(&target)
+                            ));
+                            let meta = read_meta(&mut entry).map_err(|r| unsafe_entry(&name, r))?;
+                            self.place(
+                                &key,
+                                Node {
+                                    kind: Kind::File {
+                                        size: 0,
+                                        data: Data::Bytes(Arc::from(&b""[..])),
+                                    },
+                                    meta,
+                                },
+                            );
+                            mark_upper(&mut upper, &key);
+                            continue;
+                        }
+                        Err(r) => return Err(unsafe_entry(&name, r)),
+                    };
                     if self.entries.get(&key) == Some(&id) {
                         // A link to itself changes nothing.
                         mark_upper(&mut upper, &key);
@@ -595,15 +649,21 @@ impl FsIndex {
 
     /// Which layer entries hold content that survives: per layer, a map from
     /// header position to node.
-    pub fn content_plan(&self) -> Vec<HashMap<u64, NodeId>> {
-        let mut plan: Vec<HashMap<u64, NodeId>> = vec![HashMap::new(); self.layers.len()];
+    pub fn content_plan(&self) -> BTreeMap<usize, HashMap<u64, NodeId>> {
+        let mut plan: BTreeMap<usize, HashMap<u64, NodeId>> = self
+            .layers
+            .iter()
+            .map(|l| (l.index, HashMap::new()))
+            .collect();
         for &id in self.entries.values() {
             if let Kind::File {
                 data: Data::Layer { layer, header_pos },
                 ..
             } = &self.node(id).kind
             {
-                plan[*layer as usize].insert(*header_pos, id);
+                plan.entry(*layer as usize)
+                    .or_default()
+                    .insert(*header_pos, id);
             }
         }
         plan
@@ -633,7 +693,7 @@ impl FsIndex {
             }
         }
         let plan = self.content_plan();
-        for (i, wanted) in plan.iter().enumerate() {
+        for (&i, wanted) in &plan {
             let mut layer = LayerReader::open(image, i)?;
             let mut stream = || -> Result<()> {
                 if !wanted.is_empty() {

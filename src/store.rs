@@ -383,6 +383,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .at("creating a temporary file in", dir)?;
     tmp.write_all(data).at("writing", tmp.path())?;
+    // Temporary files are private (0600); what is renamed into place is
+    // meant to be read by others (store indexes, CVMFS metadata).
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .at("changing mode of", tmp.path())?;
     tmp.as_file().sync_all().at("syncing", tmp.path())?;
     tmp.persist(path)
         .map_err(|e| Error::io_path(path, "renaming into place", e.error))?;

@@ -303,7 +303,7 @@ fn help_lists_only_working_commands() {
     assert_eq!(
         cmds,
         [
-            "copy", "inspect", "unpack", "export", "sif", "sif-info", "jobdesc", "submit",
+            "copy", "inspect", "unpack", "export", "sif", "sif-info", "cvmfs", "jobdesc", "submit",
             "status", "kill", "clean", "help"
         ]
     );

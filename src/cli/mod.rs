@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod arc;
+pub mod cvmfs;
 pub mod export;
 pub mod image;
 pub mod sif;
@@ -59,6 +60,9 @@ pub enum Command {
     Sif(sif::SifArgs),
     /// Show a SIF file's header and objects.
     SifInfo(sif::SifInfoArgs),
+    /// Publish images as unpacked trees in a CernVM-FS repository (DUCC layout).
+    #[command(subcommand)]
+    Cvmfs(cvmfs::CvmfsCommand),
     /// Write the ARC job description (xRSL, ADL or JSON) that runs an image on a site's GPU queue.
     Jobdesc(arc::JobdescArgs),
     /// Check a job description and submit it to an ARC CE over REST.
@@ -81,6 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::export(global, &args),
         Command::Sif(args) => sif::sif(global, &args),
         Command::SifInfo(args) => sif::sif_info(global, &args),
+        Command::Cvmfs(cmd) => cvmfs::run(global, &cmd),
         Command::Jobdesc(a) => arc::jobdesc(global, a),
         Command::Submit(a) => arc::submit(global, a),
         Command::Status(a) => arc::status(global, a),

@@ -162,7 +162,7 @@ pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
 }
 
 /// RFC 3339 `created` of an image config as Unix seconds.
-fn created_epoch(created: Option<&str>) -> Option<i64> {
+pub fn created_epoch(created: Option<&str>) -> Option<i64> {
     let s = created?;
     // YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)
     let b = s.as_bytes();

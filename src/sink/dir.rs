@@ -42,12 +42,17 @@ pub struct DirReport {
 pub struct UnpackOptions {
     /// Not root: keep our own ownership, make device nodes empty files.
     pub rootless: bool,
+    /// Regular files already on disk with exactly a node's content and
+    /// metadata (an earlier tree of the same layers): hardlinked, not written,
+    /// their metadata left as it is.
+    pub reuse: HashMap<NodeId, PathBuf>,
 }
 
 impl UnpackOptions {
     pub fn for_current_user() -> Self {
         UnpackOptions {
             rootless: !rustix::process::geteuid().is_root(),
+            reuse: HashMap::new(),
         }
     }
 }
@@ -250,7 +255,18 @@ pub fn write_tree(
                 create_node(&path, key, node, opts, warnings)
             }));
         }
+        for (&id, old) in &opts.reuse {
+            if let Some(key) = primary.get(&id) {
+                let path = path_of(key);
+                pool.submit(Box::new(move || {
+                    fs::hard_link(old, &path).at("linking an unchanged file to", &path)
+                }));
+            }
+        }
         let streamed = index.for_each_content(image, |id, reader| {
+            if opts.reuse.contains_key(&id) {
+                return Ok(());
+            }
             let path = path_of(primary[&id]);
             let size = match &index.node(id).kind {
                 Kind::File { size, .. } => *size,
@@ -298,7 +314,7 @@ pub fn write_tree(
             }
             if node.kind.is_dir() {
                 dirs.push((key, node));
-            } else {
+            } else if !opts.reuse.contains_key(&id) {
                 let path = path_of(key);
                 let warnings = &warnings;
                 pool.submit(Box::new(move || apply_meta(&path, node, opts, warnings)));

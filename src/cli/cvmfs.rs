@@ -1,0 +1,454 @@
+//! `cvmfs publish | gc | ls`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use super::image::{AccessOpts, human_bytes};
+use super::{GlobalOpts, print_json};
+use crate::reference::{ImageRef, RegistryRef};
+use crate::sink::cvmfs::{self, BackendKind, PublicName, PublishOptions, Repo, RepoConfig};
+use crate::transport;
+use crate::{Error, Result};
+
+#[derive(Debug, Subcommand)]
+pub enum CvmfsCommand {
+    /// Publish images as unpacked trees (DUCC layout) into a repository.
+    Publish(Box<PublishArgs>),
+    /// Remove trees and layers no longer published, after a grace period.
+    Gc(GcArgs),
+    /// List the published images and whether each is complete.
+    Ls(RepoArgs),
+}
+
+/// Which repository and how to write it; flattened into every cvmfs command.
+#[derive(Debug, Clone, Args)]
+pub struct RepoArgs {
+    /// Repository name, e.g. unpacked.example.org (or from the wishlist).
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// The repository's tree (required for --backend dir; default MOUNT/REPO).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// dir (a plain directory), cvmfs-server (transaction/publish on a
+    /// publisher), ingest (cvmfs_server ingest of tar streams).
+    #[arg(long, default_value = "dir", value_parser = clap::value_parser!(BackendKind))]
+    pub backend: BackendKind,
+    /// Where repositories are mounted (cvmfs-server and ingest backends).
+    #[arg(long, value_name = "DIR")]
+    pub cvmfs_mount: Option<PathBuf>,
+}
+
+impl RepoArgs {
+    fn open(&self, repo: Option<&str>) -> Result<Repo> {
+        let name = match (self.repo.as_deref(), repo) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Error::bad_input(
+                    format!("--repo {a}"),
+                    format!("the wishlist names cvmfs_repo {b:?}"),
+                ));
+            }
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => {
+                return Err(Error::BadInput {
+                    input: "gridship cvmfs".into(),
+                    place: String::new(),
+                    reason: "no repository given".into(),
+                    hint: Some("add --repo NAME (or cvmfs_repo in the wishlist)".into()),
+                });
+            }
+        };
+        Repo::open(RepoConfig::new(
+            name,
+            self.backend.clone(),
+            self.root.clone(),
+            self.cvmfs_mount.clone(),
+        )?)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Images to publish (docker://REG/REPO:TAG; other transports need --name).
+    pub images: Vec<String>,
+    /// A DUCC wishlist (version 1 YAML); `*` in tags matches the registry's tags.
+    #[arg(long, value_name = "FILE")]
+    pub wishlist: Option<PathBuf>,
+    /// Public name REG/REPO:TAG for one image from a non-registry transport.
+    #[arg(long, value_name = "REG/REPO:TAG")]
+    pub name: Option<String>,
+    /// Also write each layer under .layers/xx/DIGEST/layerfs.
+    #[arg(long)]
+    pub layers: bool,
+    /// Write every file anew instead of hardlinking unchanged ones from an
+    /// earlier tree (dir backend).
+    #[arg(long)]
+    pub no_reuse: bool,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub access: AccessOpts,
+}
+
+/// DUCC's wishlist, version 1.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wishlist {
+    version: u32,
+    #[serde(default)]
+    #[allow(dead_code)] // the account DUCC pushes thin images as; gridship makes none
+    user: Option<String>,
+    cvmfs_repo: String,
+    #[serde(default)]
+    #[allow(dead_code)] // thin-image names; gridship makes no thin images
+    output_format: Option<String>,
+    input: Vec<String>,
+}
+
+/// One wishlist input: `[https://|http://]REG/REPO:TAG` (tags may hold `*`).
+fn parse_input(s: &str, file: &std::path::Path, line: usize) -> Result<(RegistryRef, bool)> {
+    let (rest, plain_http) = match s.split_once("://") {
+        Some(("https", r)) => (r, false),
+        Some(("http", r)) => (r, true),
+        Some((scheme, _)) => {
+            return Err(Error::BadInput {
+                input: file.display().to_string(),
+                place: format!("input {line}: "),
+                reason: format!("scheme {scheme:?} is not http or https"),
+                hint: None,
+            });
+        }
+        None => (s, false),
+    };
+    // `*` is not a tag character: parse with a placeholder, put it back.
+    let parsed =
+        crate::reference::parse_registry(&rest.replace('*', "WILDCARD0STAR")).map_err(|e| {
+            Error::BadInput {
+                input: file.display().to_string(),
+                place: format!("input {line} ({s}): "),
+                reason: e,
+                hint: Some(
+                    "write it like https://registry.example.org/group/image:tag or :v1.*".into(),
+                ),
+            }
+        })?;
+    let mut r = parsed;
+    r.tag = r.tag.map(|t| t.replace("WILDCARD0STAR", "*"));
+    if r.registry.contains("WILDCARD0STAR") || r.repository.contains("WILDCARD0STAR") {
+        return Err(Error::BadInput {
+            input: file.display().to_string(),
+            place: format!("input {line} ({s}): "),
+            reason: "`*` is allowed in tags only".into(),
+            hint: None,
+        });
+    }
+    if r.tag.is_none() && r.digest.is_none() {
+        r.tag = Some("latest".into());
+    }
+    Ok((r, plain_http))
+}
+
+/// A glob with `*` matching the whole tag, as DUCC's `.*` regex does.
+fn glob_match(pattern: &str, tag: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == tag;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !tag.starts_with(first)
+        || !tag[first.len()..].ends_with(last)
+        || tag.len() < first.len() + last.len()
+    {
+        return false;
+    }
+    let mut rest = &tag[first.len()..tag.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[derive(Serialize)]
+struct PublishView {
+    repo: String,
+    root: PathBuf,
+    backend: String,
+    published: Vec<cvmfs::PublishReport>,
+    failed: Vec<Failure>,
+}
+
+#[derive(Serialize)]
+struct Failure {
+    image: String,
+    error: String,
+}
+
+pub fn publish(global: &GlobalOpts, args: &PublishArgs) -> anyhow::Result<()> {
+    let mut ctx = args.access.context(global);
+    // (image, public name, plain http?)
+    let mut work: Vec<(ImageRef, PublicName, bool)> = Vec::new();
+    let mut wish_repo = None;
+    if let Some(file) = &args.wishlist {
+        let text = std::fs::read_to_string(file).map_err(|e| Error::io_path(file, "reading", e))?;
+        let w: Wishlist = serde_saphyr::from_str(&text).map_err(|e| Error::BadInput {
+            input: file.display().to_string(),
+            place: String::new(),
+            reason: format!("not a DUCC wishlist: {e}"),
+            hint: Some("version: 1, cvmfs_repo: NAME, input: [https://REG/REPO:TAG, ...]".into()),
+        })?;
+        if w.version != 1 {
+            return Err(Error::bad_input(
+                file.display().to_string(),
+                format!("wishlist version {} is not supported (1 is)", w.version),
+            )
+            .into());
+        }
+        wish_repo = Some(w.cvmfs_repo.clone());
+        // Refuse a mismatch before contacting any registry.
+        if let Some(r) = &args.repo.repo
+            && *r != w.cvmfs_repo
+        {
+            return Err(Error::BadInput {
+                input: file.display().to_string(),
+                place: "cvmfs_repo: ".into(),
+                reason: format!("names {:?}, but --repo is {r:?}", w.cvmfs_repo),
+                hint: Some("drop --repo, or publish with the wishlist's repository".into()),
+            }
+            .into());
+        }
+        for (i, input) in w.input.iter().enumerate() {
+            let (r, plain) = parse_input(input, file, i + 1)?;
+            let tag = r.tag.clone().unwrap_or_default();
+            if tag.contains('*') {
+                let mut opts = ctx.registry.clone();
+                if plain {
+                    opts.tls_verify = false;
+                }
+                let mut tags = crate::registry::list_tags(&r, &opts)?;
+                tags.retain(|t| glob_match(&tag, t));
+                tags.sort();
+                if tags.is_empty() {
+                    tracing::warn!("{input}: no tag matches");
+                }
+                for t in tags {
+                    let rr = r.with_tag(&t);
+                    work.push((
+                        ImageRef::Registry(rr.clone()),
+                        PublicName::from_ref(&rr)?,
+                        plain,
+                    ));
+                }
+            } else {
+                work.push((
+                    ImageRef::Registry(r.clone()),
+                    PublicName::from_ref(&r)?,
+                    plain,
+                ));
+            }
+        }
+    }
+    for s in &args.images {
+        let r: ImageRef = s.parse()?;
+        let name = match (&r, &args.name) {
+            (_, Some(n)) if args.images.len() == 1 => PublicName::parse(n)?,
+            (ImageRef::Registry(rr), None) => PublicName::from_ref(rr)?,
+            _ => {
+                return Err(Error::BadInput {
+                    input: s.clone(),
+                    place: String::new(),
+                    reason: "CVMFS publishes images under REG/REPO:TAG".into(),
+                    hint: Some(
+                        "publish one non-registry image at a time with --name REG/REPO:TAG".into(),
+                    ),
+                }
+                .into());
+            }
+        };
+        work.push((r, name, false));
+    }
+    if work.is_empty() {
+        return Err(Error::BadInput {
+            input: "gridship cvmfs publish".into(),
+            place: String::new(),
+            reason: "no images".into(),
+            hint: Some("give IMAGE arguments or --wishlist FILE".into()),
+        }
+        .into());
+    }
+    let mut repo = args.repo.open(wish_repo.as_deref())?;
+    let epoch = super::sif::source_date_epoch()?;
+    let store = ctx.store().ok();
+    let mut view = PublishView {
+        repo: repo.config.name.clone(),
+        root: repo.root().to_path_buf(),
+        backend: format!("{:?}", repo.config.backend).to_lowercase(),
+        published: Vec::new(),
+        failed: Vec::new(),
+    };
+    let verify = ctx.registry.tls_verify;
+    for (r, name, plain) in &work {
+        ctx.registry.tls_verify = verify && !plain;
+        let result = transport::open(r, &ctx).and_then(|image| {
+            // Keep the image's blobs in the store, so a later publish can
+            // find this tree's layers and reuse its unchanged files.
+            if let Some(store) = &store
+                && image.layout.root() != store.root()
+            {
+                transport::copy_blobs(&image, store)?;
+            }
+            let created = epoch
+                .or_else(|| super::sif::created_epoch(image.config.created.as_deref()))
+                .unwrap_or(0);
+            let opts = PublishOptions {
+                layers: args.layers,
+                created,
+                reuse: !args.no_reuse,
+                store: store.clone(),
+            };
+            cvmfs::publish(&mut repo, name, &image, &opts)
+        });
+        match result {
+            Ok(report) => {
+                if !global.json {
+                    println!(
+                        "published {} -> {} ({}{}{}) in {:.1}s",
+                        report.name,
+                        report.flat.display(),
+                        report.flat_status,
+                        if report.reused_files > 0 {
+                            format!(", {} files reused", report.reused_files)
+                        } else {
+                            String::new()
+                        },
+                        if args.layers {
+                            format!(
+                                ", layers: {} new, {} present",
+                                report.layers_built.len(),
+                                report.layers_present.len()
+                            )
+                        } else {
+                            String::new()
+                        },
+                        report.seconds
+                    );
+                    for t in &report.transforms {
+                        if !t.changed.is_empty() && t.rule == "cvmfs-publishable" {
+                            println!(
+                                "  {}: {} entries widened (owner rw/rwx)",
+                                t.rule,
+                                t.changed.len()
+                            );
+                        }
+                    }
+                    if let Some(old) = &report.replaced {
+                        println!("  the tag moved: {} is scheduled for gc", old.display());
+                    }
+                }
+                view.published.push(report);
+            }
+            Err(e) => {
+                eprintln!("error: {r}: {e}");
+                view.failed.push(Failure {
+                    image: r.to_string(),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    if global.json {
+        print_json(&view)?;
+    }
+    if !view.failed.is_empty() {
+        return Err(Error::Other(format!(
+            "{} of {} images failed to publish",
+            view.failed.len(),
+            work.len()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Remove only what has been unused for this many days.
+    #[arg(long, default_value_t = 30)]
+    pub grace_period: u64,
+    /// List what would be removed, with sizes; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+}
+
+pub fn gc(global: &GlobalOpts, args: &GcArgs) -> anyhow::Result<()> {
+    let mut repo = args.repo.open(None)?;
+    let items = cvmfs::gc(&mut repo, args.grace_period, args.dry_run)?;
+    if global.json {
+        return print_json(&items);
+    }
+    if items.is_empty() {
+        println!("nothing unused in {}", repo.config.name);
+    }
+    for i in &items {
+        println!(
+            "{:<22} {:>10}  {}",
+            i.action,
+            human_bytes(i.bytes),
+            i.path.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn ls(global: &GlobalOpts, args: &RepoArgs) -> anyhow::Result<()> {
+    let repo = args.open(None)?;
+    let items = cvmfs::list(&repo)?;
+    if global.json {
+        return print_json(&items);
+    }
+    for i in &items {
+        let state = match (i.complete, i.committed) {
+            (true, true) => "ok",
+            (true, false) => "tree ok, manifest missing",
+            (false, _) => "BROKEN: no tree",
+        };
+        println!(
+            "{:<60} {}  {}",
+            i.name,
+            i.config_digest.as_deref().unwrap_or("-"),
+            state
+        );
+    }
+    Ok(())
+}
+
+pub fn run(global: &GlobalOpts, cmd: &CvmfsCommand) -> anyhow::Result<()> {
+    match cmd {
+        CvmfsCommand::Publish(a) => publish(global, a),
+        CvmfsCommand::Gc(a) => gc(global, a),
+        CvmfsCommand::Ls(a) => ls(global, a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs_match_whole_tags() {
+        assert!(glob_match("1.*", "1.2"));
+        assert!(glob_match("1.*", "1."));
+        assert!(!glob_match("1.*", "11.2"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("v*-gpu", "v2-gpu"));
+        assert!(!glob_match("v*-gpu", "v2-gpu-x"));
+        assert!(glob_match("a*b*c", "aXbYc"));
+        assert!(!glob_match("a*b*c", "aXc"));
+        assert!(glob_match("exact", "exact") && !glob_match("exact", "exact2"));
+    }
+}

@@ -1,0 +1,1236 @@
+//! Publishing images as unpacked trees in a CernVM-FS repository, in DUCC's
+//! layout (reference/cvmfs-ducc.md):
+//!
+//! ```text
+//! .flat/xx/<config digest>/          merged tree + /.singularity.d, a nested catalog
+//! .layers/xx/<layer digest>/layerfs/ one layer as it is (--layers), a nested catalog
+//! .metadata/REG/REPO:TAG/manifest.json   written last: the commit marker
+//! REG/REPO:TAG -> ../../.flat/xx/<digest>  the public, relative symlink
+//! ```
+//!
+//! Every tree is built under a temporary name and renamed into place (dir and
+//! cvmfs-server backends) or ingested in one call (ingest backend), so a
+//! public symlink only ever points at a complete tree; the symlink is
+//! replaced by a rename; the manifest comes last. A run killed at any moment
+//! leaves the repository as it was or complete, and the next run finishes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::IoContext;
+use crate::image::{Image, media};
+use crate::index::{Data, FsIndex, Kind, NodeId};
+use crate::reference::RegistryRef;
+use crate::sink::dir::{UnpackOptions, write_tree};
+use crate::store::{Descriptor, write_atomic};
+use crate::transform::{RuleReport, Transform};
+use crate::{Error, Result};
+
+const TMP_MARK: &str = ".gridship-tmp-";
+const CATALOG: &str = ".cvmfscatalog";
+const SCHEDULE: &str = ".metadata/remove-schedule.json";
+
+/// Where and how the repository is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendKind {
+    /// A plain directory (tests, staging, a publisher's own sync).
+    Dir,
+    /// `cvmfs_server transaction` / write under the mount / `publish`.
+    CvmfsServer,
+    /// `cvmfs_server ingest` of tar streams; no FUSE mount needed to write.
+    Ingest,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "dir" => Ok(BackendKind::Dir),
+            "cvmfs-server" => Ok(BackendKind::CvmfsServer),
+            "ingest" => Ok(BackendKind::Ingest),
+            _ => Err("dir, cvmfs-server or ingest".into()),
+        }
+    }
+}
+
+/// A repository to publish into.
+#[derive(Debug, Clone)]
+pub struct RepoConfig {
+    /// Repository name (`unpacked.example.org`).
+    pub name: String,
+    pub backend: BackendKind,
+    /// The tree: `--root` for dir; `MOUNT/NAME` (default /cvmfs/NAME) else.
+    pub root: PathBuf,
+    /// The `cvmfs_server` program (tests point it at a recording stand-in).
+    pub cvmfs_server: PathBuf,
+    /// Lock file that keeps two publishers off one repository.
+    pub lock: PathBuf,
+}
+
+impl RepoConfig {
+    pub fn new(
+        name: &str,
+        backend: BackendKind,
+        root: Option<PathBuf>,
+        mount: Option<PathBuf>,
+    ) -> Result<RepoConfig> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(Error::bad_input(
+                format!("--repo {name}"),
+                "a repository name is a DNS-like name, e.g. unpacked.example.org",
+            ));
+        }
+        let root = match (&backend, root) {
+            (BackendKind::Dir, Some(r)) => r,
+            (BackendKind::Dir, None) => {
+                return Err(Error::BadInput {
+                    input: "--backend dir".into(),
+                    place: String::new(),
+                    reason: "needs --root DIR".into(),
+                    hint: Some("give the directory that holds the repository tree".into()),
+                });
+            }
+            (_, Some(r)) => r,
+            (_, None) => mount.unwrap_or_else(|| PathBuf::from("/cvmfs")).join(name),
+        };
+        // One lock per repository and tree: two publishers of the same
+        // repository on this machine exclude each other.
+        let canonical = root.canonicalize().unwrap_or_else(|_| root.clone());
+        let tag =
+            Digest::of_bytes(canonical.as_os_str().as_encoded_bytes()).hex()[..12].to_string();
+        let lock = std::env::temp_dir().join(format!("gridship-cvmfs-{name}-{tag}.lock"));
+        Ok(RepoConfig {
+            name: name.into(),
+            backend,
+            root,
+            cvmfs_server: std::env::var_os("GRIDSHIP_CVMFS_SERVER")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("cvmfs_server")),
+            lock,
+        })
+    }
+}
+
+/// An open repository: the lock is held while this lives.
+pub struct Repo {
+    pub config: RepoConfig,
+    _lock: File,
+    in_transaction: bool,
+}
+
+/// The name an image is published under: `REGISTRY/REPOSITORY:TAG`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct PublicName {
+    pub registry: String,
+    pub repository: String,
+    pub tag: String,
+}
+
+impl PublicName {
+    pub fn from_ref(r: &RegistryRef) -> Result<PublicName> {
+        let tag = r.tag.clone().ok_or_else(|| {
+            Error::bad_input(
+                format!("docker://{r}"),
+                "CVMFS names images by tag; give REPO:TAG",
+            )
+        })?;
+        Ok(PublicName {
+            registry: r.registry.clone(),
+            repository: r.repository.clone(),
+            tag,
+        })
+    }
+
+    pub fn parse(s: &str) -> Result<PublicName> {
+        let r = crate::reference::parse_registry(s).map_err(|e| Error::BadInput {
+            input: s.into(),
+            place: "--name: ".into(),
+            reason: e,
+            hint: Some("write it like registry.example.org/group/image:tag".into()),
+        })?;
+        PublicName::from_ref(&r)
+    }
+
+    /// `REG/REPO:TAG`, relative to the repository root.
+    pub fn link_path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "{}/{}:{}",
+            self.registry, self.repository, self.tag
+        ))
+    }
+
+    pub fn metadata_dir(&self) -> PathBuf {
+        Path::new(".metadata").join(self.link_path())
+    }
+
+    /// The symlink's target: up to the root, then into `.flat`.
+    fn link_target(&self, flat: &Path) -> PathBuf {
+        let depth = self.link_path().components().count() - 1;
+        let mut t = PathBuf::new();
+        for _ in 0..depth {
+            t.push("..");
+        }
+        t.join(flat)
+    }
+}
+
+impl std::fmt::Display for PublicName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}:{}", self.registry, self.repository, self.tag)
+    }
+}
+
+/// `.flat/xx/<hex>` for a config digest.
+pub fn flat_path(config: &Digest) -> PathBuf {
+    Path::new(".flat")
+        .join(&config.hex()[..2])
+        .join(config.hex())
+}
+
+/// `.layers/xx/<hex>` for a layer digest.
+pub fn layer_path(layer: &Digest) -> PathBuf {
+    Path::new(".layers")
+        .join(&layer.hex()[..2])
+        .join(layer.hex())
+}
+
+/// The manifest as DUCC stores it: re-encoded with these four fields (its
+/// digest differs from the registry's; DUCC only compares config digests).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DuccManifest {
+    pub schema_version: u32,
+    #[serde(default)]
+    pub media_type: String,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+impl DuccManifest {
+    fn of(image: &Image) -> DuccManifest {
+        let strip =
+            |d: &Descriptor| Descriptor::new(d.media_type.clone(), d.digest.clone(), d.size);
+        DuccManifest {
+            schema_version: 2,
+            media_type: image
+                .manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| media::OCI_MANIFEST.into()),
+            config: strip(&image.manifest.config),
+            layers: image.manifest.layers.iter().map(strip).collect(),
+        }
+    }
+}
+
+/// A tree no public symlink or manifest uses any more, and since when.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Scheduled {
+    pub path: PathBuf,
+    /// Unix seconds when it was found unused.
+    pub since: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub was: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PublishReport {
+    pub name: String,
+    pub config_digest: String,
+    pub flat: PathBuf,
+    /// `built`, `present` (same config digest already there).
+    pub flat_status: String,
+    pub layers_built: Vec<String>,
+    pub layers_present: Vec<String>,
+    /// Files hardlinked from an earlier tree of the same layers.
+    pub reused_files: u64,
+    /// The tag pointed at another tree before (now scheduled for gc).
+    pub replaced: Option<PathBuf>,
+    pub transforms: Vec<RuleReport>,
+    pub seconds: f64,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Make every entry readable by the publisher, as DUCC does before a
+/// publish: files `| 0600`, directories `| 0700` (CVMFS reads the tree as
+/// the repository owner). Each widened path is reported.
+pub struct Publishable;
+
+impl Transform for Publishable {
+    fn name(&self) -> &'static str {
+        "cvmfs-publishable"
+    }
+    fn description(&self) -> &'static str {
+        "owner read/write (files) and read/write/search (directories) added, as DUCC does, so the publisher can read every entry"
+    }
+    fn apply(
+        &self,
+        index: &mut FsIndex,
+        _config: &mut crate::image::ImageConfig,
+        report: &mut RuleReport,
+    ) -> Result<()> {
+        let mut changes: Vec<(NodeId, u32, String)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (key, id, node) in index.iter() {
+            if !seen.insert(id) {
+                continue;
+            }
+            let add = match node.kind {
+                Kind::Dir => 0o700,
+                Kind::File { .. } => 0o600,
+                _ => continue,
+            };
+            if node.meta.mode & add != add {
+                changes.push((id, node.meta.mode | add, crate::index::display_path(key)));
+            }
+        }
+        for (id, mode, path) in changes {
+            let old = index.node(id).meta.mode;
+            index.node_mut(id).meta.mode = mode;
+            report.change(path, format!("mode {old:04o} -> {mode:04o}"));
+        }
+        Ok(())
+    }
+}
+
+impl Repo {
+    /// Open a repository, taking its lock (fails at once if another
+    /// publisher holds it), and clear what a killed run left behind.
+    pub fn open(config: RepoConfig) -> Result<Repo> {
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&config.lock)
+            .at("opening the lock file", &config.lock)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Other(format!(
+                    "repository {} is locked by another publisher ({})\n  hint: wait for it to finish; the lock is released when it exits",
+                    config.name,
+                    config.lock.display()
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io_path(&config.lock, "locking", e));
+            }
+        }
+        let repo = Repo {
+            config,
+            _lock: lock,
+            in_transaction: false,
+        };
+        if repo.config.backend == BackendKind::Dir {
+            fs::create_dir_all(&repo.config.root).at("creating", &repo.config.root)?;
+            repo.clean_leftovers()?;
+        }
+        Ok(repo)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.config.root
+    }
+
+    fn abs(&self, rel: &Path) -> PathBuf {
+        self.config.root.join(rel)
+    }
+
+    /// Temporary trees and links of an interrupted run (the lock is ours,
+    /// so nobody else is writing them).
+    fn clean_leftovers(&self) -> Result<()> {
+        for top in [".flat", ".layers", ".metadata"] {
+            let dir = self.abs(Path::new(top));
+            if !dir.is_dir() {
+                continue;
+            }
+            for e in walk_dirs(&dir, 3)? {
+                let name = e
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if name.contains(TMP_MARK) {
+                    remove_any(&e)?;
+                }
+            }
+        }
+        for link in self.public_links()? {
+            if let Some(parent) = self.abs(&link).parent() {
+                for e in fs::read_dir(parent).at("reading", parent)? {
+                    let e = e.at("reading", parent)?;
+                    if e.file_name().to_string_lossy().contains(TMP_MARK) {
+                        remove_any(&e.path())?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn server(&self, args: &[&str]) -> Result<()> {
+        let out = Command::new(&self.config.cvmfs_server)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "running {} (is cvmfs-server installed?)",
+                        self.config.cvmfs_server.display()
+                    ),
+                    e,
+                )
+            })?;
+        if !out.status.success() {
+            return Err(Error::Other(format!(
+                "{} {} failed ({}): {}",
+                self.config.cvmfs_server.display(),
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Run `f` in one transaction (cvmfs-server), aborting on any error and
+    /// returning that error (never swallowed by the abort).
+    pub fn transaction<T>(&mut self, f: impl FnOnce(&mut Repo) -> Result<T>) -> Result<T> {
+        if self.config.backend != BackendKind::CvmfsServer {
+            return f(self);
+        }
+        let name = self.config.name.clone();
+        // A transaction our killed predecessor left open is aborted first:
+        // the marker says it was ours (we hold the lock, so it is not
+        // running). One opened by someone else is left for them.
+        let marker = self.config.lock.with_extension("txn");
+        if marker.exists() {
+            tracing::warn!("aborting the transaction a killed gridship run left open on {name}");
+            self.server(&["abort", "-f", &name])?;
+        }
+        self.server(&["transaction", &name]).map_err(|e| {
+            Error::Other(format!(
+                "{e}\n  hint: if a transaction is open on {name}, finish or abort it (cvmfs_server abort -f {name})"
+            ))
+        })?;
+        File::create(&marker).at("creating", &marker)?;
+        self.in_transaction = true;
+        let result = f(self).and_then(|v| self.server(&["publish", &name]).map(|()| v));
+        self.in_transaction = false;
+        // The original error is what is reported, never the abort's.
+        let (closed, txn_closed) = match result {
+            Ok(v) => (Ok(v), true),
+            Err(e) => match self.server(&["abort", "-f", &name]) {
+                Ok(()) => (Err(e), true),
+                Err(abort) => (
+                    Err(Error::Other(format!(
+                        "{e}\n  (and cvmfs_server abort -f failed: {abort})"
+                    ))),
+                    false,
+                ),
+            },
+        };
+        if txn_closed {
+            let _ = fs::remove_file(&marker);
+        }
+        closed
+    }
+
+    fn exists(&self, rel: &Path) -> bool {
+        fs::symlink_metadata(self.abs(rel)).is_ok()
+    }
+
+    /// Write a tree at `rel` in one step: built under a temporary name and
+    /// renamed (dir, cvmfs-server), or one `ingest` (ingest backend).
+    fn put_tree(
+        &self,
+        rel: &Path,
+        index: &FsIndex,
+        image: &Image,
+        opts: &UnpackOptions,
+        catalog: bool,
+    ) -> Result<()> {
+        match self.config.backend {
+            BackendKind::Ingest => {
+                let rel_s = rel.to_string_lossy().into_owned();
+                let mut args = vec!["ingest"];
+                if catalog {
+                    args.push("--catalog");
+                }
+                args.extend(["-t", "-", "-b", &rel_s, &self.config.name]);
+                let mut child = Command::new(&self.config.cvmfs_server)
+                    .args(&args)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| {
+                        Error::io(format!("running {}", self.config.cvmfs_server.display()), e)
+                    })?;
+                let stdin = child.stdin.take().expect("piped");
+                let written = crate::sink::tar::write_tar(
+                    index,
+                    image,
+                    io::BufWriter::new(stdin),
+                    &crate::sink::tar::TarOptions {
+                        reproducible: None,
+                        omit_root: false,
+                    },
+                );
+                let out = child
+                    .wait_with_output()
+                    .map_err(|e| Error::io("waiting for cvmfs_server ingest", e))?;
+                if !out.status.success() {
+                    return Err(Error::Other(format!(
+                        "cvmfs_server {} failed ({}): {}",
+                        args.join(" "),
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                written.map(|_| ())
+            }
+            _ => {
+                let dest = self.abs(rel);
+                let parent = dest.parent().expect("tree paths have a parent");
+                fs::create_dir_all(parent).at("creating", parent)?;
+                let name = dest
+                    .file_name()
+                    .expect("named")
+                    .to_string_lossy()
+                    .into_owned();
+                let tmp = tempfile::Builder::new()
+                    .prefix(&format!(".{name}{TMP_MARK}"))
+                    .tempdir_in(parent)
+                    .at("creating a temporary tree in", parent)?;
+                write_tree(index, image, tmp.path(), opts)?;
+                if catalog {
+                    File::create(tmp.path().join(CATALOG))
+                        .at("creating", tmp.path().join(CATALOG))?;
+                }
+                let tmp_path = tmp.keep();
+                fs::rename(&tmp_path, &dest).map_err(|e| {
+                    let _ = fs::remove_dir_all(&tmp_path);
+                    Error::io_path(&dest, "renaming the tree into place at", e)
+                })?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A small file, replaced atomically.
+    fn put_file(&self, rel: &Path, data: &[u8]) -> Result<()> {
+        match self.config.backend {
+            BackendKind::Ingest => self.ingest_small(rel, Some(data), None),
+            _ => {
+                let dest = self.abs(rel);
+                fs::create_dir_all(dest.parent().expect("parent"))
+                    .at("creating", dest.parent().expect("parent"))?;
+                write_atomic(&dest, data)
+            }
+        }
+    }
+
+    /// A symlink, replaced atomically.
+    fn put_symlink(&self, rel: &Path, target: &Path) -> Result<()> {
+        match self.config.backend {
+            BackendKind::Ingest => self.ingest_small(rel, None, Some(target)),
+            _ => {
+                let dest = self.abs(rel);
+                let parent = dest.parent().expect("parent");
+                fs::create_dir_all(parent).at("creating", parent)?;
+                let tmp = parent.join(format!(
+                    ".{}{TMP_MARK}{}",
+                    dest.file_name().expect("named").to_string_lossy(),
+                    std::process::id()
+                ));
+                let _ = fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(target, &tmp).at("creating symlink", &tmp)?;
+                fs::rename(&tmp, &dest).at("replacing symlink", &dest)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// One file or symlink through `cvmfs_server ingest` (a one-entry tar).
+    fn ingest_small(&self, rel: &Path, data: Option<&[u8]>, link: Option<&Path>) -> Result<()> {
+        let parent = rel
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = rel
+            .file_name()
+            .expect("named")
+            .to_string_lossy()
+            .into_owned();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(if link.is_some() { 0o777 } else { 0o644 });
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(now() as u64);
+        match (data, link) {
+            (Some(d), _) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(d.len() as u64);
+                tar.append_data(&mut h, &name, d)
+                    .at("building a tar for", rel)?;
+            }
+            (None, Some(t)) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                tar.append_link(&mut h, &name, t)
+                    .at("building a tar for", rel)?;
+            }
+            _ => unreachable!("a file or a link"),
+        }
+        let bytes = tar.into_inner().at("building a tar for", rel)?;
+        let args = ["ingest", "-t", "-", "-b", &parent, &self.config.name];
+        let mut child = Command::new(&self.config.cvmfs_server)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io(format!("running {}", self.config.cvmfs_server.display()), e))?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(&bytes)
+            .map_err(|e| Error::io("feeding cvmfs_server ingest", e))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::io("waiting for cvmfs_server ingest", e))?;
+        if !out.status.success() {
+            return Err(Error::Other(format!(
+                "cvmfs_server {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Remove a tree or file (gc).
+    fn remove(&self, rel: &Path) -> Result<()> {
+        match self.config.backend {
+            BackendKind::Ingest => {
+                let r = rel.to_string_lossy().into_owned();
+                self.server(&["ingest", "--delete", &r, &self.config.name])
+            }
+            _ => remove_any(&self.abs(rel)),
+        }
+    }
+
+    /// An empty `.cvmfscatalog` in a directory (a nested catalog).
+    fn ensure_catalog(&self, dir: &Path) -> Result<()> {
+        let rel = dir.join(CATALOG);
+        if self.exists(&rel) {
+            return Ok(());
+        }
+        match self.config.backend {
+            BackendKind::Ingest => {
+                let d = dir.to_string_lossy().into_owned();
+                // An empty tar with --catalog makes the nested catalog.
+                let mut child = Command::new(&self.config.cvmfs_server)
+                    .args([
+                        "ingest",
+                        "--catalog",
+                        "-t",
+                        "-",
+                        "-b",
+                        &d,
+                        &self.config.name,
+                    ])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| {
+                        Error::io(format!("running {}", self.config.cvmfs_server.display()), e)
+                    })?;
+                let empty = tar::Builder::new(Vec::new())
+                    .into_inner()
+                    .at("building a tar for", dir)?;
+                child
+                    .stdin
+                    .take()
+                    .expect("piped")
+                    .write_all(&empty)
+                    .map_err(|e| Error::io("feeding cvmfs_server ingest", e))?;
+                let out = child
+                    .wait_with_output()
+                    .map_err(|e| Error::io("waiting for cvmfs_server ingest", e))?;
+                if !out.status.success() {
+                    return Err(Error::Other(format!(
+                        "cvmfs_server ingest --catalog -b {d} failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                Ok(())
+            }
+            _ => {
+                let p = self.abs(&rel);
+                fs::create_dir_all(p.parent().expect("parent"))
+                    .at("creating", p.parent().expect("parent"))?;
+                File::create(&p).at("creating", &p)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Every public symlink (relative path), found in the non-hidden tree.
+    pub fn public_links(&self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let root = &self.config.root;
+        if !root.is_dir() {
+            return Ok(out);
+        }
+        let mut todo = vec![PathBuf::new()];
+        while let Some(rel) = todo.pop() {
+            let dir = root.join(&rel);
+            for e in fs::read_dir(&dir).at("reading", &dir)? {
+                let e = e.at("reading", &dir)?;
+                let name = e.file_name();
+                if name.to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let ft = e.file_type().at("reading", e.path())?;
+                let r = rel.join(&name);
+                if ft.is_symlink() {
+                    out.push(r);
+                } else if ft.is_dir() {
+                    todo.push(r);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The `.flat/xx/hex` a public symlink points at, if it points into `.flat`.
+    fn flat_of_link(&self, link: &Path) -> Option<PathBuf> {
+        let target = fs::read_link(self.abs(link)).ok()?;
+        let mut resolved = link.parent().unwrap_or(Path::new("")).to_path_buf();
+        for c in target.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    resolved.pop();
+                }
+                std::path::Component::Normal(n) => resolved.push(n),
+                _ => return None,
+            }
+        }
+        resolved.starts_with(".flat").then_some(resolved)
+    }
+
+    fn read_schedule(&self) -> Result<Vec<Scheduled>> {
+        let p = self.abs(Path::new(SCHEDULE));
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::BadInput {
+                input: p.display().to_string(),
+                place: format!("line {} column {}: ", e.line(), e.column()),
+                reason: e.to_string(),
+                hint: Some("remove the file: gc then starts the grace period anew".into()),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io_path(&p, "reading", e)),
+        }
+    }
+
+    fn write_schedule(&self, s: &[Scheduled]) -> Result<()> {
+        let mut data = serde_json::to_vec_pretty(s).expect("schedule serializes");
+        data.push(b'\n');
+        self.put_file(Path::new(SCHEDULE), &data)
+    }
+}
+
+fn remove_any(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            // A tree may hold read-only directories: make them writable first.
+            make_removable(p)?;
+            fs::remove_dir_all(p).at("removing", p)
+        }
+        Ok(_) => fs::remove_file(p).at("removing", p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io_path(p, "removing", e)),
+    }
+}
+
+fn make_removable(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    for e in walkdir_dirs(dir)? {
+        let m = fs::symlink_metadata(&e).at("reading", &e)?;
+        let mode = m.mode() | 0o700;
+        fs::set_permissions(&e, fs::Permissions::from_mode(mode)).at("changing mode of", &e)?;
+    }
+    Ok(())
+}
+
+fn walkdir_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let d = out[i].clone();
+        i += 1;
+        for e in fs::read_dir(&d).at("reading", &d)? {
+            let e = e.at("reading", &d)?;
+            if e.file_type().at("reading", e.path())?.is_dir() {
+                out.push(e.path());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Entries up to `depth` levels below `dir` (not following symlinks).
+fn walk_dirs(dir: &Path, depth: usize) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut level = vec![dir.to_path_buf()];
+    for _ in 0..depth {
+        let mut next = Vec::new();
+        for d in level {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd {
+                let e = e.at("reading", &d)?;
+                out.push(e.path());
+                if e.file_type().at("reading", e.path())?.is_dir() {
+                    next.push(e.path());
+                }
+            }
+        }
+        level = next;
+    }
+    Ok(out)
+}
+
+/// Disk usage of a tree in bytes (allocated blocks, each inode once).
+fn tree_bytes(p: &Path) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut todo = vec![p.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(m) = fs::symlink_metadata(&d) else {
+            continue;
+        };
+        if seen.insert((m.dev(), m.ino())) {
+            total += m.blocks() * 512;
+        }
+        if m.is_dir()
+            && let Ok(rd) = fs::read_dir(&d)
+        {
+            todo.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+        }
+    }
+    total
+}
+
+/// What a publish needs beyond the image.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// Also write each layer under `.layers/`.
+    pub layers: bool,
+    /// Build time of the Apptainer layout (SOURCE_DATE_EPOCH, else the
+    /// image's creation time), so the same image gives the same tree.
+    pub created: i64,
+    /// Hardlink files unchanged since an earlier published tree (dir
+    /// backend; a CVMFS transaction copies them anyway).
+    pub reuse: bool,
+    /// Images in the store, to find earlier trees' layers (for reuse).
+    pub store: Option<crate::store::Layout>,
+}
+
+/// The flat tree of an image: merged, with the Apptainer layout, readable
+/// by the publisher.
+fn flat_index(
+    image: &Image,
+    name: &PublicName,
+    created: i64,
+) -> Result<(FsIndex, Vec<RuleReport>)> {
+    let mut index = FsIndex::from_image(image)?;
+    let mut config = image.config.clone();
+    let mut app = crate::transform::apptainer::ApptainerOptions::for_image(
+        &format!("docker://{name}"),
+        created,
+        &config,
+    )?;
+    app.base = Some(crate::transform::apptainer::BaseImage {
+        name: name.to_string(),
+        digest: image.manifest_desc.digest.to_string(),
+    });
+    let transforms: [&dyn Transform; 2] = [
+        &crate::transform::apptainer::ApptainerMetadata::new(app),
+        &Publishable,
+    ];
+    let reports = crate::transform::apply_all(&transforms, &mut index, &mut config)?;
+    Ok((index, reports))
+}
+
+/// Publish one image under `name`.
+pub fn publish(
+    repo: &mut Repo,
+    name: &PublicName,
+    image: &Image,
+    opts: &PublishOptions,
+) -> Result<PublishReport> {
+    let started = std::time::Instant::now();
+    let config_digest = image.manifest.config.digest.clone();
+    let flat = flat_path(&config_digest);
+    let mut report = PublishReport {
+        name: name.to_string(),
+        config_digest: config_digest.to_string(),
+        flat: flat.clone(),
+        ..Default::default()
+    };
+    let link = name.link_path();
+    if let Ok(m) = fs::symlink_metadata(repo.abs(&link))
+        && !m.file_type().is_symlink()
+    {
+        return Err(Error::BadInput {
+            input: repo.abs(&link).display().to_string(),
+            place: String::new(),
+            reason: "exists and is not a symlink; gridship will not replace it".into(),
+            hint: Some("move it away, or publish under another name".into()),
+        });
+    }
+    repo.transaction(|repo| {
+        repo.ensure_catalog(Path::new(".flat"))?;
+        if repo.exists(&flat) {
+            report.flat_status = "present".into();
+        } else {
+            let (index, transforms) = flat_index(image, name, opts.created)?;
+            report.transforms = transforms;
+            let mut unpack = UnpackOptions::for_current_user();
+            if opts.reuse && repo.config.backend == BackendKind::Dir {
+                unpack.reuse = reusable_files(repo, name, image, &index, opts)?;
+                report.reused_files = unpack.reuse.len() as u64;
+            }
+            repo.put_tree(&flat, &index, image, &unpack, true)?;
+            report.flat_status = "built".into();
+        }
+        if opts.layers {
+            repo.ensure_catalog(Path::new(".layers"))?;
+            for (i, l) in image.layers().iter().enumerate() {
+                let lp = layer_path(&l.digest);
+                repo.ensure_catalog(lp.parent().expect("xx dir"))?;
+                if repo.exists(&lp) {
+                    report.layers_present.push(l.digest.to_string());
+                    continue;
+                }
+                let raw = FsIndex::from_layer(image, i)?;
+                repo.put_tree(
+                    &lp.join("layerfs"),
+                    &raw,
+                    image,
+                    &UnpackOptions::for_current_user(),
+                    true,
+                )?;
+                report.layers_built.push(l.digest.to_string());
+            }
+        }
+        // The public symlink: a moved tag schedules its old tree for gc.
+        let target = name.link_target(&flat);
+        let old = fs::read_link(repo.abs(&link)).ok();
+        if old.as_deref() != Some(target.as_path()) {
+            if let Some(old_flat) = repo.flat_of_link(&link)
+                && old_flat != flat
+            {
+                let mut schedule = repo.read_schedule()?;
+                schedule.retain(|s| s.path != old_flat);
+                schedule.push(Scheduled {
+                    path: old_flat.clone(),
+                    since: now(),
+                    was: Some(name.to_string()),
+                });
+                repo.write_schedule(&schedule)?;
+                report.replaced = Some(old_flat);
+            }
+            repo.put_symlink(&link, &target)?;
+        }
+        // The manifest last: the commit marker.
+        let manifest = serde_json::to_vec(&DuccManifest::of(image)).expect("manifest serializes");
+        let mrel = name.metadata_dir().join("manifest.json");
+        if fs::read(repo.abs(&mrel)).ok().as_deref() != Some(manifest.as_slice()) {
+            repo.put_file(&mrel, &manifest)?;
+        }
+        Ok(())
+    })?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Files of the new tree that an earlier published tree already holds with
+/// the same bytes and metadata: the same tar entry of the same layer, gone
+/// through the same transforms.
+fn reusable_files(
+    repo: &Repo,
+    name: &PublicName,
+    image: &Image,
+    index: &FsIndex,
+    opts: &PublishOptions,
+) -> Result<HashMap<NodeId, PathBuf>> {
+    let Some(store) = &opts.store else {
+        return Ok(HashMap::new());
+    };
+    // The published image sharing the longest run of lower layers.
+    let mine: Vec<&Digest> = image.layers().iter().map(|l| &l.digest).collect();
+    let mut best: Option<(usize, DuccManifest)> = None;
+    for m in published_manifests(repo)? {
+        let shared = m
+            .layers
+            .iter()
+            .zip(&mine)
+            .take_while(|(a, b)| &a.digest == **b)
+            .count();
+        if shared > 0
+            && m.config.digest != image.manifest.config.digest
+            && repo.exists(&flat_path(&m.config.digest))
+            && best.as_ref().is_none_or(|(n, _)| shared > *n)
+        {
+            best = Some((shared, m));
+        }
+    }
+    let Some((shared, old)) = best else {
+        return Ok(HashMap::new());
+    };
+    if old
+        .layers
+        .iter()
+        .chain(std::iter::once(&old.config))
+        .any(|d| !store.has_blob(&d.digest, Some(d.size)))
+    {
+        tracing::info!(
+            "earlier tree {}: its blobs are not in the store; nothing reused",
+            old.config.digest
+        );
+        return Ok(HashMap::new());
+    }
+    let old_image = Image::from_manifest(
+        store.clone(),
+        crate::image::Manifest {
+            schema_version: 2,
+            media_type: Some(old.media_type.clone()),
+            config: old.config.clone(),
+            layers: old.layers.clone(),
+            annotations: BTreeMap::new(),
+            extra: BTreeMap::new(),
+        },
+        "earlier published image",
+    )?;
+    let (old_index, _) = flat_index(&old_image, name, opts.created)?;
+    let old_root = repo.abs(&flat_path(&old.config.digest));
+    // (layer digest, header position) → old path and node, in shared layers.
+    let mut old_files: HashMap<(Digest, u64), (Vec<u8>, NodeId)> = HashMap::new();
+    for (key, id, node) in old_index.iter() {
+        if let Kind::File {
+            data: Data::Layer { layer, header_pos },
+            ..
+        } = &node.kind
+            && (*layer as usize) < shared
+        {
+            old_files
+                .entry((
+                    old_image.layers()[*layer as usize].digest.clone(),
+                    *header_pos,
+                ))
+                .or_insert((key.to_vec(), id));
+        }
+    }
+    let mut reuse = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for (_, id, node) in index.iter() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let Kind::File {
+            data: Data::Layer { layer, header_pos },
+            ..
+        } = &node.kind
+        else {
+            continue;
+        };
+        let key = (image.layers()[*layer as usize].digest.clone(), *header_pos);
+        if let Some((old_key, old_id)) = old_files.get(&key)
+            && old_index.node(*old_id).meta == node.meta
+        {
+            let p = old_root.join(std::ffi::OsStr::from_bytes(old_key));
+            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                reuse.insert(id, p);
+            }
+        }
+    }
+    Ok(reuse)
+}
+
+/// Every `.metadata/**/manifest.json`.
+fn published_manifests(repo: &Repo) -> Result<Vec<DuccManifest>> {
+    let mut out = Vec::new();
+    let meta = repo.abs(Path::new(".metadata"));
+    if !meta.is_dir() {
+        return Ok(out);
+    }
+    let mut todo = vec![meta];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).at("reading", &d)? {
+            let e = e.at("reading", &d)?;
+            let p = e.path();
+            if e.file_type().at("reading", &p)?.is_dir() {
+                todo.push(p);
+            } else if e.file_name() == "manifest.json" {
+                let b = fs::read(&p).at("reading", &p)?;
+                match serde_json::from_slice::<DuccManifest>(&b) {
+                    Ok(m) => out.push(m),
+                    Err(e) => tracing::warn!("{}: not a manifest ({e}); ignored", p.display()),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One published image, as `cvmfs ls` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub name: String,
+    pub target: PathBuf,
+    /// The flat tree exists and is complete (renamed into place).
+    pub complete: bool,
+    /// The manifest marker is there and names this tree's config.
+    pub committed: bool,
+    pub config_digest: Option<String>,
+}
+
+pub fn list(repo: &Repo) -> Result<Vec<Listed>> {
+    let mut out = Vec::new();
+    for link in repo.public_links()? {
+        let flat = repo.flat_of_link(&link);
+        let complete = flat.as_ref().is_some_and(|f| repo.abs(f).is_dir());
+        let mpath = repo.abs(&Path::new(".metadata").join(&link).join("manifest.json"));
+        let manifest: Option<DuccManifest> = fs::read(&mpath)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let digest = flat
+            .as_ref()
+            .and_then(|f| f.file_name())
+            .map(|n| n.to_string_lossy().into_owned());
+        let committed = manifest
+            .as_ref()
+            .is_some_and(|m| Some(m.config.digest.hex().to_string()) == digest);
+        out.push(Listed {
+            name: link.display().to_string(),
+            target: fs::read_link(repo.abs(&link)).unwrap_or_default(),
+            complete,
+            committed,
+            config_digest: digest.map(|d| format!("sha256:{d}")),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GcItem {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Unused since (Unix seconds).
+    pub since: i64,
+    /// `removed`, `would remove`, or `kept (grace period)`.
+    pub action: String,
+}
+
+/// Remove flat trees no public symlink uses and layers no manifest lists,
+/// once they have been unused for `grace_days`.
+pub fn gc(repo: &mut Repo, grace_days: u64, dry_run: bool) -> Result<Vec<GcItem>> {
+    let now = now();
+    let used_flats: BTreeSet<PathBuf> = repo
+        .public_links()?
+        .iter()
+        .filter_map(|l| repo.flat_of_link(l))
+        .collect();
+    let used_layers: BTreeSet<PathBuf> = published_manifests(repo)?
+        .iter()
+        .flat_map(|m| m.layers.iter().map(|l| layer_path(&l.digest)))
+        .collect();
+    let mut candidates = Vec::new();
+    for (top, used) in [(".flat", &used_flats), (".layers", &used_layers)] {
+        for p in walk_dirs(&repo.abs(Path::new(top)), 2)? {
+            let rel = p
+                .strip_prefix(repo.root())
+                .expect("under root")
+                .to_path_buf();
+            let name = rel
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if rel.components().count() != 3 || name.starts_with('.') || !p.is_dir() {
+                continue;
+            }
+            if !used.contains(&rel) {
+                candidates.push(rel);
+            }
+        }
+    }
+    let mut schedule = repo.read_schedule()?;
+    // What is used again leaves the schedule.
+    schedule.retain(|s| candidates.contains(&s.path));
+    let mut items = Vec::new();
+    let grace = (grace_days * 86400) as i64;
+    let mut to_remove = Vec::new();
+    for c in &candidates {
+        let since = match schedule.iter().find(|s| &s.path == c) {
+            Some(s) => s.since,
+            None => {
+                schedule.push(Scheduled {
+                    path: c.clone(),
+                    since: now,
+                    was: None,
+                });
+                now
+            }
+        };
+        let due = now - since >= grace;
+        items.push(GcItem {
+            path: c.clone(),
+            bytes: tree_bytes(&repo.abs(c)),
+            since,
+            action: match (due, dry_run) {
+                (true, true) => "would remove",
+                (true, false) => "removed",
+                (false, _) => "kept (grace period)",
+            }
+            .into(),
+        });
+        if due {
+            to_remove.push(c.clone());
+        }
+    }
+    if !dry_run {
+        repo.transaction(|repo| {
+            for c in &to_remove {
+                repo.remove(c)?;
+            }
+            schedule.retain(|s| !to_remove.contains(&s.path));
+            repo.write_schedule(&schedule)
+        })?;
+    }
+    Ok(items)
+}

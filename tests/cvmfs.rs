@@ -1,0 +1,809 @@
+//! `gridship cvmfs`: DUCC layout, trees equal to umoci's plus the Apptainer
+//! layout, incremental publishes, gc, wishlists against the registry, crash
+//! safety under SIGKILL, and the server backends against a recording
+//! stand-in for `cvmfs_server` (no CVMFS server can be installed here).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::layers;
+use common::*;
+
+const REPO: &str = "unpacked.test";
+
+fn creds_args() -> Vec<String> {
+    vec!["--creds".into(), creds(), "--tls-verify=false".into()]
+}
+
+fn publish(g: &Gridship, root: &Path, images: &[&str], extra: &[&str]) -> Run {
+    let mut args: Vec<String> = vec!["--json".into(), "cvmfs".into(), "publish".into()];
+    args.extend(images.iter().map(|s| s.to_string()));
+    args.extend([
+        "--repo".into(),
+        REPO.into(),
+        "--root".into(),
+        root.display().to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(creds_args());
+    g.run(&args)
+}
+
+/// umoci's tree with DUCC's widening applied to what the report says
+/// changed, compared with the flat tree minus exactly the layout additions.
+fn assert_flat_is_umoci_plus_layout(
+    flat: &Path,
+    theirs: &Path,
+    report: &serde_json::Value,
+    what: &str,
+) {
+    let mut ours = snapshot(flat);
+    let mut expect = snapshot(theirs);
+    let mut added = BTreeSet::new();
+    let mut widened = BTreeSet::new();
+    for t in report["transforms"].as_array().unwrap() {
+        for c in t["added"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(t["changed"].as_array().unwrap())
+        {
+            let p = c["path"].as_str().unwrap().to_string();
+            if t["rule"] == "cvmfs-publishable" {
+                widened.insert(p);
+            } else {
+                added.insert(p);
+            }
+        }
+        for c in t["removed"].as_array().unwrap() {
+            added.insert(c["path"].as_str().unwrap().to_string());
+        }
+    }
+    for p in &added {
+        ours.entries.remove(p);
+        expect.entries.remove(p);
+    }
+    // Every widened path is widened as DUCC does, and only those change.
+    for (p, e) in expect.entries.iter_mut() {
+        let add = match e.kind {
+            "dir" => 0o700,
+            "file" => 0o600,
+            _ => continue,
+        };
+        if e.mode & add != add {
+            assert!(
+                widened.contains(p),
+                "{what}: {p} ({:o}) should be reported widened",
+                e.mode
+            );
+            e.mode |= add;
+        }
+    }
+    ours.entries.remove("/.cvmfscatalog");
+    let d = diff(&ours, &expect);
+    assert!(
+        d.is_empty(),
+        "{what}: flat tree differs from umoci beyond the layout:\n{}",
+        d.join("\n")
+    );
+}
+
+fn report_of<'a>(run: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    run["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {run}"))
+}
+
+#[test]
+fn flat_trees_are_umoci_plus_the_layout() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repo");
+    let mut failures = Vec::new();
+    for case in layers::cases() {
+        let layout = tmp.path().join(format!("layout-{}", case.name));
+        layers::write_image(&layout, "1", &case.layers);
+        let name = format!("cases.example.org/{}:1", case.name);
+        let run = publish(
+            &g,
+            &root,
+            &[&format!("oci:{}:1", layout.display())],
+            &["--name", &name],
+        );
+        if run.code != 0 {
+            failures.push(format!("{}: {}", case.name, run.stderr));
+            continue;
+        }
+        let json = run.json();
+        let r = report_of(&json, &name);
+        let flat = root.join(r["flat"].as_str().unwrap());
+        let theirs = umoci_unpack(
+            &layout,
+            "1",
+            &tmp.path().join(format!("bundle-{}", case.name)),
+        );
+        if let Err(e) = std::panic::catch_unwind(|| {
+            assert_flat_is_umoci_plus_layout(&flat, &theirs, r, case.name)
+        }) {
+            failures.push(e.downcast_ref::<String>().cloned().unwrap_or_default());
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn debian_from_the_registry_in_ducc_layout() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repo");
+    let reg = registry();
+    let image = format!("docker://{reg}/fixtures/debian:1");
+    let run = publish(&g, &root, &[&image], &["--layers"]).ok();
+    let json = run.json();
+    let name = format!("{reg}/fixtures/debian:1");
+    let r = report_of(&json, &name);
+    let flat_rel = PathBuf::from(r["flat"].as_str().unwrap());
+    let config = r["config_digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    assert_eq!(flat_rel, Path::new(".flat").join(&config[..2]).join(config));
+    // The public symlink is relative and points at the flat tree.
+    let link = root.join(&name);
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        Path::new("../..").join(&flat_rel)
+    );
+    assert_eq!(
+        link.canonicalize().unwrap(),
+        root.join(&flat_rel).canonicalize().unwrap()
+    );
+    // Nested catalogs where DUCC puts them.
+    for p in [".flat/.cvmfscatalog", ".layers/.cvmfscatalog"] {
+        assert!(root.join(p).is_file(), "{p}");
+    }
+    assert!(root.join(&flat_rel).join(".cvmfscatalog").is_file());
+    // The manifest marker (DUCC's four fields) and every layer's tree.
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join(".metadata").join(&name).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["config"]["digest"], r["config_digest"]);
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 7);
+    for l in layers {
+        let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let dir = root.join(".layers").join(&hex[..2]);
+        assert!(dir.join(".cvmfscatalog").is_file(), "{}", dir.display());
+        assert!(dir.join(hex).join("layerfs/.cvmfscatalog").is_file());
+    }
+    // A layer keeps its whiteouts as DUCC's layerfs does (the consumer
+    // interprets them): layer 3 deletes /etc/motd.
+    let l3 = layers[2]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    assert!(
+        root.join(".layers")
+            .join(&l3[..2])
+            .join(l3)
+            .join("layerfs/etc/.wh.motd")
+            .is_file()
+    );
+    // The flat tree is umoci's plus the layout, and runs.
+    let theirs = umoci_unpack(
+        &fixtures().join("debian-oci"),
+        "1",
+        &tmp.path().join("bundle"),
+    );
+    assert_flat_is_umoci_plus_layout(&root.join(&flat_rel), &theirs, r, "debian");
+    let out = tool(
+        "chroot",
+        &[link.to_str().unwrap(), "/bin/sh", "-c", "python3 --version"],
+    );
+    assert!(out.starts_with("Python 3."), "{out}");
+    // ls sees it complete and committed.
+    let ls = g
+        .run(&[
+            "--json",
+            "cvmfs",
+            "ls",
+            "--repo",
+            REPO,
+            "--root",
+            root.to_str().unwrap(),
+        ])
+        .ok()
+        .json();
+    assert_eq!(ls[0]["name"], name);
+    assert_eq!(
+        (ls[0]["complete"].as_bool(), ls[0]["committed"].as_bool()),
+        (Some(true), Some(true))
+    );
+}
+
+/// Push the busybox fixture under `repo` with the given tags; returns the
+/// image references.
+fn push_tags(g: &Gridship, repo: &str, tags: &[&str]) -> Vec<String> {
+    let src = format!("oci:{}:1", fixtures().join("busybox-oci").display());
+    tags.iter()
+        .map(|t| {
+            let dst = format!("docker://{}/{repo}:{t}", registry());
+            let mut args = vec!["copy".to_string(), src.clone(), dst.clone()];
+            args.extend(creds_args());
+            g.run(&args).ok();
+            dst
+        })
+        .collect()
+}
+
+#[test]
+fn wishlist_wildcards_publish_matching_tags_only() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = unique("wish").to_lowercase();
+    push_tags(&g, &repo, &["1.0", "1.1", "1.10-rc", "2.0", "latest"]);
+    let wishlist = tmp.path().join("wishlist.yaml");
+    std::fs::write(
+        &wishlist,
+        format!(
+            "version: 1\nuser: cvmfsunpacker\ncvmfs_repo: '{REPO}'\noutput_format: '$(scheme)://{reg}/thin/$(image)'\ninput:\n  - 'http://{reg}/{repo}:1.*'\n  - 'http://{reg}/{repo}:latest'\n",
+            reg = registry()
+        ),
+    )
+    .unwrap();
+    let root = tmp.path().join("repo");
+    let mut args = vec![
+        "--json".to_string(),
+        "cvmfs".into(),
+        "publish".into(),
+        "--wishlist".into(),
+        wishlist.display().to_string(),
+        "--root".into(),
+        root.display().to_string(),
+    ];
+    args.extend(creds_args());
+    let json = g.run(&args).ok().json();
+    let mut names: Vec<String> = json["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    let want: Vec<String> = ["1.0", "1.1", "1.10-rc", "latest"]
+        .iter()
+        .map(|t| format!("{}/{repo}:{t}", registry()))
+        .collect();
+    assert_eq!(names, want);
+    // The public links are REG/REPO:TAG, one per matching tag, and nothing else.
+    let mut links: Vec<String> = std::fs::read_dir(root.join(registry()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    links.sort();
+    let want_links: Vec<String> = ["1.0", "1.1", "1.10-rc", "latest"]
+        .iter()
+        .map(|t| format!("{repo}:{t}"))
+        .collect();
+    assert_eq!(links, want_links);
+    // All tags are one image: one flat tree.
+    let flats: Vec<_> = std::fs::read_dir(root.join(".flat"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+        .collect();
+    assert_eq!(flats.len(), 1);
+    // A wishlist naming another repository than --repo is refused.
+    let run = g.run(&[
+        "cvmfs",
+        "publish",
+        "--wishlist",
+        wishlist.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+        "--repo",
+        "other.repo",
+    ]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains(REPO), "{}", run.stderr);
+}
+
+/// A snapshot with what legitimately differs between two publishes of the
+/// same images removed: times of files written at publish time (catalog
+/// markers, manifests, the public links themselves).
+fn repo_snapshot(root: &Path) -> Snapshot {
+    let mut s = snapshot(root);
+    for (p, e) in s.entries.iter_mut() {
+        let publish_time = p.ends_with("/.cvmfscatalog")
+            || p.starts_with("/.metadata")
+            || (e.kind == "symlink" && !p.starts_with("/.flat") && !p.starts_with("/.layers"));
+        if publish_time {
+            e.mtime = None;
+        }
+    }
+    s
+}
+
+fn base_and_top(top: &str) -> Vec<(layers::Comp, Vec<layers::Entry>)> {
+    use layers::{Comp, dir, file};
+    let mut base = vec![dir("usr", 0o755), dir("usr/lib", 0o755), dir("etc", 0o755)];
+    for i in 0..150 {
+        base.push(file(
+            &format!("usr/lib/lib{i}.so"),
+            0o644,
+            format!("library {i}").repeat(50).as_bytes(),
+        ));
+    }
+    base.push(file("etc/locked", 0o000, b"unreadable by its owner"));
+    base.push(dir("usr/sealed", 0o555));
+    base.push(file("usr/sealed/f", 0o444, b"sealed"));
+    vec![
+        (Comp::Gzip, base),
+        (
+            Comp::Gzip,
+            vec![
+                dir("app", 0o755),
+                file("app/version", 0o644, top.as_bytes()),
+                file("app/big", 0o644, &vec![b'x'; 300_000]),
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn incremental_publish_reuse_tag_moves_and_gc() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repo");
+    let la = tmp.path().join("a");
+    let lb = tmp.path().join("b");
+    layers::write_image(&la, "1", &base_and_top("v1"));
+    layers::write_image(&lb, "1", &base_and_top("v2"));
+    let a = format!("oci:{}:1", la.display());
+    let b = format!("oci:{}:1", lb.display());
+    let v1 = "apps.example.org/app:v1";
+    let v2 = "apps.example.org/app:v2";
+
+    let ra = publish(&g, &root, &[&a], &["--name", v1, "--layers"])
+        .ok()
+        .json();
+    let ra = report_of(&ra, v1).clone();
+    assert_eq!(ra["flat_status"], "built");
+    let flat_a = root.join(ra["flat"].as_str().unwrap());
+    // The unreadable file and the sealed directory are widened, and reported.
+    let widened: Vec<&str> = ra["transforms"][1]["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        widened.contains(&"/etc/locked") && widened.contains(&"/usr/sealed"),
+        "{widened:?}"
+    );
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let ino_a = ino(&flat_a);
+
+    // The same image again: nothing to do.
+    let again = publish(&g, &root, &[&a], &["--name", v1, "--layers"])
+        .ok()
+        .json();
+    assert_eq!(report_of(&again, v1)["flat_status"], "present");
+    assert_eq!(
+        report_of(&again, v1)["layers_built"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(ino(&flat_a), ino_a, "the tree was not rewritten");
+
+    // A new tag sharing the base layer: the base layer is there, its files reused.
+    let rb = publish(&g, &root, &[&b], &["--name", v2, "--layers"])
+        .ok()
+        .json();
+    let rb = report_of(&rb, v2).clone();
+    assert_eq!(rb["flat_status"], "built");
+    assert_eq!(rb["layers_present"].as_array().unwrap().len(), 1);
+    assert_eq!(rb["layers_built"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        rb["reused_files"], 152,
+        "every base-layer file is hardlinked: {rb}"
+    );
+    let flat_b = root.join(rb["flat"].as_str().unwrap());
+    let theirs = umoci_unpack(&lb, "1", &tmp.path().join("bundle-b"));
+    assert_flat_is_umoci_plus_layout(&flat_b, &theirs, &rb, "reused tree");
+    assert_eq!(std::fs::read(flat_b.join("app/version")).unwrap(), b"v2");
+
+    // The v1 tag moves to image b: repointed, the old tree scheduled.
+    let moved = publish(&g, &root, &[&b], &["--name", v1]).ok().json();
+    let moved = report_of(&moved, v1);
+    assert_eq!(moved["flat_status"], "present");
+    assert_eq!(root.join(moved["replaced"].as_str().unwrap()), flat_a);
+    assert_eq!(
+        root.join(v1).canonicalize().unwrap(),
+        flat_b.canonicalize().unwrap()
+    );
+    let schedule = std::fs::read_to_string(root.join(".metadata/remove-schedule.json")).unwrap();
+    assert!(
+        schedule.contains(ra["flat"].as_str().unwrap()),
+        "{schedule}"
+    );
+
+    let gc = |extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "cvmfs",
+            "gc",
+            "--repo",
+            REPO,
+            "--root",
+            root.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        g.run(&args).ok().json()
+    };
+    // Within the grace period nothing goes; a dry run changes nothing.
+    let kept = gc(&[]);
+    let items = kept.as_array().unwrap();
+    assert!(
+        items.iter().all(|i| i["action"] == "kept (grace period)"),
+        "{kept}"
+    );
+    let dry = gc(&["--grace-period", "0", "--dry-run"]);
+    let paths: BTreeSet<&str> = dry
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(ra["flat"].as_str().unwrap()), "{dry}");
+    assert_eq!(paths.len(), 2, "a's flat tree and a's top layer: {dry}");
+    assert!(
+        dry.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["action"] == "would remove" && i["bytes"].as_u64().unwrap() > 0)
+    );
+    assert!(flat_a.exists(), "dry run removes nothing");
+    // Grace period 0: gone; b's tree, which shares a's inodes, is intact.
+    let done = gc(&["--grace-period", "0"]);
+    assert!(
+        done.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["action"] == "removed")
+    );
+    assert!(!flat_a.exists());
+    assert_flat_is_umoci_plus_layout(&flat_b, &theirs, &rb, "after gc");
+    assert!(
+        gc(&["--grace-period", "0"]).as_array().unwrap().is_empty(),
+        "nothing left to collect"
+    );
+}
+
+#[test]
+fn unsafe_layers_never_escape_the_root() {
+    let g = Gridship::new();
+    for case in layers::unsafe_cases() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("layout");
+        layers::write_image(&layout, "1", &case.layers);
+        let root = tmp.path().join("repo");
+        let before = list(tmp.path());
+        let run = publish(
+            &g,
+            &root,
+            &[&format!("oci:{}:1", layout.display())],
+            &["--name", "x.example.org/bad:1"],
+        );
+        assert_eq!(run.code, 1, "{}: {}", case.name, run.stderr);
+        assert!(
+            run.stderr.contains(case.reason),
+            "{}: {}",
+            case.name,
+            run.stderr
+        );
+        let after: Vec<String> = list(tmp.path())
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        assert!(
+            after
+                .iter()
+                .all(|p| p == "repo" || p == "repo/.flat" || p == "repo/.flat/.cvmfscatalog"),
+            "{}: only the empty layout skeleton may appear: {after:?}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn a_second_publisher_is_turned_away() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repo");
+    let image = format!("docker://{}/fixtures/debian:1", registry());
+    let mut args = vec![
+        "cvmfs".to_string(),
+        "publish".into(),
+        image.clone(),
+        "--repo".into(),
+        REPO.into(),
+        "--root".into(),
+        root.display().to_string(),
+    ];
+    args.extend(creds_args());
+    // Warm the store so the first publisher spends its time writing.
+    let mut copy = vec!["copy".to_string(), image.clone(), format!("store:warm")];
+    copy.extend(creds_args());
+    g.run(&copy).ok();
+    let first = g
+        .cmd()
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it holds the lock (its temporary tree appears).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !root.exists() || !list(&root).iter().any(|p| p.contains(".gridship-tmp-")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first publisher never started writing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let second = g.run(&args);
+    assert_eq!(second.code, 1, "{}", second.stderr);
+    assert!(
+        second.stderr.contains("locked by another publisher"),
+        "{}",
+        second.stderr
+    );
+    to_run(first.wait_with_output().unwrap()).ok();
+}
+
+/// Kill publishes at random moments; after each, every public symlink
+/// points at a complete tree; a final run makes the repository equal to a
+/// clean publish.
+#[test]
+fn killed_publishes_leave_the_repository_consistent() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry();
+    let images = [
+        format!("docker://{reg}/fixtures/debian:1"),
+        format!("docker://{reg}/fixtures/busybox:1"),
+    ];
+    let images: Vec<&str> = images.iter().map(String::as_str).collect();
+    let clean = tmp.path().join("clean");
+    let started = std::time::Instant::now();
+    publish(&g, &clean, &images, &["--layers"]).ok();
+    let full = started.elapsed();
+
+    let root = tmp.path().join("killed");
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("fault test seed {seed}, clean publish {full:?}");
+    for round in 0..20 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = full.mul_f64((seed % 1000) as f64 / 1000.0);
+        let mut args = vec!["cvmfs".to_string(), "publish".into()];
+        args.extend(images.iter().map(|s| s.to_string()));
+        args.extend([
+            "--repo".into(),
+            REPO.into(),
+            "--root".into(),
+            root.display().to_string(),
+            "--layers".into(),
+        ]);
+        args.extend(creds_args());
+        let mut child = g
+            .cmd()
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(at);
+        let _ = Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        // Every public symlink leads to a complete tree.
+        if root.exists() {
+            let ls = g
+                .run(&[
+                    "--json",
+                    "cvmfs",
+                    "ls",
+                    "--repo",
+                    REPO,
+                    "--root",
+                    root.to_str().unwrap(),
+                ])
+                .ok()
+                .json();
+            for l in ls.as_array().unwrap() {
+                assert_eq!(
+                    l["complete"], true,
+                    "round {round} (killed after {at:?}): {l}"
+                );
+            }
+        }
+    }
+    publish(&g, &root, &images, &["--layers"]).ok();
+    let d = diff(&repo_snapshot(&root), &repo_snapshot(&clean));
+    assert!(
+        d.is_empty(),
+        "after kills and a final run the repository differs from a clean publish:\n{}",
+        d.join("\n")
+    );
+}
+
+fn standin() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/cvmfs_server")
+}
+
+fn server_publish(
+    g: &Gridship,
+    mount: &Path,
+    log: &Path,
+    backend: &str,
+    image: &str,
+    env: &[(&str, &str)],
+) -> Run {
+    let mut cmd = g.cmd();
+    cmd.env("GRIDSHIP_CVMFS_SERVER", standin())
+        .env("STANDIN_LOG", log)
+        .env("STANDIN_MOUNT", mount)
+        .args([
+            "--json",
+            "cvmfs",
+            "publish",
+            image,
+            "--repo",
+            REPO,
+            "--backend",
+            backend,
+            "--cvmfs-mount",
+            mount.to_str().unwrap(),
+        ])
+        .args(creds_args());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    to_run(cmd.output().unwrap())
+}
+
+fn calls(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.replace('\t', " "))
+        .collect()
+}
+
+#[test]
+fn cvmfs_server_backend_runs_one_transaction_per_image() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = format!("docker://{}/fixtures/busybox:1", registry());
+    let mount = tmp.path().join("cvmfs");
+    std::fs::create_dir_all(mount.join(REPO)).unwrap();
+    let log = tmp.path().join("calls.log");
+    server_publish(&g, &mount, &log, "cvmfs-server", &image, &[]).ok();
+    assert_eq!(
+        calls(&log),
+        [format!("transaction {REPO}"), format!("publish {REPO}")]
+    );
+    // What the transaction wrote equals the dir backend's tree.
+    let dir = tmp.path().join("dir");
+    publish(&g, &dir, &[&image], &[]).ok();
+    let d = diff(&repo_snapshot(&mount.join(REPO)), &repo_snapshot(&dir));
+    assert!(d.is_empty(), "{}", d.join("\n"));
+
+    // A failing publish is aborted, and its own error is what is reported.
+    let tag2 = push_tags(&g, &unique("txn").to_lowercase(), &["1"]).remove(0);
+    std::fs::remove_file(&log).unwrap();
+    let run = server_publish(
+        &g,
+        &mount,
+        &log,
+        "cvmfs-server",
+        &tag2,
+        &[("STANDIN_FAIL_PUBLISH", "1")],
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("publish failed: simulated failure"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        calls(&log),
+        [
+            format!("transaction {REPO}"),
+            format!("publish {REPO}"),
+            format!("abort -f {REPO}")
+        ]
+    );
+    // The next run starts clean.
+    std::fs::remove_file(&log).unwrap();
+    server_publish(&g, &mount, &log, "cvmfs-server", &tag2, &[]).ok();
+    assert_eq!(
+        calls(&log),
+        [format!("transaction {REPO}"), format!("publish {REPO}")]
+    );
+}
+
+#[test]
+fn ingest_backend_streams_trees_and_small_files() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = format!("docker://{}/fixtures/busybox:1", registry());
+    let mount = tmp.path().join("cvmfs");
+    std::fs::create_dir_all(mount.join(REPO)).unwrap();
+    let log = tmp.path().join("calls.log");
+    let json = server_publish(&g, &mount, &log, "ingest", &image, &[])
+        .ok()
+        .json();
+    let name = format!("{}/fixtures/busybox:1", registry());
+    let flat = report_of(&json, &name)["flat"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let got = calls(&log);
+    assert_eq!(
+        got,
+        [
+            format!("ingest --catalog -t - -b .flat {REPO}"),
+            format!("ingest --catalog -t - -b {flat} {REPO}"),
+            format!("ingest -t - -b {}/fixtures {REPO}", registry()),
+            format!("ingest -t - -b .metadata/{name} {REPO}"),
+        ]
+    );
+    // What the ingests leave equals the dir backend's tree.
+    let dir = tmp.path().join("dir");
+    publish(&g, &dir, &[&image], &[]).ok();
+    let d = diff(&repo_snapshot(&mount.join(REPO)), &repo_snapshot(&dir));
+    assert!(d.is_empty(), "{}", d.join("\n"));
+    // gc deletes through ingest --delete.
+    std::fs::remove_file(mount.join(REPO).join(&name)).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    let mut cmd = g.cmd();
+    cmd.env("GRIDSHIP_CVMFS_SERVER", standin())
+        .env("STANDIN_LOG", &log)
+        .env("STANDIN_MOUNT", &mount)
+        .args([
+            "cvmfs",
+            "gc",
+            "--grace-period",
+            "0",
+            "--repo",
+            REPO,
+            "--backend",
+            "ingest",
+            "--cvmfs-mount",
+            mount.to_str().unwrap(),
+        ]);
+    to_run(cmd.output().unwrap()).ok();
+    assert!(
+        calls(&log).contains(&format!("ingest --delete {flat} {REPO}")),
+        "{:?}",
+        calls(&log)
+    );
+    assert!(!mount.join(REPO).join(&flat).exists());
+}
