@@ -378,8 +378,10 @@ impl Layout {
 /// Write `data` to a temporary file beside `path`, fsync, rename into place.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    // A recognizable name, so whoever owns the directory can clear what a
+    // killed process left (see sink::cvmfs).
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(".gridship-tmp-")
         .tempfile_in(dir)
         .at("creating a temporary file in", dir)?;
     tmp.write_all(data).at("writing", tmp.path())?;

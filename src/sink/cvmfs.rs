@@ -350,32 +350,35 @@ impl Repo {
         self.config.root.join(rel)
     }
 
-    /// Temporary trees and links of an interrupted run (the lock is ours,
-    /// so nobody else is writing them).
+    /// Temporary trees, files and links of an interrupted run (the lock is
+    /// ours, so nobody else is writing them): under `.flat/xx`, in layer
+    /// directories, anywhere in `.metadata` and beside the public links.
     fn clean_leftovers(&self) -> Result<()> {
-        for top in [".flat", ".layers", ".metadata"] {
-            let dir = self.abs(Path::new(top));
-            if !dir.is_dir() {
-                continue;
-            }
-            for e in walk_dirs(&dir, 3)? {
-                let name = e
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+        let root = &self.config.root;
+        let mut todo: Vec<(PathBuf, usize)> = vec![(root.clone(), usize::MAX)];
+        while let Some((dir, depth)) = todo.pop() {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd {
+                let e = e.at("reading", &dir)?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let path = e.path();
                 if name.contains(TMP_MARK) {
-                    remove_any(&e)?;
+                    remove_any(&path)?;
+                    continue;
                 }
-            }
-        }
-        for link in self.public_links()? {
-            if let Some(parent) = self.abs(&link).parent() {
-                for e in fs::read_dir(parent).at("reading", parent)? {
-                    let e = e.at("reading", parent)?;
-                    if e.file_name().to_string_lossy().contains(TMP_MARK) {
-                        remove_any(&e.path())?;
-                    }
+                if depth == 0 || !e.file_type().at("reading", &path)?.is_dir() {
+                    continue;
                 }
+                // Inside published trees nothing is ours to clear: look only
+                // as deep as gridship's own directories go.
+                let next = match (dir == *root, name.as_str()) {
+                    (true, ".flat") => 1,
+                    (true, ".layers") => 2,
+                    (true, ".metadata") => usize::MAX,
+                    (true, _) if name.starts_with('.') => continue,
+                    _ => depth.saturating_sub(1),
+                };
+                todo.push((path, next));
             }
         }
         Ok(())
@@ -933,7 +936,8 @@ pub fn publish(
             for (i, l) in image.layers().iter().enumerate() {
                 let lp = layer_path(&l.digest);
                 repo.ensure_catalog(lp.parent().expect("xx dir"))?;
-                if repo.exists(&lp) {
+                // layerfs is the unit renamed into place: it is there only complete.
+                if repo.exists(&lp.join("layerfs")) {
                     report.layers_present.push(l.digest.to_string());
                     continue;
                 }
