@@ -2004,24 +2004,66 @@ mod tests {
         assert_eq!(parse_pax_time(".5"), None);
     }
 
+    /// A valid archive with every kind of extension, for the damage test.
+    fn hostile_base() -> Vec<u8> {
+        let mut out = Vec::new();
+        put_pax(
+            &mut out,
+            b'x',
+            &records(&[("path", b"a\nb"), ("SCHILY.xattr.user.x", b"\n")]),
+        );
+        put(&mut out, gnu(b"././@LongLink", b'L', 4), b"lng\0");
+        put(&mut out, gnu(b"f", b'0', 600), &[3u8; 600]);
+        put_pax(
+            &mut out,
+            b'x',
+            &records(&[
+                ("GNU.sparse.major", b"1"),
+                ("GNU.sparse.minor", b"0"),
+                ("GNU.sparse.realsize", b"2000"),
+            ]),
+        );
+        let mut data = b"1\n1000\n10\n".to_vec();
+        pad(&mut data);
+        data.extend_from_slice(&[9u8; 10]);
+        put(&mut out, ustar(b"s", b'0', data.len() as u64), &data);
+        let mut old = gnu(b"old", b'S', 20);
+        octal(&mut old, 386..398, 100);
+        octal(&mut old, 398..410, 10);
+        old[482] = 1;
+        octal(&mut old, 483..495, 5000);
+        checksum(&mut old);
+        let mut ext = [0u8; 512];
+        octal(&mut ext, 0..12, 4000);
+        octal(&mut ext, 12..24, 10);
+        put(&mut out, old, &[ext.to_vec(), vec![5u8; 20]].concat());
+        end(&mut out);
+        out
+    }
+
+    #[test]
+    fn hostile_base_is_valid() {
+        let e = read_all(&hostile_base()).unwrap();
+        let names: Vec<&[u8]> = e.iter().map(|e| e.0.path.as_slice()).collect();
+        // The GNU long name wins over the PAX path of the same entry.
+        assert_eq!(names, [&b"lng"[..], b"s", b"old"]);
+        assert_eq!(e[0].0.xattrs["user.x"], b"\n");
+        assert_eq!((e[1].1.len(), &e[1].1[1000..1010]), (2000, &[9u8; 10][..]));
+        let mut old = vec![0u8; 5000];
+        old[100..110].fill(5);
+        old[4000..4010].fill(5);
+        assert_eq!(e[2].1, old);
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
         /// Damaged archives are errors, never panics or huge allocations.
         #[test]
         fn hostile_bytes_never_panic(
-            flips in proptest::collection::vec((0usize..6144, proptest::prelude::any::<u8>()), 0..8),
-            cut in 0usize..6144,
+            flips in proptest::collection::vec((0usize..8192, proptest::prelude::any::<u8>()), 0..8),
+            cut in 0usize..8192,
         ) {
-            let mut out = Vec::new();
-            put_pax(&mut out, b'x', &records(&[("path", b"a\nb"), ("SCHILY.xattr.user.x", b"\n")]));
-            put(&mut out, gnu(b"././@LongLink", b'L', 4), b"lng\0");
-            put(&mut out, gnu(b"f", b'0', 600), &[3u8; 600]);
-            put_pax(&mut out, b'x', &records(&[("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0"), ("GNU.sparse.realsize", b"2000")]));
-            let mut data = b"1\n1000\n10\n".to_vec();
-            pad(&mut data);
-            data.extend_from_slice(&[9u8; 10]);
-            put(&mut out, ustar(b"s", b'0', data.len() as u64), &data);
-            end(&mut out);
+            let mut out = hostile_base();
             for (at, byte) in flips {
                 if at < out.len() {
                     out[at] = byte;
