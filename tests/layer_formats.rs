@@ -290,6 +290,58 @@ fn global_pax_records_override_key_by_key() {
     assert!(e("/c").xattrs.is_empty(), "an empty global value unsets");
 }
 
+/// Times before 1970, from a PAX record and from a base-256 header field:
+/// unpack and export agree with umoci. (Not a shared case: squashfs keeps
+/// unsigned 32-bit times, so no squashfs writer can hold them.)
+#[test]
+fn negative_mtimes_unpack_and_export_like_umoci() {
+    use layers::{Comp, file, raw_members};
+    let mut h = tar::Header::new_gnu();
+    h.set_path("base256-time").unwrap();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    // -86400 in base-256: 0xff sign bytes, two's complement.
+    let mut field = [0xffu8; 12];
+    field[4..].copy_from_slice(&(-86_400i64).to_be_bytes());
+    h.as_mut_bytes()[136..148].copy_from_slice(&field);
+    h.set_cksum();
+    let mut raw = h.as_bytes().to_vec();
+    raw.push(b'b');
+    raw.resize(1024, 0);
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    layers::write_image(
+        &layout,
+        "1",
+        &[(
+            Comp::Gzip,
+            vec![
+                file("pax-time", 0o644, b"p").pax("mtime", b"-1.25"),
+                raw_members(raw),
+            ],
+        )],
+    );
+    let ours = tmp.path().join("ours");
+    unpack(&g, &layout, &ours);
+    let theirs = umoci_unpack(&layout, "1", &tmp.path().join("bundle"));
+    let want = snapshot(&theirs);
+    assert_eq!(want.entries["/pax-time"].mtime, Some(-2));
+    assert_eq!(want.entries["/base256-time"].mtime, Some(-86_400));
+    assert_eq!(diff(&snapshot(&ours), &want), Vec::<String>::new());
+    let tar = tmp.path().join("export.tar");
+    g.run(&[
+        "export",
+        &format!("oci:{}:1", layout.display()),
+        tar.to_str().unwrap(),
+    ])
+    .ok();
+    let extracted = tmp.path().join("exported");
+    gnu_extract(&tar, &extracted);
+    assert_eq!(diff(&snapshot(&extracted), &want), Vec::<String>::new());
+}
+
 /// The layers hold what the format cases are about (so a change to the
 /// writers above cannot quietly make them trivial).
 #[test]
