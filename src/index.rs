@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use crate::digest::Digest;
 use crate::image::Image;
-use crate::layers::{Compression, LayerReader, diagnose, layer_io};
+use crate::layers::tar::{EntryType, Header};
+use crate::layers::{Compression, LayerReader, diagnose};
 use crate::{Error, Result};
 
 pub type NodeId = u32;
@@ -379,37 +380,32 @@ impl FsIndex {
         let layer_no = layer.index as u32;
         let mut upper: HashSet<Vec<u8>> = HashSet::new();
         let mut count = 0;
-        let entries = layer.archive().entries().map_err(|e| layer_io(&what, e))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| layer_io(&what, e))?;
+        while let Some(entry) = layer.next_entry()? {
             count += 1;
+            let h = &entry.header;
             let unsafe_entry = |name: &[u8], reason: String| Error::UnsafeEntry {
                 layer: digest.clone(),
                 entry: String::from_utf8_lossy(name).into_owned(),
                 reason,
             };
-            let kind = entry.header().entry_type();
-            if matches!(kind, tar::EntryType::XGlobalHeader) {
-                continue;
-            }
-            let name = entry.path_bytes().into_owned();
-            let comps = components(&name).map_err(|r| unsafe_entry(&name, r.into()))?;
+            let kind = h.entry_type;
+            let name = &h.path;
+            let comps = components(name).map_err(|r| unsafe_entry(name, r.into()))?;
             let Some((&file, dir_comps)) = comps.split_last() else {
                 // The root directory itself.
-                if kind != tar::EntryType::Directory {
+                if kind != EntryType::Directory {
                     return Err(unsafe_entry(
-                        &name,
+                        name,
                         "refusing to change the root directory into a non-directory".into(),
                     ));
                 }
-                let meta = read_meta(&mut entry).map_err(|r| unsafe_entry(&name, r))?;
                 let root = self.entries[&Vec::new()];
-                self.node_mut(root).meta = meta;
+                self.node_mut(root).meta = meta(h);
                 continue;
             };
             let parent = self
                 .resolve_dir(dir_comps)
-                .map_err(|r| unsafe_entry(&name, r.into()))?;
+                .map_err(|r| unsafe_entry(name, r.into()))?;
 
             if let Some(rest) = file.strip_prefix(WHITEOUT).filter(|_| !self.raw) {
                 if file == OPAQUE {
@@ -418,10 +414,10 @@ impl FsIndex {
                     // Other `.wh..wh.` names are aufs bookkeeping, not whiteouts.
                     tracing::debug!(
                         "{what}: ignoring aufs metadata {}",
-                        String::from_utf8_lossy(&name)
+                        String::from_utf8_lossy(name)
                     );
                 } else if rest.is_empty() {
-                    return Err(unsafe_entry(&name, "whiteout without a name".into()));
+                    return Err(unsafe_entry(name, "whiteout without a name".into()));
                 } else {
                     self.whiteout(&join(&parent, rest), false, &upper);
                 }
@@ -429,45 +425,32 @@ impl FsIndex {
             }
 
             self.ensure_dir(&parent, &mut upper)
-                .map_err(|r| unsafe_entry(&name, r))?;
+                .map_err(|r| unsafe_entry(name, r))?;
             let key = join(&parent, file);
 
             let new_kind = match kind {
-                tar::EntryType::Regular
-                | tar::EntryType::Continuous
-                | tar::EntryType::GNUSparse => Kind::File {
-                    // A sparse entry's header size counts only stored data.
-                    size: match entry.header().as_gnu() {
-                        Some(g) if kind == tar::EntryType::GNUSparse => {
-                            g.real_size().unwrap_or(entry.size())
-                        }
-                        _ => entry.size(),
-                    },
+                // A sparse entry's size is its logical size, holes included.
+                EntryType::Regular => Kind::File {
+                    size: h.size,
                     data: Data::Layer {
                         layer: layer_no,
-                        header_pos: entry.raw_header_position(),
+                        header_pos: h.header_pos,
                     },
                 },
-                tar::EntryType::Directory => Kind::Dir,
-                tar::EntryType::Symlink => {
-                    let target = entry
-                        .link_name_bytes()
-                        .map(|t| t.into_owned())
-                        .unwrap_or_default();
-                    if target.contains(&0) {
+                EntryType::Directory => Kind::Dir,
+                EntryType::Symlink => {
+                    if h.link_name.contains(&0) {
                         return Err(unsafe_entry(
-                            &name,
+                            name,
                             "symlink target contains a NUL byte".into(),
                         ));
                     }
-                    Kind::Symlink { target }
+                    Kind::Symlink {
+                        target: h.link_name.clone(),
+                    }
                 }
-                tar::EntryType::Link => {
-                    let target = entry
-                        .link_name_bytes()
-                        .map(|t| t.into_owned())
-                        .unwrap_or_default();
-                    let id = match self.hardlink_target(&target) {
+                EntryType::Link => {
+                    let id = match self.hardlink_target(&h.link_name) {
                         Ok(id) => id,
                         // Only this layer is here: the target's content is in
                         // an earlier one.
@@ -475,9 +458,8 @@ impl FsIndex {
                             self.warnings.push(format!(
                                 "{}: hardlink to {} in an earlier layer, written as an empty file",
                                 display_path(&key),
-                                String::from_utf8_lossy(&target)
+                                String::from_utf8_lossy(&h.link_name)
                             ));
-                            let meta = read_meta(&mut entry).map_err(|r| unsafe_entry(&name, r))?;
                             self.place(
                                 &key,
                                 Node {
@@ -485,13 +467,13 @@ impl FsIndex {
                                         size: 0,
                                         data: Data::Bytes(Arc::from(&b""[..])),
                                     },
-                                    meta,
+                                    meta: meta(h),
                                 },
                             );
                             mark_upper(&mut upper, &key);
                             continue;
                         }
-                        Err(r) => return Err(unsafe_entry(&name, r)),
+                        Err(r) => return Err(unsafe_entry(name, r)),
                     };
                     if self.entries.get(&key) == Some(&id) {
                         // A link to itself changes nothing.
@@ -503,31 +485,28 @@ impl FsIndex {
                     mark_upper(&mut upper, &key);
                     continue;
                 }
-                tar::EntryType::Char | tar::EntryType::Block => {
-                    let h = entry.header();
-                    let major = h.device_major().ok().flatten().unwrap_or(0);
-                    let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                    if kind == tar::EntryType::Char {
-                        Kind::CharDevice { major, minor }
-                    } else {
-                        Kind::BlockDevice { major, minor }
-                    }
-                }
-                tar::EntryType::Fifo => Kind::Fifo,
-                other => {
+                EntryType::Char => Kind::CharDevice {
+                    major: h.dev_major,
+                    minor: h.dev_minor,
+                },
+                EntryType::Block => Kind::BlockDevice {
+                    major: h.dev_major,
+                    minor: h.dev_minor,
+                },
+                EntryType::Fifo => Kind::Fifo,
+                EntryType::Other(flag) => {
                     return Err(unsafe_entry(
-                        &name,
-                        format!("unsupported tar entry type {:?}", other.as_byte() as char),
+                        name,
+                        format!("unsupported tar entry type {:?}", flag as char),
                     ));
                 }
             };
-            let meta = read_meta(&mut entry).map_err(|r| unsafe_entry(&name, r))?;
 
             self.place(
                 &key,
                 Node {
                     kind: new_kind,
-                    meta,
+                    meta: meta(h),
                 },
             );
             mark_upper(&mut upper, &key);
@@ -697,12 +676,9 @@ impl FsIndex {
             let mut layer = LayerReader::open(image, i)?;
             let mut stream = || -> Result<()> {
                 if !wanted.is_empty() {
-                    let what = layer.what().to_string();
-                    let entries = layer.archive().entries().map_err(|e| layer_io(&what, e))?;
-                    for entry in entries {
-                        let mut entry = entry.map_err(|e| layer_io(&what, e))?;
-                        if let Some(&id) = wanted.get(&entry.raw_header_position()) {
-                            bar.inc(entry.size());
+                    while let Some(mut entry) = layer.next_entry()? {
+                        if let Some(&id) = wanted.get(&entry.header.header_pos) {
+                            bar.inc(entry.header.size);
                             f(id, &mut entry)?;
                         }
                     }
@@ -750,97 +726,17 @@ fn mark_upper(upper: &mut HashSet<Vec<u8>>, key: &[u8]) {
     }
 }
 
-/// Metadata from a tar header and its PAX records: mode, owner, mtime
-/// (with PAX fractions and large values), xattrs (SCHILY and LIBARCHIVE).
-fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result::Result<Meta, String> {
-    let h = entry.header();
-    let mut meta = Meta {
-        mode: h.mode().map_err(|e| format!("bad mode: {e}"))? & 0o7777,
-        uid: h.uid().map_err(|e| format!("bad uid: {e}"))?,
-        gid: h.gid().map_err(|e| format!("bad gid: {e}"))?,
-        mtime: h.mtime().map_err(|e| format!("bad mtime: {e}"))? as i64,
-        mtime_nsec: 0,
-        xattrs: BTreeMap::new(),
-    };
-    let Some(pax) = entry
-        .pax_extensions()
-        .map_err(|e| format!("bad PAX header: {e}"))?
-    else {
-        return Ok(meta);
-    };
-    let mut libarchive = BTreeMap::new();
-    for ext in pax {
-        let ext = ext.map_err(|e| format!("bad PAX record: {e}"))?;
-        let Ok(key) = ext.key() else { continue };
-        let value = ext.value_bytes();
-        let text = || std::str::from_utf8(value).unwrap_or("");
-        match key {
-            "uid" => meta.uid = text().parse().map_err(|_| "bad PAX uid")?,
-            "gid" => meta.gid = text().parse().map_err(|_| "bad PAX gid")?,
-            "mtime" => {
-                let (secs, frac) = parse_pax_time(text()).ok_or("bad PAX mtime")?;
-                meta.mtime = secs;
-                meta.mtime_nsec = frac;
-            }
-            _ => {
-                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    meta.xattrs.insert(name.to_string(), value.to_vec());
-                } else if let Some(name) = key.strip_prefix("LIBARCHIVE.xattr.") {
-                    use base64::Engine;
-                    let name = percent_decode(name);
-                    let v = base64::engine::general_purpose::STANDARD_NO_PAD
-                        .decode(value.strip_suffix(b"=").unwrap_or(value))
-                        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(value))
-                        .map_err(|_| format!("bad LIBARCHIVE.xattr value for {name}"))?;
-                    libarchive.insert(name, v);
-                }
-            }
-        }
+/// Metadata from a tar header, PAX records applied by the reader: mode
+/// bits, owner, mtime (with PAX fractions), xattrs (SCHILY and LIBARCHIVE).
+fn meta(h: &Header) -> Meta {
+    Meta {
+        mode: h.mode & 0o7777,
+        uid: h.uid,
+        gid: h.gid,
+        mtime: h.mtime,
+        mtime_nsec: h.mtime_nsec,
+        xattrs: h.xattrs.clone(),
     }
-    // SCHILY is what Go, GNU tar and docker write; take LIBARCHIVE only
-    // where it adds a name.
-    for (k, v) in libarchive {
-        meta.xattrs.entry(k).or_insert(v);
-    }
-    Ok(meta)
-}
-
-fn parse_pax_time(s: &str) -> Option<(i64, u32)> {
-    let (secs, frac) = match s.split_once('.') {
-        Some((a, b)) => (a, b),
-        None => (s, ""),
-    };
-    let secs: i64 = secs.parse().ok()?;
-    let mut nsec: u32 = 0;
-    for (i, c) in frac.chars().take(9).enumerate() {
-        nsec += c.to_digit(10)? * 10u32.pow(8 - i as u32);
-    }
-    // A negative time with a fraction counts down from the whole second.
-    if secs < 0 && nsec > 0 {
-        return Some((secs - 1, 1_000_000_000 - nsec));
-    }
-    Some((secs, nsec))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -854,17 +750,6 @@ mod tests {
         assert!(components(b"a/../b").is_err());
         assert!(components(b"a\0b").is_err());
         assert!(components(b"./").unwrap().is_empty());
-    }
-
-    #[test]
-    fn pax_time() {
-        assert_eq!(
-            parse_pax_time("1700000000.5"),
-            Some((1700000000, 500_000_000))
-        );
-        assert_eq!(parse_pax_time("12"), Some((12, 0)));
-        assert_eq!(parse_pax_time("-1.25"), Some((-2, 750_000_000)));
-        assert_eq!(parse_pax_time("x"), None);
     }
 
     #[test]

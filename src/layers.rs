@@ -1,8 +1,13 @@
 //! Reading one layer blob as a tar stream: gzip, zstd or plain (sniffed from
 //! the bytes), with the blob digest and the uncompressed diff_id both
-//! verified when the stream is finished.
+//! verified when the stream is finished. The tar format itself is read by
+//! our own reader ([`tar`]).
+
+pub mod tar;
 
 use std::io::{self, BufRead, BufReader, Read};
+
+use self::tar::{Entry, TarReader};
 
 use crate::digest::{Digest, Hasher, VerifyingReader, unwrap_io};
 use crate::image::Image;
@@ -153,7 +158,7 @@ pub struct LayerReader {
     pub desc: Descriptor,
     pub diff_id: Digest,
     pub compression: Compression,
-    archive: tar::Archive<LayerStream>,
+    tar: TarReader<LayerStream>,
     what: String,
 }
 
@@ -161,18 +166,21 @@ impl LayerReader {
     pub fn open(image: &Image, index: usize) -> Result<LayerReader> {
         let (stream, compression) = LayerStream::open(image, index)?;
         let what = stream.what().to_string();
+        let desc = image.manifest.layers[index].clone();
         Ok(LayerReader {
             index,
-            desc: image.manifest.layers[index].clone(),
             diff_id: image.config.rootfs.diff_ids[index].clone(),
             compression,
-            archive: tar::Archive::new(stream),
+            tar: TarReader::new(stream, desc.digest.to_string(), what.clone()),
+            desc,
             what,
         })
     }
 
-    pub fn archive(&mut self) -> &mut tar::Archive<LayerStream> {
-        &mut self.archive
+    /// The next tar entry, `None` after the end of the archive. Errors name
+    /// the layer (and the entry, for malformed ones).
+    pub fn next_entry(&mut self) -> Result<Option<Entry<'_, LayerStream>>> {
+        self.tar.next_entry()
     }
 
     /// A description of the layer for error messages.
@@ -180,8 +188,10 @@ impl LayerReader {
         &self.what
     }
 
+    /// Read the rest of the stream (what follows the end of the archive
+    /// included) and verify both digests.
     pub fn finish(self) -> Result<()> {
-        self.archive.into_inner().finish()
+        self.tar.into_inner().finish()
     }
 }
 
@@ -191,11 +201,12 @@ pub fn layer_io(what: &str, err: io::Error) -> Error {
     unwrap_io(err, || format!("reading {what}"))
 }
 
-/// A layer that fails to decode may simply be corrupt: check the blob's
+/// A layer that fails to decode or parse may simply be corrupt: check the blob's
 /// digest and report the mismatch, which says more than "corrupt deflate
 /// stream". Other errors pass through.
 pub fn diagnose(image: &Image, index: usize, err: Error) -> Error {
-    if !matches!(err, Error::Io { .. }) {
+    // A malformed entry may be a corrupt plain layer: the digest says which.
+    if !matches!(err, Error::Io { .. } | Error::UnsafeEntry { .. }) {
         return err;
     }
     let desc = &image.manifest.layers[index];

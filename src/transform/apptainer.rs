@@ -1578,10 +1578,8 @@ fn read_contents(
         let mut reader = LayerReader::open(image, i)?;
         let mut read = || -> Result<()> {
             let what = reader.what().to_string();
-            let entries = reader.archive().entries().map_err(|e| layer_io(&what, e))?;
-            for entry in entries {
-                let mut entry = entry.map_err(|e| layer_io(&what, e))?;
-                if let Some(&id) = wanted.get(&entry.raw_header_position()) {
+            while let Some(mut entry) = reader.next_entry()? {
+                if let Some(&id) = wanted.get(&entry.header.header_pos) {
                     let mut buf = Vec::new();
                     entry
                         .read_to_end(&mut buf)

@@ -1,7 +1,8 @@
 //! Hand-written tar layers and OCI layouts: every case the merge must get
 //! right, and the unsafe ones it must refuse. Headers are written byte by
 //! byte where the tar crate would refuse (`..`, NUL), so the tests feed
-//! gridship exactly what a hostile image would hold.
+//! gridship exactly what a hostile image would hold. Sparse files are
+//! archived by GNU tar itself, in each of its sparse formats.
 
 use std::io::Write;
 use std::path::Path;
@@ -27,6 +28,8 @@ pub struct Entry {
     pub data: Vec<u8>,
     pub dev: (u32, u32),
     pub pax: Vec<(String, Vec<u8>)>,
+    /// Tar members written verbatim instead of this entry (GNU tar output).
+    pub raw: Option<Vec<u8>>,
 }
 
 impl Entry {
@@ -42,6 +45,7 @@ impl Entry {
             data: Vec::new(),
             dev: (0, 0),
             pax: Vec::new(),
+            raw: None,
         }
     }
     pub fn owner(mut self, uid: u64, gid: u64) -> Self {
@@ -98,6 +102,31 @@ pub fn fifo(name: &str) -> Entry {
 pub fn whiteout(name: &str) -> Entry {
     file(name, 0o644, b"")
 }
+/// A PAX `x` header with exactly `data` (well-formed or not).
+pub fn pax_header(data: &[u8]) -> Entry {
+    let mut e = Entry::new("PaxHeaders/victim", tar::EntryType::XHeader, 0o644);
+    e.data = data.to_vec();
+    e
+}
+/// A PAX global header (`g`): its records apply to every later entry.
+pub fn global_pax(records: &[(&str, &[u8])]) -> Entry {
+    let mut e = Entry::new("pax_global_header", tar::EntryType::XGlobalHeader, 0o644);
+    e.data = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+    e
+}
+
+/// One PAX record, "LEN key=value\n" where LEN counts itself.
+pub fn pax_record(k: &str, v: &[u8]) -> Vec<u8> {
+    let body_len = 1 + k.len() + 1 + v.len() + 1;
+    let mut len = body_len + 1;
+    while len.to_string().len() + body_len != len {
+        len = len.to_string().len() + body_len;
+    }
+    let mut data = format!("{len} {k}=").into_bytes();
+    data.extend_from_slice(v);
+    data.push(b'\n');
+    data
+}
 
 fn header(name: &[u8], kind: tar::EntryType, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
@@ -130,19 +159,12 @@ fn append(out: &mut Vec<u8>, mut h: tar::Header, data: &[u8]) {
 pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in entries {
+        if let Some(raw) = &e.raw {
+            out.extend_from_slice(raw);
+            continue;
+        }
         if !e.pax.is_empty() {
-            let mut data = Vec::new();
-            for (k, v) in &e.pax {
-                // A record is "LEN key=value\n" where LEN counts itself.
-                let body_len = 1 + k.len() + 1 + v.len() + 1;
-                let mut len = body_len + 1;
-                while len.to_string().len() + body_len != len {
-                    len = len.to_string().len() + body_len;
-                }
-                data.extend_from_slice(format!("{len} {k}=").as_bytes());
-                data.extend_from_slice(v);
-                data.push(b'\n');
-            }
+            let data: Vec<u8> = e.pax.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
             append(
                 &mut out,
                 header(b"PaxHeader", tar::EntryType::XHeader, data.len() as u64),
@@ -178,6 +200,7 @@ pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
         }
         let mut h = header(&e.name, e.kind, e.data.len() as u64);
         h.set_mode(e.mode);
+        // Ids over 0o7777777 go in GNU base-256 (the tar crate's choice).
         h.set_uid(e.uid);
         h.set_gid(e.gid);
         h.set_mtime(e.mtime);
@@ -370,6 +393,126 @@ pub fn cap_net_raw() -> Vec<u8> {
     v.extend_from_slice(&0u32.to_le_bytes());
     v.extend_from_slice(&0u32.to_le_bytes());
     v
+}
+
+/// `security.capability` for cap_dac_override,cap_fowner+ep: the permitted
+/// mask is 0x0a, a newline byte inside the PAX record.
+pub fn cap_dac_override_fowner() -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&0x0200_0001u32.to_le_bytes()); // revision 2, effective
+    v.extend_from_slice(&((1u32 << 1) | (1u32 << 3)).to_le_bytes()); // permitted
+    v.extend_from_slice(&[0u8; 12]); // inheritable, high words
+    v
+}
+
+/// A user xattr value with newlines, NULs and `=`.
+pub const BINARY_XATTR: &[u8] = b"line1\nline2\0\0\n=x=\n\0end\n";
+
+/// A file with holes, as the sparse cases archive it.
+pub struct SparseFile {
+    pub name: &'static str,
+    pub size: u64,
+    /// Data at offsets; the rest is holes.
+    pub islands: Vec<(u64, Vec<u8>)>,
+}
+
+impl SparseFile {
+    /// The bytes a reader must see.
+    pub fn content(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.size as usize];
+        for (at, data) in &self.islands {
+            v[*at as usize..*at as usize + data.len()].copy_from_slice(data);
+        }
+        v
+    }
+}
+
+/// Files with holes: a trailing hole, many islands (the old GNU map needs
+/// extension blocks), no data at all, data up to the end.
+pub fn sparse_files() -> Vec<SparseFile> {
+    let pattern = |n: usize, seed: u8| -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) | 1)
+            .collect()
+    };
+    vec![
+        SparseFile {
+            name: "holes",
+            size: 1 << 20,
+            islands: vec![(100_000, b"hello".to_vec()), (600_000, b"world".to_vec())],
+        },
+        SparseFile {
+            name: "islands",
+            size: 2 << 20,
+            islands: (0..30u64)
+                .map(|i| (i * 65536, pattern(4096, i as u8)))
+                .collect(),
+        },
+        SparseFile {
+            name: "all-hole",
+            size: 256 << 10,
+            islands: vec![],
+        },
+        SparseFile {
+            name: "data-at-end",
+            size: 300_000,
+            islands: vec![(200_000, pattern(100_000, 7))],
+        },
+    ]
+}
+
+/// GNU tar's own members for the sparse files under `dir/` (GNU tar run
+/// with `format` options), end-of-archive blocks removed, then a marker
+/// file `dir/zz-end` whose data stops the trimming of trailing zero blocks.
+pub fn gnu_tar_sparse(dir: &str, format: &[&str]) -> Vec<u8> {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
+    let mut names = Vec::new();
+    for f in sparse_files() {
+        let name = format!("{dir}/{}", f.name);
+        let file = std::fs::File::create(tmp.path().join(&name)).unwrap();
+        file.set_len(f.size).unwrap();
+        for (at, data) in &f.islands {
+            std::os::unix::fs::FileExt::write_all_at(&file, data, *at).unwrap();
+        }
+        names.push(name);
+    }
+    let marker = format!("{dir}/zz-end");
+    std::fs::write(tmp.path().join(&marker), b"end\n").unwrap();
+    names.push(marker);
+    let out = std::process::Command::new("tar")
+        .args(["--sparse", "--owner=0", "--group=0", "--numeric-owner"])
+        .args(["--mtime=@1600000000", "--mode=u=rw,go=r"])
+        .args(format)
+        .arg("-C")
+        .arg(tmp.path())
+        .args(["-cf", "-"])
+        .args(&names)
+        .output()
+        .expect("GNU tar runs (ci/setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut bytes = out.stdout;
+    while bytes.len() >= 512 && bytes[bytes.len() - 512..].iter().all(|&b| b == 0) {
+        bytes.truncate(bytes.len() - 512);
+    }
+    let sparse = bytes.windows(10).any(|w| w == b"GNU.sparse") || bytes[156] == b'S';
+    assert!(
+        sparse,
+        "GNU tar {format:?} stored no sparse file: does {} support holes?",
+        tmp.path().display()
+    );
+    bytes
+}
+
+/// Raw tar members as an entry of a layer.
+pub fn raw_members(bytes: Vec<u8>) -> Entry {
+    let mut e = Entry::new("raw", tar::EntryType::Regular, 0);
+    e.raw = Some(bytes);
+    e
 }
 
 /// A case of the merge that gridship and umoci must agree on.
@@ -612,6 +755,68 @@ pub fn cases() -> Vec<Case> {
                 (Gzip, vec![file("x/y/other", 0o644, b"o"), dir("x", 0o700)]),
             ],
         },
+        // Values the tar crate split at newline bytes: a capability whose
+        // mask is 0x0a, binary xattrs, a path and a link target with newlines.
+        Case {
+            name: "pax-binary-values",
+            layers: vec![(
+                Gzip,
+                vec![
+                    dir("bin", 0o755),
+                    file("bin/cp", 0o755, b"cp").pax(
+                        "SCHILY.xattr.security.capability",
+                        &cap_dac_override_fowner(),
+                    ),
+                    file("bin/blob", 0o644, b"b")
+                        .pax("SCHILY.xattr.user.blob", BINARY_XATTR)
+                        .pax("SCHILY.xattr.user.eq", b"k=v=w"),
+                    dir("nl", 0o755),
+                    file("nl/placeholder", 0o644, b"newline in the PAX path")
+                        .pax("path", b"nl/new\nline"),
+                    symlink("nl/link", "placeholder").pax("linkpath", b"to\nnewline"),
+                    file("nl/frac", 0o644, b"f")
+                        .pax("mtime", b"1600000000.999999999")
+                        .pax("SCHILY.xattr.user.nl", b"\n"),
+                ],
+            )],
+        },
+        // Ids over 0o7777777 in the header itself, GNU base-256.
+        Case {
+            name: "base256-ids",
+            layers: vec![(
+                Plain,
+                vec![
+                    dir("ids", 0o750).owner(3_000_000, 4_000_000),
+                    file("ids/big", 0o640, b"base-256").owner(2_097_152, 4_294_967_294),
+                    symlink("ids/link", "big").owner(16_777_216, 5),
+                ],
+            )],
+        },
+        // GNU tar's PAX sparse formats 0.0, 0.1 and 1.0 (Go reads all three).
+        Case {
+            name: "pax-sparse",
+            layers: vec![(
+                Gzip,
+                vec![
+                    dir("s00", 0o755),
+                    raw_members(gnu_tar_sparse(
+                        "s00",
+                        &["--format=posix", "--sparse-version=0.0", PAX_QUIET],
+                    )),
+                    dir("s01", 0o755),
+                    raw_members(gnu_tar_sparse(
+                        "s01",
+                        &["--format=posix", "--sparse-version=0.1", PAX_QUIET],
+                    )),
+                    dir("s10", 0o755),
+                    raw_members(gnu_tar_sparse(
+                        "s10",
+                        &["--format=posix", "--sparse-version=1.0", PAX_QUIET],
+                    )),
+                    file("after", 0o644, b"after the sparse files"),
+                ],
+            )],
+        },
         Case {
             name: "escaping-symlinks-stay-inside",
             layers: vec![
@@ -631,6 +836,50 @@ pub fn cases() -> Vec<Case> {
                     ],
                 ),
             ],
+        },
+    ]
+}
+
+/// PAX without atime/ctime records (GNU tar adds them by default).
+const PAX_QUIET: &str = "--pax-option=delete=atime,delete=ctime";
+
+/// Cases where umoci 0.4.7 is no reference: it refuses them, because Go's
+/// archive/tar hands it entries it does not handle (old GNU sparse files
+/// keep their `S` type flag; a global PAX header is returned as an entry
+/// of type `g`, and Go does not apply its records to later entries). GNU
+/// tar's extraction of the layer is the reference for these instead.
+pub fn gnu_tar_cases() -> Vec<Case> {
+    use Comp::*;
+    vec![
+        Case {
+            name: "gnu-sparse",
+            layers: vec![(
+                Gzip,
+                vec![
+                    dir("gnu", 0o755),
+                    raw_members(gnu_tar_sparse("gnu", &["--format=gnu"])),
+                    file("after", 0o644, b"after the sparse files"),
+                ],
+            )],
+        },
+        Case {
+            name: "pax-global-header",
+            layers: vec![(
+                Plain,
+                vec![
+                    file("before", 0o644, b"before any global header"),
+                    global_pax(&[("mtime", b"1234567890.5"), ("uid", b"77"), ("gid", b"88")]),
+                    dir("g", 0o755),
+                    file("g/a", 0o644, b"a"),
+                    file("g/b", 0o600, b"b").pax("uid", b"99"),
+                    symlink("g/link", "a"),
+                    // A later global header overrides. GNU tar 1.34 drops
+                    // every earlier global record then (POSIX, and gridship,
+                    // override key by key), so this one restates them all.
+                    global_pax(&[("mtime", b"1234567890.5"), ("uid", b"55"), ("gid", b"88")]),
+                    file("g/c", 0o644, b"c"),
+                ],
+            )],
         },
     ]
 }
@@ -694,6 +943,36 @@ pub fn unsafe_cases() -> Vec<UnsafeCase> {
             layers: vec![(Gzip, vec![hardlink("link", "nowhere")])],
             entry: "link",
             reason: "does not exist",
+        },
+        UnsafeCase {
+            name: "malformed-pax-record",
+            layers: vec![(
+                Gzip,
+                vec![
+                    file("ok", 0o644, b"ok"),
+                    // The length prefix runs past the header's data.
+                    pax_header(b"30 path=short\n"),
+                    file("victim", 0o644, b"v"),
+                ],
+            )],
+            entry: "PaxHeaders/victim",
+            reason: "malformed PAX record at offset 1536",
+        },
+        UnsafeCase {
+            name: "sparse-map-past-the-data",
+            layers: vec![(
+                Plain,
+                vec![
+                    file("sparse", 0o644, b"0123456789")
+                        .pax("GNU.sparse.major", b"0")
+                        .pax("GNU.sparse.minor", b"1")
+                        .pax("GNU.sparse.size", b"100")
+                        .pax("GNU.sparse.numblocks", b"1")
+                        .pax("GNU.sparse.map", b"0,20"),
+                ],
+            )],
+            entry: "sparse",
+            reason: "sparse map covers 20 bytes but the entry stores 10",
         },
     ]
 }
