@@ -15,6 +15,7 @@ pub mod index;
 pub mod jobdesc;
 pub mod layers;
 pub mod progress;
+pub mod recipe;
 pub mod reference;
 pub mod registry;
 pub mod sink;
