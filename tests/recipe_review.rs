@@ -536,3 +536,82 @@ fn merge_by_a_reviewer_passes_self_merge_refused() {
     r.git(&["merge", "-q", "--no-ff", "-m", "Merge alice-change", "alice-change"]);
     has(&r.refused(&reviewed()), &["reviewed only by its own author"]);
 }
+
+// ---- the shipped recipes ----
+
+#[test]
+fn shipped_recipes_load_and_target_known_sites() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let recipes = root.join("recipes");
+    assert_eq!(Recipe::list(&recipes), ["debian12-dev", "gpu-dev"]);
+    for name in Recipe::list(&recipes) {
+        let r = Recipe::load(&recipes, &name).unwrap();
+        r.check_sites(&root.join("site-overlays")).unwrap();
+        assert_eq!(r.spec.base.arg, "BASE");
+        assert!(r.spec.protected_paths.iter().any(|p| p == "/work"), "{name}");
+        let df = std::fs::read_to_string(r.dir.join("Dockerfile")).unwrap();
+        assert!(df.contains("FROM ${BASE}"), "{name}");
+        assert!(df.contains("install ok installed"), "{name}: installs only what is missing");
+        let apt = df.split("ARG APT_PACKAGES=\"").nth(1).unwrap().split('"').next().unwrap();
+        assert!(!apt.contains("cuda") && !apt.contains("nvidia"), "{name}: {apt}");
+        assert!(r.context_files().unwrap().contains(&PathBuf::from("Dockerfile")));
+    }
+    let gpu = Recipe::load(&recipes, "gpu-dev").unwrap();
+    assert_eq!(gpu.spec.smoke_suite.as_deref(), Some("gpu-basic"));
+    let mut bad = Recipe::load(&recipes, "debian12-dev").unwrap();
+    bad.spec.sites.push("atlantis".into());
+    let e = bad.check_sites(&root.join("site-overlays")).unwrap_err().to_string();
+    has(&e, &["debian12-dev/recipe.yaml", "sites: ", "no site 'atlantis'", "known sites: bonn, glasgow"]);
+}
+
+/// Removes the test image (and its intermediate images) however the test ends.
+struct ImageGuard<'a>(&'a str, String);
+
+impl Drop for ImageGuard<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(self.0)
+            .args(["rmi", "--force", &self.1])
+            .output();
+    }
+}
+
+/// Both shipped Dockerfiles build offline from the fixture base, the way the
+/// engine tests build them (needs the engine ci/setup starts).
+#[test]
+fn shipped_recipes_build_offline() {
+    let docker = std::env::var("GRIDSHIP_DOCKER").unwrap_or_else(|_| {
+        panic!(
+            "GRIDSHIP_DOCKER is not set: this test needs the engine ci/setup starts \
+             (run ci/test, or `. /var/lib/gridship-ci/env` after ci/setup)"
+        )
+    });
+    let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    for (name, extra) in [("debian12-dev", None), ("gpu-dev", Some("PIP_PACKAGES="))] {
+        let tag = format!("gridship-test/recipe-{name}:{}", std::process::id());
+        let _guard = ImageGuard(&docker, tag.clone());
+        let mut cmd = Command::new(&docker);
+        cmd.env("DOCKER_BUILDKIT", "0")
+            .args(["build", "-q", "--force-rm", "--network", "none"])
+            .args(["--build-arg", "BASE=gridship-fixture/debian:bookworm"])
+            .args(["--build-arg", "APT_PACKAGES=python3"]);
+        if let Some(a) = extra {
+            cmd.args(["--build-arg", a]);
+        }
+        run(cmd.args(["-t", &tag]).arg(recipes.join(name)));
+        let out = run(Command::new(&docker).args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/bin/sh",
+            &tag,
+            "-c",
+            "echo $LANG; pwd; stat -c %a /work; python3 -c 'print(1+1)'; echo $NVIDIA_DRIVER_CAPABILITIES",
+        ]));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[..4], ["C.UTF-8", "/work", "1777", "2"], "{name}: {out}");
+        let caps = if name == "gpu-dev" { "compute,utility" } else { "" };
+        assert_eq!(lines.get(4).copied().unwrap_or(""), caps, "{name}");
+    }
+}
