@@ -7,8 +7,10 @@ use std::process::Command;
 
 use gridship::recipe::{Recipe, Review, ReviewPolicy, check_review, unreviewed_labels};
 
-const DOCKERFILE: &str = "ARG BASE=docker.io/library/debian:bookworm\nFROM ${BASE}\nCOPY motd /etc/motd\n";
-const YAML: &str = "description: test\nbase: {image: docker.io/library/debian:bookworm}\nsites: [glasgow]\n";
+const DOCKERFILE: &str =
+    "ARG BASE=docker.io/library/debian:bookworm\nFROM ${BASE}\nCOPY motd /etc/motd\n";
+const YAML: &str =
+    "description: test\nbase: {image: docker.io/library/debian:bookworm}\nsites: [glasgow]\n";
 
 struct Repo {
     _tmp: tempfile::TempDir,
@@ -157,7 +159,10 @@ fn committed_recipe_passes_with_exact_fields() {
 #[test]
 fn modified_file_is_refused() {
     let r = Repo::new();
-    r.write("recipes/demo/Dockerfile", &format!("{DOCKERFILE}RUN true\n"));
+    r.write(
+        "recipes/demo/Dockerfile",
+        &format!("{DOCKERFILE}RUN true\n"),
+    );
     let e = r.refused(&plain());
     let at = &r.rev("main")[..8];
     has(
@@ -175,7 +180,10 @@ fn modified_file_is_refused() {
     r.commit_all("alice", "change");
     has(
         &r.refused(&plain()),
-        &["recipes/demo/Dockerfile: differs from main", "committed on feature, not merged into main"],
+        &[
+            "recipes/demo/Dockerfile: differs from main",
+            "committed on feature, not merged into main",
+        ],
     );
 }
 
@@ -207,7 +215,10 @@ fn untracked_file_is_refused() {
     // Ignored files enter the build context as well.
     r.write(".gitignore", "*.sh\n");
     r.commit_all("alice", "ignore scripts");
-    has(&r.refused(&plain()), &["recipes/demo/extra.sh: not committed"]);
+    has(
+        &r.refused(&plain()),
+        &["recipes/demo/extra.sh: not committed"],
+    );
 }
 
 #[test]
@@ -228,7 +239,10 @@ fn deleted_file_is_refused() {
     std::fs::remove_file(r.root.join("recipes/demo/motd")).unwrap();
     has(
         &r.refused(&plain()),
-        &["recipes/demo/motd: on main at", "missing from the working tree"],
+        &[
+            "recipes/demo/motd: on main at",
+            "missing from the working tree",
+        ],
     );
 }
 
@@ -281,7 +295,12 @@ fn outside_a_repository_is_refused() {
     let e = check_review(&recipe, &plain()).unwrap_err().to_string();
     has(
         &e,
-        &["recipe demo", "not inside a git repository", "git init", "--allow-unreviewed"],
+        &[
+            "recipe demo",
+            "not inside a git repository",
+            "git init",
+            "--allow-unreviewed",
+        ],
     );
 }
 
@@ -296,14 +315,25 @@ struct Gpg {
 
 impl Gpg {
     fn new(uid: &str) -> Gpg {
-        let home = tempfile::Builder::new().prefix("gpg").tempdir_in("/tmp").unwrap();
+        let home = tempfile::Builder::new()
+            .prefix("gpg")
+            .tempdir_in("/tmp")
+            .unwrap();
         let gpg = |args: &[&str]| {
             run(Command::new("gpg")
                 .env("GNUPGHOME", home.path())
                 .args(["--batch", "--quiet"])
                 .args(args))
         };
-        gpg(&["--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"]);
+        gpg(&[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            uid,
+            "ed25519",
+            "sign",
+            "never",
+        ]);
         let out = gpg(&["--with-colons", "--list-secret-keys"]);
         let fpr = out
             .lines()
@@ -315,7 +345,10 @@ impl Gpg {
     }
 
     fn empty() -> Gpg {
-        let home = tempfile::Builder::new().prefix("gpg").tempdir_in("/tmp").unwrap();
+        let home = tempfile::Builder::new()
+            .prefix("gpg")
+            .tempdir_in("/tmp")
+            .unwrap();
         Gpg {
             home,
             fpr: String::new(),
@@ -365,7 +398,9 @@ fn gpg_signed_commit_passes_unsigned_and_unknown_key_refused() {
         &e,
         &[
             "recipe demo",
-            &format!("commit {rc} (last change of the recipe on main, \"Add demo recipe\") is not signed"),
+            &format!(
+                "commit {rc} (last change of the recipe on main, \"Add demo recipe\") is not signed"
+            ),
         ],
     );
 
@@ -374,7 +409,15 @@ fn gpg_signed_commit_passes_unsigned_and_unknown_key_refused() {
     r.git(&["config", "gpg.program", w.to_str().unwrap()]);
     r.write("recipes/demo/motd", "signed change\n");
     r.git(&["add", "-A"]);
-    r.git(&["-c", &format!("user.signingkey={}", key.fpr), "commit", "-q", "-S", "-m", "signed"]);
+    r.git(&[
+        "-c",
+        &format!("user.signingkey={}", key.fpr),
+        "commit",
+        "-q",
+        "-S",
+        "-m",
+        "signed",
+    ]);
     let review = r.check(&signed()).unwrap();
     assert_eq!(review.signed_by.as_deref(), Some(key.fpr.as_str()));
     assert_eq!(review.recipe_commit, r.rev("main"));
@@ -435,18 +478,28 @@ fn ssh_signed_commit_passes_with_allowed_signers() {
         &r.refused(&signed()),
         &["has an SSH signature", "gpg.ssh.allowedSignersFile"],
     );
-    r.git(&["config", "gpg.ssh.allowedSignersFile", allowed.to_str().unwrap()]);
+    r.git(&[
+        "config",
+        "gpg.ssh.allowedSignersFile",
+        allowed.to_str().unwrap(),
+    ]);
     let review = r.check(&signed()).unwrap();
     assert_eq!(review.signed_by.as_deref(), Some("alice@example.org"));
 
     // A key not in the allowed signers file.
     r.write("recipes/demo/motd", "mallory\n");
     r.git(&["add", "-A"]);
-    let pubkey = format!("user.signingkey={}", stranger.with_extension("pub").display());
+    let pubkey = format!(
+        "user.signingkey={}",
+        stranger.with_extension("pub").display()
+    );
     r.git(&["-c", &pubkey, "commit", "-q", "-S", "-m", "mallory"]);
     has(
         &r.refused(&signed()),
-        &["the signature does not verify", "not in the allowed signers file"],
+        &[
+            "the signature does not verify",
+            "not in the allowed signers file",
+        ],
     );
 }
 
@@ -479,14 +532,20 @@ fn reviewers_trailer_passes() {
     );
     let review = r.check(&reviewed()).unwrap();
     assert_eq!(review.reviewed_by, ["Bob <bob@example.org>"]);
-    assert_eq!(review.labels()["gridship.reviewed.by"], "Bob <bob@example.org>");
+    assert_eq!(
+        review.labels()["gridship.reviewed.by"],
+        "Bob <bob@example.org>"
+    );
 }
 
 #[test]
 fn self_review_and_missing_trailer_refused() {
     let r = with_reviewers();
     r.write("recipes/demo/motd", "self reviewed\n");
-    r.commit_all("alice", "Change motd\n\nReviewed-by: Alice <alice@example.org>");
+    r.commit_all(
+        "alice",
+        "Change motd\n\nReviewed-by: Alice <alice@example.org>",
+    );
     let at = &r.rev("main")[..8];
     has(
         &r.refused(&reviewed()),
@@ -523,7 +582,17 @@ fn merge_by_a_reviewer_passes_self_merge_refused() {
     r.write("recipes/demo/motd", "from carol\n");
     r.commit_all("carol", "Carol's change");
     r.git(&["checkout", "-q", "main"]);
-    r.git_as("bob", &["merge", "-q", "--no-ff", "-m", "Merge carol-change", "carol-change"]);
+    r.git_as(
+        "bob",
+        &[
+            "merge",
+            "-q",
+            "--no-ff",
+            "-m",
+            "Merge carol-change",
+            "carol-change",
+        ],
+    );
     let review = r.check(&reviewed()).unwrap();
     assert_eq!(review.recipe_commit, r.rev("main"));
     assert_eq!(review.reviewed_by, ["Bob <bob@example.org>"]);
@@ -533,8 +602,18 @@ fn merge_by_a_reviewer_passes_self_merge_refused() {
     r.write("recipes/demo/motd", "from alice\n");
     r.commit_all("alice", "Alice's change");
     r.git(&["checkout", "-q", "main"]);
-    r.git(&["merge", "-q", "--no-ff", "-m", "Merge alice-change", "alice-change"]);
-    has(&r.refused(&reviewed()), &["reviewed only by its own author"]);
+    r.git(&[
+        "merge",
+        "-q",
+        "--no-ff",
+        "-m",
+        "Merge alice-change",
+        "alice-change",
+    ]);
+    has(
+        &r.refused(&reviewed()),
+        &["reviewed only by its own author"],
+    );
 }
 
 // ---- the shipped recipes ----
@@ -548,20 +627,50 @@ fn shipped_recipes_load_and_target_known_sites() {
         let r = Recipe::load(&recipes, &name).unwrap();
         r.check_sites(&root.join("site-overlays")).unwrap();
         assert_eq!(r.spec.base.arg, "BASE");
-        assert!(r.spec.protected_paths.iter().any(|p| p == "/work"), "{name}");
+        assert!(
+            r.spec.protected_paths.iter().any(|p| p == "/work"),
+            "{name}"
+        );
         let df = std::fs::read_to_string(r.dir.join("Dockerfile")).unwrap();
         assert!(df.contains("FROM ${BASE}"), "{name}");
-        assert!(df.contains("install ok installed"), "{name}: installs only what is missing");
-        let apt = df.split("ARG APT_PACKAGES=\"").nth(1).unwrap().split('"').next().unwrap();
-        assert!(!apt.contains("cuda") && !apt.contains("nvidia"), "{name}: {apt}");
-        assert!(r.context_files().unwrap().contains(&PathBuf::from("Dockerfile")));
+        assert!(
+            df.contains("install ok installed"),
+            "{name}: installs only what is missing"
+        );
+        let apt = df
+            .split("ARG APT_PACKAGES=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert!(
+            !apt.contains("cuda") && !apt.contains("nvidia"),
+            "{name}: {apt}"
+        );
+        assert!(
+            r.context_files()
+                .unwrap()
+                .contains(&PathBuf::from("Dockerfile"))
+        );
     }
     let gpu = Recipe::load(&recipes, "gpu-dev").unwrap();
     assert_eq!(gpu.spec.smoke_suite.as_deref(), Some("gpu-basic"));
     let mut bad = Recipe::load(&recipes, "debian12-dev").unwrap();
     bad.spec.sites.push("atlantis".into());
-    let e = bad.check_sites(&root.join("site-overlays")).unwrap_err().to_string();
-    has(&e, &["debian12-dev/recipe.yaml", "sites: ", "no site 'atlantis'", "known sites: bonn, glasgow"]);
+    let e = bad
+        .check_sites(&root.join("site-overlays"))
+        .unwrap_err()
+        .to_string();
+    has(
+        &e,
+        &[
+            "debian12-dev/recipe.yaml",
+            "sites: ",
+            "no site 'atlantis'",
+            "known sites: bonn, glasgow",
+        ],
+    );
 }
 
 /// Removes the test image (and its intermediate images) however the test ends.
@@ -610,8 +719,16 @@ fn shipped_recipes_build_offline() {
             "echo $LANG; pwd; stat -c %a /work; python3 -c 'print(1+1)'; echo $NVIDIA_DRIVER_CAPABILITIES",
         ]));
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[..4], ["C.UTF-8", "/work", "1777", "2"], "{name}: {out}");
-        let caps = if name == "gpu-dev" { "compute,utility" } else { "" };
+        assert_eq!(
+            lines[..4],
+            ["C.UTF-8", "/work", "1777", "2"],
+            "{name}: {out}"
+        );
+        let caps = if name == "gpu-dev" {
+            "compute,utility"
+        } else {
+            ""
+        };
         assert_eq!(lines.get(4).copied().unwrap_or(""), caps, "{name}");
     }
 }

@@ -152,8 +152,8 @@ fn declares_arg(dockerfile: &str, name: &str) -> bool {
 impl RecipeSpec {
     /// Parse `recipe.yaml` text; `path` names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<RecipeSpec> {
-        let spec: RecipeSpec = serde_saphyr::from_str(text)
-            .map_err(|e| bad(path, "", format!("{e}"), FORMAT_HINT))?;
+        let spec: RecipeSpec =
+            serde_saphyr::from_str(text).map_err(|e| bad(path, "", format!("{e}"), FORMAT_HINT))?;
         spec.check(path)?;
         Ok(spec)
     }
@@ -346,7 +346,8 @@ impl Recipe {
                 } else if ft.is_file() {
                     out.push(r);
                 } else if ft.is_symlink() {
-                    let target = std::fs::read_link(entry.path()).at("reading link", entry.path())?;
+                    let target =
+                        std::fs::read_link(entry.path()).at("reading link", entry.path())?;
                     if !link_stays_inside(&r, &target) {
                         return Err(bad(
                             &entry.path(),
@@ -486,7 +487,10 @@ slim: {keep: ["/usr/share/doc/python3*"], remove: ["/usr/share/locale/*"]}
         assert!(e.contains("recipes/x/recipe.yaml"), "{e}");
         assert!(e.contains("smoke_suit"), "{e}");
         let e = err(&OK.replace("image: docker", "imag: docker"));
-        assert!(e.contains("recipes/x/recipe.yaml") && e.contains("imag"), "{e}");
+        assert!(
+            e.contains("recipes/x/recipe.yaml") && e.contains("imag"),
+            "{e}"
+        );
         let e = err(&OK.replace("slim: {keep", "slim: {kep"));
         assert!(e.contains("kep"), "{e}");
     }
@@ -499,19 +503,34 @@ slim: {keep: ["/usr/share/doc/python3*"], remove: ["/usr/share/locale/*"]}
             .map(|l| format!("{l}\n"))
             .collect();
         let e = err(&text);
-        assert!(e.contains("recipes/x/recipe.yaml") && e.contains("base"), "{e}");
+        assert!(
+            e.contains("recipes/x/recipe.yaml") && e.contains("base"),
+            "{e}"
+        );
         assert!(e.contains("recipes/README.md"), "{e}");
     }
 
     #[test]
     fn bad_values_name_file_and_key() {
         for (from, to, key) in [
-            ("sites: [glasgow, bonn]", "sites: [glasgow, ../etc]", "sites: "),
+            (
+                "sites: [glasgow, bonn]",
+                "sites: [glasgow, ../etc]",
+                "sites: ",
+            ),
             ("sites: [glasgow, bonn]", "sites: [\"\"]", "sites: "),
             ("\"latest\"]", "\"la test\"]", "tags: "),
-            ("smoke_suite: gpu-basic", "smoke_suite: a/b", "smoke_suite: "),
+            (
+                "smoke_suite: gpu-basic",
+                "smoke_suite: a/b",
+                "smoke_suite: ",
+            ),
             ("\"/work\"]", "\"work\"]", "protected_paths: "),
-            ("APT_PACKAGES:", "APT-PACKAGES:", "build_args.APT-PACKAGES: "),
+            (
+                "APT_PACKAGES:",
+                "APT-PACKAGES:",
+                "build_args.APT-PACKAGES: ",
+            ),
             ("image: docker", "arg: 1X\n  image: docker", "base.arg: "),
         ] {
             let e = err(&OK.replace(from, to));
@@ -552,10 +571,22 @@ slim: {keep: ["/usr/share/doc/python3*"], remove: ["/usr/share/locale/*"]}
 
     fn sample(tmp: &Path) -> PathBuf {
         let recipes = tmp.join("recipes");
-        write(&recipes, "r1/recipe.yaml", "base: {image: debian:bookworm}\n");
-        write(&recipes, "r1/Dockerfile", "ARG BASE=debian:bookworm\nFROM ${BASE}\n");
+        write(
+            &recipes,
+            "r1/recipe.yaml",
+            "base: {image: debian:bookworm}\n",
+        );
+        write(
+            &recipes,
+            "r1/Dockerfile",
+            "ARG BASE=debian:bookworm\nFROM ${BASE}\n",
+        );
         write(&recipes, "r1/files/etc/motd", "hello\n");
-        write(&recipes, "r2/recipe.yaml", "base: {image: debian:bookworm}\n");
+        write(
+            &recipes,
+            "r2/recipe.yaml",
+            "base: {image: debian:bookworm}\n",
+        );
         write(&recipes, "r2/Dockerfile", "FROM debian:bookworm\n");
         write(&recipes, "notes/README", "not a recipe\n");
         recipes
@@ -580,7 +611,10 @@ slim: {keep: ["/usr/share/doc/python3*"], remove: ["/usr/share/locale/*"]}
         );
         let e = Recipe::load(&recipes, "nope").unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("no recipe 'nope'") && m.contains("known recipes: r1, r2"), "{m}");
+        assert!(
+            m.contains("no recipe 'nope'") && m.contains("known recipes: r1, r2"),
+            "{m}"
+        );
         assert_eq!(e.exit_code(), 2);
         let m = Recipe::load(&recipes, "r2").unwrap_err().to_string();
         assert!(m.contains("r2/Dockerfile") && m.contains("ARG BASE"), "{m}");
@@ -588,7 +622,10 @@ slim: {keep: ["/usr/share/doc/python3*"], remove: ["/usr/share/locale/*"]}
 
         std::os::unix::fs::symlink("../r2/Dockerfile", r.dir.join("escape")).unwrap();
         let m = r.context_files().unwrap_err().to_string();
-        assert!(m.contains("r1/escape") && m.contains("outside the recipe directory"), "{m}");
+        assert!(
+            m.contains("r1/escape") && m.contains("outside the recipe directory"),
+            "{m}"
+        );
         assert!(r.input_digest().is_err());
     }
 
@@ -603,8 +640,16 @@ slim: {keep: ["/usr/share/doc/python3*"], remove: ["/usr/share/locale/*"]}
         let tmp2 = tempfile::tempdir().unwrap();
         let recipes2 = tmp2.path().join("recipes");
         write(&recipes2, "r1/files/etc/motd", "hello\n");
-        write(&recipes2, "r1/Dockerfile", "ARG BASE=debian:bookworm\nFROM ${BASE}\n");
-        write(&recipes2, "r1/recipe.yaml", "base: {image: debian:bookworm}\n");
+        write(
+            &recipes2,
+            "r1/Dockerfile",
+            "ARG BASE=debian:bookworm\nFROM ${BASE}\n",
+        );
+        write(
+            &recipes2,
+            "r1/recipe.yaml",
+            "base: {image: debian:bookworm}\n",
+        );
         let r2 = Recipe::load(&recipes2, "r1").unwrap();
         assert_eq!(d1, r2.input_digest().unwrap());
         // Group/other bits do not count, the executable bit does.

@@ -149,9 +149,13 @@ pub fn check_review(recipe: &Recipe, policy: &ReviewPolicy) -> Result<Review> {
     };
     let root = workdir.canonicalize().at("resolving", workdir)?;
     let dir = recipe.dir.canonicalize().at("resolving", &recipe.dir)?;
-    let rel = dir
-        .strip_prefix(&root)
-        .map_err(|_| refuse(recipe, format!("is not below {}", root.display()), UNREVIEWED))?;
+    let rel = dir.strip_prefix(&root).map_err(|_| {
+        refuse(
+            recipe,
+            format!("is not below {}", root.display()),
+            UNREVIEWED,
+        )
+    })?;
     let rel_parts: Vec<String> = rel
         .components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
@@ -209,9 +213,9 @@ pub fn check_review(recipe: &Recipe, policy: &ReviewPolicy) -> Result<Review> {
                 }
             }
             Ok(_) => problems.push(format!("{p}: is not a file on {b} at {at}")),
-            Err(_) if in_head => problems.push(format!(
-                "{p}: not on {b} (committed on {head_name} only)"
-            )),
+            Err(_) if in_head => {
+                problems.push(format!("{p}: not on {b} (committed on {head_name} only)"))
+            }
             Err(_) => problems.push(format!("{p}: not committed (not on {b})")),
         }
     }
@@ -482,7 +486,9 @@ fn verify_signature(
         else {
             return Err(refuse(
                 recipe,
-                format!("{what} has an SSH signature, but git config gpg.ssh.allowedSignersFile is not set"),
+                format!(
+                    "{what} has an SSH signature, but git config gpg.ssh.allowedSignersFile is not set"
+                ),
                 "point it at the allowed signers file of the reviewers: git config gpg.ssh.allowedSignersFile FILE",
             ));
         };
@@ -572,7 +578,9 @@ fn check_reviewers(
         Err(_) => {
             return Err(refuse(
                 recipe,
-                format!("reviewers are required, but {branch} has no REVIEWERS file at the repository root"),
+                format!(
+                    "reviewers are required, but {branch} has no REVIEWERS file at the repository root"
+                ),
                 format!("add REVIEWERS (one `Name <email>` per line) to {branch} through review"),
             ));
         }
@@ -628,7 +636,9 @@ fn check_reviewers(
         let why = if self_reviewed {
             format!("is reviewed only by its own author <{author}>")
         } else {
-            format!("has no Reviewed-by trailer naming a reviewer from REVIEWERS (author <{author}>)")
+            format!(
+                "has no Reviewed-by trailer naming a reviewer from REVIEWERS (author <{author}>)"
+            )
         };
         return Err(refuse(
             recipe,
@@ -660,7 +670,8 @@ fn merged_authors(
         let changed = if c.parent_count() == 0 {
             true
         } else {
-            c.parents().all(|p| subtree_id(&p, rel) != subtree_id(&c, rel))
+            c.parents()
+                .all(|p| subtree_id(&p, rel) != subtree_id(&c, rel))
         };
         if changed {
             out.insert(c.author().email().unwrap_or("").to_lowercase());
