@@ -1,6 +1,7 @@
 //! The Docker Engine, through bollard: `docker-daemon:` images are read with
 //! the save endpoint (a docker-archive stream) and written with load.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::mpsc;
@@ -101,5 +102,264 @@ pub fn load(archive: &Path) -> Result<()> {
             msg.map_err(|e| Error::Other(format!("docker load: {e}")))?;
         }
         Ok(())
+    })
+}
+
+/// Map an engine error on `what` to ours: a missing object is NotFound.
+fn engine_error(what: &str, e: bollard::errors::Error) -> Error {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => Error::NotFound {
+            what: format!("{what} in the Docker Engine at {}", engine_host()),
+            detail: message,
+        },
+        e => Error::Other(format!("{what}: {e}")),
+    }
+}
+
+/// An engine image: its id (config digest) and repo digests.
+#[derive(Debug, Clone)]
+pub struct EngineImage {
+    pub id: String,
+    pub repo_digests: Vec<String>,
+}
+
+/// Look an image up in the engine.
+pub fn inspect_image(name: &str) -> Result<EngineImage> {
+    runtime().block_on(async {
+        let docker = connect().await?;
+        let i = docker
+            .inspect_image(name)
+            .await
+            .map_err(|e| engine_error(&format!("image {name}"), e))?;
+        Ok(EngineImage {
+            id: i.id.unwrap_or_default(),
+            repo_digests: i.repo_digests.unwrap_or_default(),
+        })
+    })
+}
+
+/// Registry credentials for the engine (`X-Registry-Auth`), from
+/// `--creds` or the Docker client configuration.
+fn engine_credentials(
+    registry: &str,
+    creds: Option<&(String, String)>,
+) -> Result<Option<bollard::auth::DockerCredentials>> {
+    let (user, pass) = match creds {
+        Some((u, p)) => (u.clone(), p.clone()),
+        None => match crate::registry::docker_config_auth(registry)? {
+            oci_client::secrets::RegistryAuth::Basic(u, p) => (u, p),
+            _ => return Ok(None),
+        },
+    };
+    Ok(Some(bollard::auth::DockerCredentials {
+        username: Some(user),
+        password: Some(pass),
+        serveraddress: Some(registry.to_string()),
+        ..Default::default()
+    }))
+}
+
+/// The registry host of an engine image name (`docker.io` when it has none).
+pub fn registry_of(name: &str) -> String {
+    match name.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.to_string(),
+        _ => "docker.io".to_string(),
+    }
+}
+
+/// `docker pull NAME`, with credentials for its registry.
+pub fn pull(name: &str, creds: Option<&(String, String)>) -> Result<EngineImage> {
+    let auth = engine_credentials(&registry_of(name), creds)?;
+    runtime().block_on(async {
+        let docker = connect().await?;
+        let mut stream = docker.create_image(
+            Some(bollard::query_parameters::CreateImageOptions {
+                from_image: Some(name.to_string()),
+                ..Default::default()
+            }),
+            None,
+            auth,
+        );
+        while let Some(msg) = stream.next().await {
+            let msg = msg.map_err(|e| engine_error(&format!("docker pull {name}"), e))?;
+            if let Some(err) = msg.error_detail.and_then(|d| d.message) {
+                return Err(Error::Other(format!("docker pull {name}: {err}")));
+            }
+        }
+        Ok::<_, Error>(())
+    })?;
+    inspect_image(name)
+}
+
+/// What to build: a context tar, the Dockerfile in it, arguments, labels.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRequest {
+    pub context_tar: Vec<u8>,
+    pub dockerfile: String,
+    pub tag: String,
+    pub build_args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// Network mode of the RUN steps (`none` for offline builds).
+    pub network: Option<String>,
+    /// Pull the base image even when the engine has one.
+    pub pull: bool,
+    pub no_cache: bool,
+    /// Credentials for the base image's registry.
+    pub base_registry: Option<String>,
+    pub creds: Option<(String, String)>,
+}
+
+/// Build an image with the engine's classic builder; `log` gets the build
+/// output line by line. Returns the image id.
+pub fn build(req: &BuildRequest, mut log: impl FnMut(&str)) -> Result<String> {
+    let credentials = match &req.base_registry {
+        Some(reg) => engine_credentials(reg, req.creds.as_ref())?
+            .map(|c| std::collections::HashMap::from([(reg.clone(), c)])),
+        None => None,
+    };
+    let options = bollard::query_parameters::BuildImageOptions {
+        dockerfile: req.dockerfile.clone(),
+        t: Some(req.tag.clone()),
+        rm: true,
+        forcerm: true,
+        nocache: req.no_cache,
+        pull: req.pull.then(|| "1".to_string()),
+        buildargs: Some(req.build_args.clone().into_iter().collect()),
+        labels: Some(req.labels.clone().into_iter().collect()),
+        networkmode: req.network.clone(),
+        ..Default::default()
+    };
+    let body = bollard::body_full(bytes::Bytes::from(req.context_tar.clone()));
+    runtime().block_on(async {
+        let docker = connect().await?;
+        let mut stream = docker.build_image(options, credentials, Some(body));
+        let mut id = None;
+        let mut tail: Vec<String> = Vec::new();
+        while let Some(msg) = stream.next().await {
+            let msg = msg.map_err(|e| match e {
+                bollard::errors::Error::DockerStreamError { error } => Error::Other(format!(
+                    "docker build {}: {error}\n{}",
+                    req.tag,
+                    tail.join("\n")
+                )),
+                e => Error::Other(format!("docker build {}: {e}", req.tag)),
+            })?;
+            if let Some(s) = &msg.stream {
+                for line in s.lines().filter(|l| !l.trim().is_empty()) {
+                    log(line);
+                    tail.push(line.to_string());
+                    if tail.len() > 20 {
+                        tail.remove(0);
+                    }
+                }
+            }
+            if let Some(err) = msg.error_detail.and_then(|d| d.message) {
+                return Err(Error::Other(format!(
+                    "docker build {}: {err}\n{}",
+                    req.tag,
+                    tail.join("\n")
+                )));
+            }
+            if let Some(aux) = msg.aux
+                && let Some(i) = aux.id
+            {
+                id = Some(i);
+            }
+        }
+        match id {
+            Some(id) => Ok(id),
+            None => Ok(inspect_image(&req.tag)?.id),
+        }
+    })
+}
+
+/// `docker commit` a container into an image named `tag`, without
+/// stopping it; `pause` freezes it while the engine copies its changes.
+pub fn commit(container: &str, tag: &str, pause: bool) -> Result<String> {
+    let (repo, t) = match tag.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r.to_string(), t.to_string()),
+        _ => (tag.to_string(), "latest".to_string()),
+    };
+    runtime().block_on(async {
+        let docker = connect().await?;
+        let r = docker
+            .commit_container(
+                bollard::query_parameters::CommitContainerOptions {
+                    container: Some(container.to_string()),
+                    repo: Some(repo),
+                    tag: Some(t),
+                    pause,
+                    comment: Some("gridship snapshot".into()),
+                    ..Default::default()
+                },
+                bollard::models::ContainerConfig::default(),
+            )
+            .await
+            .map_err(|e| engine_error(&format!("container {container}"), e))?;
+        Ok(r.id)
+    })
+}
+
+/// The state of a container: running, and its image.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image_id: String,
+    pub running: bool,
+}
+
+pub fn inspect_container(name: &str) -> Result<ContainerInfo> {
+    runtime().block_on(async {
+        let docker = connect().await?;
+        let c = docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| engine_error(&format!("container {name}"), e))?;
+        Ok(ContainerInfo {
+            id: c.id.unwrap_or_default(),
+            name: c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            image_id: c.image.unwrap_or_default(),
+            running: c.state.and_then(|s| s.running).unwrap_or(false),
+        })
+    })
+}
+
+/// Remove an image name (not the layers other names share).
+pub fn remove_image(name: &str) -> Result<()> {
+    runtime().block_on(async {
+        let docker = connect().await?;
+        docker
+            .remove_image(
+                name,
+                Some(bollard::query_parameters::RemoveImageOptions {
+                    noprune: false,
+                    force: false,
+                    ..Default::default()
+                }),
+                None,
+            )
+            .await
+            .map_err(|e| engine_error(&format!("image {name}"), e))?;
+        Ok(())
+    })
+}
+
+/// How many layers an engine image has.
+pub fn image_layer_count(name: &str) -> Result<usize> {
+    runtime().block_on(async {
+        let docker = connect().await?;
+        let i = docker
+            .inspect_image(name)
+            .await
+            .map_err(|e| engine_error(&format!("image {name}"), e))?;
+        Ok(i.root_fs.and_then(|r| r.layers).map_or(0, |l| l.len()))
     })
 }

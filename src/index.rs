@@ -656,6 +656,28 @@ impl FsIndex {
     pub fn for_each_content(
         &self,
         image: &Image,
+        f: impl FnMut(NodeId, &mut dyn Read) -> Result<()>,
+    ) -> Result<()> {
+        self.stream_content(image, |_| true, true, f)
+    }
+
+    /// Like [`FsIndex::for_each_content`] for the nodes `want` selects only;
+    /// layers holding none of them are not read at all (a sink that already
+    /// has the other content, e.g. hardlinked from an earlier tree).
+    pub fn for_each_content_where(
+        &self,
+        image: &Image,
+        want: impl Fn(NodeId) -> bool,
+        f: impl FnMut(NodeId, &mut dyn Read) -> Result<()>,
+    ) -> Result<()> {
+        self.stream_content(image, want, false, f)
+    }
+
+    fn stream_content(
+        &self,
+        image: &Image,
+        want: impl Fn(NodeId) -> bool,
+        read_every_layer: bool,
         mut f: impl FnMut(NodeId, &mut dyn Read) -> Result<()>,
     ) -> Result<()> {
         let bar = crate::progress::bytes(self.content_bytes(), "write content");
@@ -665,13 +687,20 @@ impl FsIndex {
                 data: Data::Bytes(bytes),
                 ..
             } = &self.node(id).kind
+                && want(id)
                 && seen.insert(id)
             {
                 bar.inc(bytes.len() as u64);
                 f(id, &mut &bytes[..])?;
             }
         }
-        let plan = self.content_plan();
+        let mut plan = self.content_plan();
+        for wanted in plan.values_mut() {
+            wanted.retain(|_, id| want(*id));
+        }
+        if !read_every_layer {
+            plan.retain(|_, wanted| !wanted.is_empty());
+        }
         for (&i, wanted) in &plan {
             let mut layer = LayerReader::open(image, i)?;
             let mut stream = || -> Result<()> {
@@ -829,5 +858,332 @@ mod tests {
         assert_eq!(idx.resolve_dir(&[b"lib", b"x"]).unwrap(), b"usr/lib/x");
         assert_eq!(idx.resolve_dir(&[b"evil"]).unwrap(), b"etc");
         assert!(idx.resolve_dir(&[b"loop"]).is_err());
+    }
+}
+
+/// Merge states after a run of lower layers, kept beside the store: a
+/// later image that shares those layers (a nightly rebuild that changed its
+/// top) starts from the state instead of reading them again. Keyed by the
+/// layers' diff_ids and the merge format, so a state is reused only for
+/// exactly the same layer contents.
+pub mod cache {
+    use std::path::{Path, PathBuf};
+
+    use base64::Engine;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// Bumped whenever the merge could give another result for the same
+    /// layers, so states from older builds are never used.
+    const FORMAT: u32 = 1;
+
+    #[derive(Serialize, Deserialize)]
+    struct State {
+        format: u32,
+        layers: Vec<StateLayer>,
+        /// (base64 path, node)
+        entries: Vec<(String, NodeId)>,
+        nodes: Vec<StateNode>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct StateLayer {
+        diff_id: Digest,
+        entries: u64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct StateNode {
+        kind: char,
+        #[serde(default)]
+        size: u64,
+        #[serde(default)]
+        layer: u32,
+        #[serde(default)]
+        pos: u64,
+        #[serde(default)]
+        target: String,
+        #[serde(default)]
+        major: u32,
+        #[serde(default)]
+        minor: u32,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        mtime: i64,
+        #[serde(default)]
+        nsec: u32,
+        #[serde(default)]
+        xattrs: Vec<(String, String)>,
+    }
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    fn unb64(s: &str) -> Option<Vec<u8>> {
+        base64::engine::general_purpose::STANDARD.decode(s).ok()
+    }
+
+    /// The file holding the state after `diff_ids` (all layers up to one).
+    fn state_path(dir: &Path, diff_ids: &[Digest]) -> PathBuf {
+        let mut key = format!("gridship merge state {FORMAT}\n");
+        for d in diff_ids {
+            key.push_str(&d.to_string());
+            key.push('\n');
+        }
+        dir.join(format!("{}.json", Digest::of_bytes(key.as_bytes()).hex()))
+    }
+
+    fn save(idx: &FsIndex, dir: &Path, diff_ids: &[Digest]) -> Result<()> {
+        if state_path(dir, diff_ids).exists() {
+            return Ok(());
+        }
+        // Only referenced nodes, renumbered densely.
+        let mut renum: HashMap<NodeId, NodeId> = HashMap::new();
+        let mut nodes = Vec::new();
+        let mut entries = Vec::with_capacity(idx.entries.len());
+        for (k, &id) in &idx.entries {
+            let new = *renum.entry(id).or_insert_with(|| {
+                let n = idx.node(id);
+                let mut s = StateNode {
+                    kind: 'd',
+                    size: 0,
+                    layer: 0,
+                    pos: 0,
+                    target: String::new(),
+                    major: 0,
+                    minor: 0,
+                    mode: n.meta.mode,
+                    uid: n.meta.uid,
+                    gid: n.meta.gid,
+                    mtime: n.meta.mtime,
+                    nsec: n.meta.mtime_nsec,
+                    xattrs: n
+                        .meta
+                        .xattrs
+                        .iter()
+                        .map(|(k, v)| (k.clone(), b64(v)))
+                        .collect(),
+                };
+                match &n.kind {
+                    Kind::Dir => {}
+                    Kind::File {
+                        size,
+                        data: Data::Layer { layer, header_pos },
+                    } => {
+                        s.kind = 'f';
+                        s.size = *size;
+                        s.layer = *layer;
+                        s.pos = *header_pos;
+                    }
+                    // Transform-added bytes never reach a merge state.
+                    Kind::File { .. } => s.kind = '?',
+                    Kind::Symlink { target } => {
+                        s.kind = 'l';
+                        s.target = b64(target);
+                    }
+                    Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                        s.kind = if matches!(n.kind, Kind::CharDevice { .. }) {
+                            'c'
+                        } else {
+                            'b'
+                        };
+                        s.major = *major;
+                        s.minor = *minor;
+                    }
+                    Kind::Fifo => s.kind = 'p',
+                }
+                nodes.push(s);
+                (nodes.len() - 1) as NodeId
+            });
+            entries.push((b64(k), new));
+        }
+        if nodes.iter().any(|n| n.kind == '?') {
+            return Ok(());
+        }
+        let state = State {
+            format: FORMAT,
+            layers: idx
+                .layers
+                .iter()
+                .map(|l| StateLayer {
+                    diff_id: l.diff_id.clone(),
+                    entries: l.entries,
+                })
+                .collect(),
+            entries,
+            nodes,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| Error::io_path(dir, "creating", e))?;
+        let data = serde_json::to_vec(&state).expect("state serializes");
+        crate::store::write_atomic(&state_path(dir, diff_ids), &data)
+    }
+
+    fn load(dir: &Path, image: &Image, upto: usize) -> Option<FsIndex> {
+        let diff_ids = &image.config.rootfs.diff_ids[..upto];
+        let path = state_path(dir, diff_ids);
+        let data = std::fs::read(&path).ok()?;
+        let idx = parse(&data, image, diff_ids);
+        if idx.is_some() {
+            // Used: the mtime is what pruning goes by.
+            let _ = std::fs::File::open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        } else {
+            // Damaged or foreign: gone, so that this run writes it anew.
+            tracing::warn!("merge state {} is not usable; removed", path.display());
+            let _ = std::fs::remove_file(&path);
+        }
+        idx
+    }
+
+    fn parse(data: &[u8], image: &Image, diff_ids: &[Digest]) -> Option<FsIndex> {
+        let upto = diff_ids.len();
+        let state: State = serde_json::from_slice(data).ok()?;
+        if state.format != FORMAT
+            || state.layers.len() != upto
+            || state
+                .layers
+                .iter()
+                .zip(diff_ids)
+                .any(|(l, d)| &l.diff_id != d)
+        {
+            return None;
+        }
+        let mut idx = FsIndex::default();
+        for s in &state.nodes {
+            let kind = match s.kind {
+                'd' => Kind::Dir,
+                'f' => Kind::File {
+                    size: s.size,
+                    data: Data::Layer {
+                        layer: s.layer,
+                        header_pos: s.pos,
+                    },
+                },
+                'l' => Kind::Symlink {
+                    target: unb64(&s.target)?,
+                },
+                'c' => Kind::CharDevice {
+                    major: s.major,
+                    minor: s.minor,
+                },
+                'b' => Kind::BlockDevice {
+                    major: s.major,
+                    minor: s.minor,
+                },
+                'p' => Kind::Fifo,
+                _ => return None,
+            };
+            let mut xattrs = BTreeMap::new();
+            for (k, v) in &s.xattrs {
+                xattrs.insert(k.clone(), unb64(v)?);
+            }
+            idx.push_node(Node {
+                kind,
+                meta: Meta {
+                    mode: s.mode,
+                    uid: s.uid,
+                    gid: s.gid,
+                    mtime: s.mtime,
+                    mtime_nsec: s.nsec,
+                    xattrs,
+                },
+            });
+        }
+        for (k, id) in &state.entries {
+            if *id as usize >= idx.nodes.len() {
+                return None;
+            }
+            idx.entries.insert(unb64(k)?, *id);
+        }
+        if !idx.entries.contains_key(&Vec::new()) {
+            return None;
+        }
+        for (i, l) in state.layers.iter().enumerate() {
+            let desc = &image.manifest.layers[i];
+            idx.layers.push(LayerInfo {
+                index: i,
+                digest: desc.digest.clone(),
+                diff_id: l.diff_id.clone(),
+                media_type: desc.media_type.clone(),
+                size: desc.size,
+                // Sniffed from this image's blob: the same diff_id may be
+                // compressed otherwise here than where the state was made.
+                compression: crate::layers::LayerStream::open(image, i).ok()?.1,
+                entries: l.entries,
+            });
+        }
+        Some(idx)
+    }
+
+    /// Merge `image` starting from the longest cached state of its lower
+    /// layers in `dir`, and cache the state after every layer merged here.
+    /// The layers read are verified as always; layers covered by a state
+    /// are not read.
+    /// Returns the index and how many of its layers came from a state.
+    pub fn from_image(image: &Image, dir: &Path) -> Result<(FsIndex, usize)> {
+        let n = image.layers().len();
+        let (mut idx, start) = (1..=n)
+            .rev()
+            .find_map(|upto| load(dir, image, upto).map(|idx| (idx, upto)))
+            .unwrap_or_else(|| (FsIndex::new(), 0));
+        if start > 0 {
+            tracing::info!(
+                "merge state of {start} of {n} layers reused from {}",
+                dir.display()
+            );
+        }
+        for i in start..n {
+            let mut layer = LayerReader::open(image, i)?;
+            let entries = idx
+                .apply_layer(&mut layer)
+                .map_err(|e| diagnose(image, i, e))?;
+            idx.layers.push(LayerInfo {
+                index: i,
+                digest: layer.desc.digest.clone(),
+                diff_id: layer.diff_id.clone(),
+                media_type: layer.desc.media_type.clone(),
+                size: layer.desc.size,
+                compression: layer.compression,
+                entries,
+            });
+            layer.finish().map_err(|e| diagnose(image, i, e))?;
+            // A state that cannot be written only costs time later.
+            if let Err(e) = save(&idx, dir, &image.config.rootfs.diff_ids[..=i]) {
+                tracing::warn!("could not keep the merge state: {e}");
+            }
+        }
+        if start < n {
+            prune(dir, KEEP);
+        }
+        Ok((idx, start))
+    }
+
+    /// States kept: enough for the layer prefixes of a few dozen images.
+    const KEEP: usize = 64;
+
+    /// Remove all but the `keep` most recently used states (and temp files
+    /// a killed run left).
+    fn prune(dir: &Path, keep: usize) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut states: Vec<(std::time::SystemTime, PathBuf)> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((m.modified().ok()?, e.path()))
+            })
+            .collect();
+        states.sort_by_key(|s| std::cmp::Reverse(s.0));
+        let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for (i, (mtime, path)) in states.iter().enumerate() {
+            let is_state = path.extension().is_some_and(|e| e == "json");
+            if (is_state && i >= keep) || (!is_state && *mtime < stale) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 }

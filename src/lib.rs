@@ -14,6 +14,7 @@ pub mod image;
 pub mod index;
 pub mod jobdesc;
 pub mod layers;
+pub mod pipeline;
 pub mod progress;
 pub mod recipe;
 pub mod reference;

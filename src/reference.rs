@@ -15,7 +15,7 @@ pub const DOCKER_HUB: &str = "docker.io";
 /// One example per transport, shown when a reference does not parse.
 const EXAMPLES: &str = "docker://registry.example.org/group/image:1.0, \
 docker-daemon:group/image:1.0, oci:/path/to/layout:1.0, oci-archive:image.tar, \
-docker-archive:saved.tar, store:NAME";
+docker-archive:saved.tar, store:NAME, container:NAME";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryRef {
@@ -78,6 +78,9 @@ pub enum ImageRef {
         name: Option<String>,
     },
     Store(String),
+    /// A running or stopped container in the Docker Engine, by name or ID
+    /// (a source only: committed, then read like `docker-daemon:`).
+    Container(String),
 }
 
 impl ImageRef {
@@ -89,6 +92,7 @@ impl ImageRef {
             ImageRef::OciArchive { .. } => "oci-archive",
             ImageRef::DockerArchive { .. } => "docker-archive",
             ImageRef::Store(_) => "store",
+            ImageRef::Container(_) => "container",
         }
     }
 }
@@ -111,6 +115,7 @@ impl fmt::Display for ImageRef {
                 name.iter().try_for_each(|n| write!(f, ":{n}"))
             }
             ImageRef::Store(n) => write!(f, "store:{n}"),
+            ImageRef::Container(n) => write!(f, "container:{n}"),
         }
     }
 }
@@ -190,6 +195,24 @@ impl FromStr for ImageRef {
                     return Err(bad(input, "no image name given", "store:NAME"));
                 }
                 Ok(ImageRef::Store(rest.to_string()))
+            }
+            "container" => {
+                // Engine container names: [a-zA-Z0-9][a-zA-Z0-9_.-]*; IDs are hex.
+                let ok = rest
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric())
+                    && rest
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                if !ok {
+                    return Err(bad(
+                        input,
+                        "not a container name or ID",
+                        "container:my-session or container:3f2a9c1b7e4d",
+                    ));
+                }
+                Ok(ImageRef::Container(rest.to_string()))
             }
             other => Err(bad(input, format!("unknown transport {other:?}"), EXAMPLES)),
         }

@@ -310,6 +310,63 @@ impl Layout {
         Ok(out)
     }
 
+    /// Remove the blobs that no name in index.json leads to (through
+    /// indexes and manifests), when older than `min_age`: a writer that
+    /// has put blobs but not yet named its manifest is left alone.
+    /// Returns how many were removed.
+    pub fn remove_unreferenced_blobs(&self, min_age: std::time::Duration) -> Result<usize> {
+        let _lock = self.lock()?;
+        let index = self.read_index()?;
+        let mut reachable = std::collections::HashSet::new();
+        let mut todo: Vec<Descriptor> = index.manifests.clone();
+        while let Some(d) = todo.pop() {
+            if !reachable.insert(d.digest.clone()) {
+                continue;
+            }
+            let is_manifest = crate::image::media::is_manifest(&d.media_type);
+            if !(is_manifest || crate::image::media::is_index(&d.media_type)) {
+                continue;
+            }
+            // A missing or unreadable document: keep what is known, drop nothing below.
+            let Ok(raw) = self.read_blob(&d.digest, Some(d.size)) else {
+                continue;
+            };
+            if is_manifest {
+                if let Ok(m) = serde_json::from_slice::<crate::image::Manifest>(&raw) {
+                    todo.push(m.config);
+                    todo.extend(m.layers);
+                }
+            } else if let Ok(i) = serde_json::from_slice::<IndexJson>(&raw) {
+                todo.extend(i.manifests);
+            }
+        }
+        let dir = self.root.join("blobs").join("sha256");
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io_path(&dir, "reading", e)),
+        };
+        for entry in entries {
+            let entry = entry.at("reading", &dir)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else {
+                continue;
+            };
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= min_age);
+            if !reachable.contains(&digest) && old {
+                fs::remove_file(entry.path()).at("removing", entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Record `desc` under a ref name, replacing what had that name.
     pub fn set_ref(&self, name: &str, desc: &Descriptor) -> Result<()> {
         let mut desc = desc.clone();

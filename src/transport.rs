@@ -21,6 +21,8 @@ pub struct Context {
     pub store: PathBuf,
     pub registry: RegistryOptions,
     pub platform: PlatformWanted,
+    /// `container:` sources are paused while the engine commits them.
+    pub pause_containers: bool,
 }
 
 impl Default for Context {
@@ -32,6 +34,7 @@ impl Default for Context {
                 ..Default::default()
             },
             platform: PlatformWanted::host(),
+            pause_containers: false,
         }
     }
 }
@@ -85,7 +88,40 @@ pub fn open(src: &ImageRef, ctx: &Context) -> Result<Image> {
             let desc = store.resolve(Some(n))?;
             Image::load(store, desc, &name, &ctx.platform)
         }
+        ImageRef::Container(c) => {
+            let store = ctx.store()?;
+            let desc = snapshot_container(c, ctx.pause_containers, &store, &name)?;
+            into_store(desc)
+        }
     }
+}
+
+/// Capture a container through the engine: `docker commit` (the container
+/// keeps running; `pause` freezes it during the copy) gives its image's
+/// layers plus one layer of the changes made in it, which is read into
+/// the store like `docker-daemon:`. The engine keeps no name for it after.
+fn snapshot_container(
+    container: &str,
+    pause: bool,
+    store: &Layout,
+    name: &str,
+) -> Result<crate::store::Descriptor> {
+    let info = engine::inspect_container(container)?;
+    let tag = format!(
+        "gridship-snapshot/{}:{}",
+        info.id.get(..12).unwrap_or(&info.id),
+        std::process::id()
+    );
+    engine::commit(&info.id, &tag, pause)?;
+    let result = (|| {
+        let reader = engine::save(&tag)?;
+        archive::import_docker_archive(reader, store, Some(&tag), name)
+    })();
+    // The committed image stays in the engine only as long as needed.
+    if let Err(e) = engine::remove_image(&tag) {
+        tracing::warn!("could not remove the engine image {tag}: {e}");
+    }
+    result
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -134,6 +170,12 @@ fn docker_name(src: &ImageRef) -> Option<String> {
 }
 
 pub fn copy(src: &ImageRef, dst: &ImageRef, ctx: &Context) -> Result<CopyReport> {
+    if let ImageRef::Container(_) = dst {
+        return Err(Error::bad_input(
+            dst.to_string(),
+            "a container is a source only; write to docker-daemon:NAME:TAG, store:NAME or a registry",
+        ));
+    }
     let image = open(src, ctx)?;
     let bytes = image.blobs().map(|d| d.size).sum::<u64>() + image.manifest_desc.size;
     let mut report = CopyReport {
@@ -190,6 +232,7 @@ pub fn copy(src: &ImageRef, dst: &ImageRef, ctx: &Context) -> Result<CopyReport>
             engine::load(tmp.path())?;
             report.blobs_copied = image.blobs().count();
         }
+        ImageRef::Container(_) => unreachable!("refused before the source is read"),
         ImageRef::Store(n) => {
             let store = ctx.store()?;
             if store.root() != image.layout.root() {

@@ -109,32 +109,133 @@ fn flat_trees_are_umoci_plus_the_layout() {
     for case in layers::cases() {
         let layout = tmp.path().join(format!("layout-{}", case.name));
         layers::write_image(&layout, "1", &case.layers);
-        let name = format!("cases.example.org/{}:1", case.name);
-        let run = publish(
-            &g,
-            &root,
-            &[&format!("oci:{}:1", layout.display())],
-            &["--name", &name],
-        );
-        if run.code != 0 {
-            failures.push(format!("{}: {}", case.name, run.stderr));
-            continue;
+        let n = case.layers.len();
+        // The image without its top layer first, into a repository of its
+        // own: the publish of the whole image then merges only the top
+        // layer onto the cached state of the lower ones. A third publish
+        // (fresh repository) starts from the state of all layers.
+        if n > 1 {
+            let lower = tmp.path().join(format!("layout-{}-lower", case.name));
+            layers::write_image(&lower, "1", &case.layers[..n - 1]);
+            publish(
+                &g,
+                &tmp.path().join(format!("repo-{}-lower", case.name)),
+                &[&format!("oci:{}:1", lower.display())],
+                &["--name", "lower.example.org/x:1"],
+            )
+            .ok();
         }
-        let json = run.json();
-        let r = report_of(&json, &name);
-        let flat = root.join(r["flat"].as_str().unwrap());
         let theirs = umoci_unpack(
             &layout,
             "1",
             &tmp.path().join(format!("bundle-{}", case.name)),
         );
-        if let Err(e) = std::panic::catch_unwind(|| {
-            assert_flat_is_umoci_plus_layout(&flat, &theirs, r, case.name)
-        }) {
-            failures.push(e.downcast_ref::<String>().cloned().unwrap_or_default());
+        let name = format!("cases.example.org/{}:1", case.name);
+        let passes = [
+            (root.clone(), n - 1, "from the state of the lower layers"),
+            (
+                tmp.path().join(format!("repo-{}-again", case.name)),
+                n,
+                "from the state of all layers",
+            ),
+        ];
+        for (repo, cached, how) in passes {
+            let what = format!("{} ({how})", case.name);
+            let run = publish(
+                &g,
+                &repo,
+                &[&format!("oci:{}:1", layout.display())],
+                &["--name", &name],
+            );
+            if run.code != 0 {
+                failures.push(format!("{what}: {}", run.stderr));
+                break;
+            }
+            let json = run.json();
+            let r = report_of(&json, &name);
+            if r["merge_cached_layers"] != cached {
+                failures.push(format!(
+                    "{what}: {} layers from the merge cache, expected {cached}",
+                    r["merge_cached_layers"]
+                ));
+            }
+            let flat = repo.join(r["flat"].as_str().unwrap());
+            if let Err(e) = std::panic::catch_unwind(|| {
+                assert_flat_is_umoci_plus_layout(&flat, &theirs, r, &what)
+            }) {
+                failures.push(e.downcast_ref::<String>().cloned().unwrap_or_default());
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A damaged or foreign merge state is never trusted: the merge starts
+/// over and the tree is still right.
+#[test]
+fn damaged_merge_states_are_ignored() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let case = &layers::cases()[0];
+    let layout = tmp.path().join("layout");
+    layers::write_image(&layout, "1", &case.layers);
+    let image = format!("oci:{}:1", layout.display());
+    let name = "cases.example.org/damaged:1";
+    publish(&g, &tmp.path().join("repo-1"), &[&image], &["--name", name]).ok();
+    let states = g.store.path().join("gridship-cache/merge");
+    let states_now = || {
+        let mut v: Vec<String> = std::fs::read_dir(&states)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let files = states_now();
+    assert_eq!(
+        files.len(),
+        case.layers.len(),
+        "one state per layer: {files:?}"
+    );
+    for (i, f) in files.iter().enumerate() {
+        let p = states.join(f);
+        let data = std::fs::read(&p).unwrap();
+        // Truncated, not JSON, or valid JSON of another format.
+        let damaged = match i % 3 {
+            0 => data[..data.len() / 2].to_vec(),
+            1 => b"not a state".to_vec(),
+            _ => String::from_utf8(data)
+                .unwrap()
+                .replacen("\"format\":1", "\"format\":999", 1)
+                .into_bytes(),
+        };
+        std::fs::write(&p, damaged).unwrap();
+    }
+    let repo = tmp.path().join("repo-2");
+    let run = publish(&g, &repo, &[&image], &["--name", name]).ok();
+    let json = run.json();
+    let r = report_of(&json, name);
+    assert_eq!(r["merge_cached_layers"], 0, "{json}");
+    let theirs = umoci_unpack(&layout, "1", &tmp.path().join("bundle"));
+    assert_flat_is_umoci_plus_layout(
+        &repo.join(r["flat"].as_str().unwrap()),
+        &theirs,
+        r,
+        "damaged states",
+    );
+    // The damaged states were replaced: a third publish uses them all.
+    assert_eq!(states_now(), files);
+    let repo = tmp.path().join("repo-3");
+    let run = publish(&g, &repo, &[&image], &["--name", name]).ok();
+    let json = run.json();
+    let r = report_of(&json, name);
+    assert_eq!(r["merge_cached_layers"], case.layers.len(), "{json}");
+    assert_flat_is_umoci_plus_layout(
+        &repo.join(r["flat"].as_str().unwrap()),
+        &theirs,
+        r,
+        "replaced states",
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use super::GlobalOpts;
 use crate::error::Error;
 use crate::jobdesc::submit::{self, ArcRest, AuthConfig, AuthMode, JobList, JobRecord, JobReply};
 use crate::jobdesc::{self, Format, Request, Template};
-use crate::site::{self, SiteProfile};
+use crate::site::SiteProfile;
 
 #[derive(Debug, Args)]
 pub struct JobdescArgs {
@@ -38,9 +38,8 @@ pub struct JobdescArgs {
     /// Write here (atomically) instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Directory of site profiles.
-    #[arg(long, env = "GRIDSHIP_SITE_OVERLAYS", value_name = "DIR")]
-    pub site_overlays: Option<PathBuf>,
+    #[command(flatten)]
+    pub overlays: super::SiteOverlaysOpt,
     /// Directory of templates.
     #[arg(long, env = "GRIDSHIP_XRSL_TEMPLATES", value_name = "DIR")]
     pub templates: Option<PathBuf>,
@@ -104,8 +103,8 @@ pub struct SubmitArgs {
     /// Take the CE from this site's profile instead of --ce.
     #[arg(long, conflicts_with = "ce")]
     pub site: Option<String>,
-    #[arg(long, env = "GRIDSHIP_SITE_OVERLAYS", value_name = "DIR")]
-    pub site_overlays: Option<PathBuf>,
+    #[command(flatten)]
+    pub overlays: super::SiteOverlaysOpt,
     #[command(flatten)]
     pub auth: CeAuthArgs,
 }
@@ -157,10 +156,7 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
-    let overlays = a
-        .site_overlays
-        .clone()
-        .unwrap_or_else(site::default_overlays_dir);
+    let overlays = a.overlays.dir();
     let profile = SiteProfile::load(&overlays, &a.site)?;
     let tdir = a
         .templates
@@ -209,10 +205,7 @@ pub fn submit(g: &GlobalOpts, a: SubmitArgs) -> anyhow::Result<()> {
     let ce = match (&a.ce, &a.site) {
         (Some(ce), _) => ce.clone(),
         (None, Some(s)) => {
-            let overlays = a
-                .site_overlays
-                .clone()
-                .unwrap_or_else(site::default_overlays_dir);
+            let overlays = a.overlays.dir();
             let p = SiteProfile::load(&overlays, s)?;
             p.ce.map(|c| c.endpoint).ok_or_else(|| Error::BadInput {
                 input: p.path.display().to_string(),

@@ -37,6 +37,11 @@ pub struct AccessOpts {
     /// Default: the host's.
     #[arg(long, value_name = "PLATFORM", value_parser = parse_arch)]
     pub arch: Option<PlatformWanted>,
+
+    /// Freeze a container: source (docker pause) while the engine captures
+    /// it; by default it runs on.
+    #[arg(long)]
+    pub pause: bool,
 }
 
 fn parse_creds(s: &str) -> std::result::Result<(String, String), String> {
@@ -64,6 +69,7 @@ impl AccessOpts {
                 cert_dir: self.cert_dir.clone(),
             },
             platform: self.arch.clone().unwrap_or_else(PlatformWanted::host),
+            pause_containers: self.pause,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod arc;
+pub mod build;
 pub mod cvmfs;
 pub mod export;
 pub mod image;
@@ -30,6 +31,22 @@ pub struct GlobalOpts {
     /// No progress bars.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+}
+
+/// Where site profiles and overlays are (site-overlays/SITE/{site.yaml,files/}).
+#[derive(Debug, Clone, Args)]
+pub struct SiteOverlaysOpt {
+    /// Directory of site profiles and overlays (default ./site-overlays).
+    #[arg(long, env = "GRIDSHIP_SITE_OVERLAYS", value_name = "DIR")]
+    pub site_overlays: Option<PathBuf>,
+}
+
+impl SiteOverlaysOpt {
+    pub fn dir(&self) -> PathBuf {
+        self.site_overlays
+            .clone()
+            .unwrap_or_else(crate::site::default_overlays_dir)
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -63,6 +80,12 @@ pub enum Command {
     /// Publish images as unpacked trees in a CernVM-FS repository (DUCC layout).
     #[command(subcommand)]
     Cvmfs(cvmfs::CvmfsCommand),
+    /// Build a reviewed recipe with the Docker Engine, one image per site with its overlay.
+    Build(build::BuildArgs),
+    /// Capture a container (running or stopped) into the store, without stopping it.
+    Snapshot(build::SnapshotArgs),
+    /// Rebuild every recipe for its sites when its inputs changed; keep the last builds.
+    Nightly(build::NightlyArgs),
     /// Write the ARC job description (xRSL, ADL or JSON) that runs an image on a site's GPU queue.
     Jobdesc(arc::JobdescArgs),
     /// Check a job description and submit it to an ARC CE over REST.
@@ -86,6 +109,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sif(args) => sif::sif(global, &args),
         Command::SifInfo(args) => sif::sif_info(global, &args),
         Command::Cvmfs(cmd) => cvmfs::run(global, &cmd),
+        Command::Build(a) => build::build(global, &a),
+        Command::Snapshot(a) => build::snapshot(global, &a),
+        Command::Nightly(a) => build::nightly(global, &a),
         Command::Jobdesc(a) => arc::jobdesc(global, a),
         Command::Submit(a) => arc::submit(global, a),
         Command::Status(a) => arc::status(global, a),
@@ -117,4 +143,15 @@ pub fn init_logging(global: &GlobalOpts) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks: no option defined twice in one
+    /// command, defaults that parse, and so on.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -83,6 +83,9 @@ impl Review {
             put("org.opencontainers.image.source", u);
         }
         put("gridship.recipe", &self.recipe);
+        if !self.recipe_path.is_empty() {
+            put("gridship.recipe.path", &self.recipe_path);
+        }
         put("gridship.recipe.commit", &self.recipe_commit);
         put("gridship.reviewed", "true");
         put("gridship.reviewed.branch", &self.branch);

@@ -252,6 +252,8 @@ pub struct PublishReport {
     pub layers_present: Vec<String>,
     /// Files hardlinked from an earlier tree of the same layers.
     pub reused_files: u64,
+    /// Lower layers whose merge came from the cache (not read again).
+    pub merge_cached_layers: usize,
     /// The tag pointed at another tree before (now scheduled for gc).
     pub replaced: Option<PathBuf>,
     pub transforms: Vec<RuleReport>,
@@ -863,14 +865,26 @@ pub struct PublishOptions {
     pub store: Option<crate::store::Layout>,
 }
 
+/// Where merge states of published images are kept: beside the store,
+/// whose blobs they describe.
+pub fn merge_cache_dir(store: &crate::store::Layout) -> PathBuf {
+    store.root().join("gridship-cache").join("merge")
+}
+
 /// The flat tree of an image: merged, with the Apptainer layout, readable
 /// by the publisher.
 fn flat_index(
     image: &Image,
     name: &PublicName,
     created: i64,
-) -> Result<(FsIndex, Vec<RuleReport>)> {
-    let mut index = FsIndex::from_image(image)?;
+    store: Option<&crate::store::Layout>,
+) -> Result<(FsIndex, Vec<RuleReport>, usize)> {
+    // A nightly image differs from yesterday's in its top layers: merge
+    // from the cached state of the shared lower ones.
+    let (mut index, cached) = match store {
+        Some(store) => crate::index::cache::from_image(image, &merge_cache_dir(store))?,
+        None => (FsIndex::from_image(image)?, 0),
+    };
     let mut config = image.config.clone();
     let mut app = crate::transform::apptainer::ApptainerOptions::for_image(
         &format!("docker://{name}"),
@@ -886,7 +900,7 @@ fn flat_index(
         &Publishable,
     ];
     let reports = crate::transform::apply_all(&transforms, &mut index, &mut config)?;
-    Ok((index, reports))
+    Ok((index, reports, cached))
 }
 
 /// Publish one image under `name`.
@@ -921,8 +935,10 @@ pub fn publish(
         if repo.exists(&flat) {
             report.flat_status = "present".into();
         } else {
-            let (index, transforms) = flat_index(image, name, opts.created)?;
+            let (index, transforms, cached) =
+                flat_index(image, name, opts.created, opts.store.as_ref())?;
             report.transforms = transforms;
+            report.merge_cached_layers = cached;
             let mut unpack = UnpackOptions::for_current_user();
             if opts.reuse && repo.config.backend == BackendKind::Dir {
                 unpack.reuse = reusable_files(repo, name, image, &index, opts)?;
@@ -1041,7 +1057,7 @@ fn reusable_files(
         },
         "earlier published image",
     )?;
-    let (old_index, _) = flat_index(&old_image, name, opts.created)?;
+    let (old_index, _, _) = flat_index(&old_image, name, opts.created, Some(store))?;
     let old_root = repo.abs(&flat_path(&old.config.digest));
     // (layer digest, header position) → old path and node, in shared layers.
     let mut old_files: HashMap<(Digest, u64), (Vec<u8>, NodeId)> = HashMap::new();

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -126,54 +126,62 @@ const POOLED_FILE_MAX: u64 = 1 << 20;
 
 /// A few threads that run filesystem jobs: creating and writing files is
 /// bound by syscall latency, not by one core, so a pool keeps the layer
-/// reader busy. The first error wins and stops further jobs.
+/// reader busy. Each job has a key (the directory it creates an entry in)
+/// and all jobs of one key go to one worker: threads creating entries in
+/// the same directory would only queue on its lock (and spin on it, which
+/// costs more CPU than the work). The first error wins and stops further jobs.
 struct Pool<'scope> {
-    tx: Option<mpsc::SyncSender<Job<'scope>>>,
+    queues: Vec<mpsc::SyncSender<Job<'scope>>>,
     workers: Vec<thread::ScopedJoinHandle<'scope, Result<()>>>,
     failed: Arc<AtomicBool>,
 }
 
 type Job<'scope> = Box<dyn FnOnce() -> Result<()> + Send + 'scope>;
 
+/// Jobs queued per worker before the producer waits.
+const QUEUE_PER_WORKER: usize = 64;
+
 impl<'scope> Pool<'scope> {
     fn new<'env>(scope: &'scope thread::Scope<'scope, 'env>, threads: usize) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Job<'scope>>(256);
-        let rx = Arc::new(Mutex::new(rx));
         let failed = Arc::new(AtomicBool::new(false));
-        let workers = (0..threads)
-            .map(|_| {
-                let rx = Arc::clone(&rx);
-                let failed = Arc::clone(&failed);
-                scope.spawn(move || -> Result<()> {
-                    loop {
-                        let job = rx.lock().expect("pool lock").recv();
-                        let Ok(job) = job else { return Ok(()) };
-                        if failed.load(Ordering::Relaxed) {
-                            continue;
-                        }
-                        if let Err(e) = job() {
-                            failed.store(true, Ordering::Relaxed);
-                            return Err(e);
-                        }
+        let mut queues = Vec::with_capacity(threads);
+        let mut workers = Vec::with_capacity(threads);
+        for _ in 0..threads.max(1) {
+            let (tx, rx) = mpsc::sync_channel::<Job<'scope>>(QUEUE_PER_WORKER);
+            queues.push(tx);
+            let failed = Arc::clone(&failed);
+            workers.push(scope.spawn(move || -> Result<()> {
+                for job in rx {
+                    if failed.load(Ordering::Relaxed) {
+                        continue;
                     }
-                })
-            })
-            .collect();
+                    if let Err(e) = job() {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            }));
+        }
         Pool {
-            tx: Some(tx),
+            queues,
             workers,
             failed,
         }
     }
 
-    /// Queue a job; false once a job has failed (stop producing).
-    fn submit(&self, job: Job<'scope>) -> bool {
-        !self.failed.load(Ordering::Relaxed)
-            && self.tx.as_ref().expect("pool open").send(job).is_ok()
+    /// Queue a job that creates or changes an entry of directory `dir`;
+    /// false once a job has failed (stop producing).
+    fn submit(&self, dir: &[u8], job: Job<'scope>) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        dir.hash(&mut h);
+        let q = &self.queues[(h.finish() % self.queues.len() as u64) as usize];
+        !self.failed.load(Ordering::Relaxed) && q.send(job).is_ok()
     }
 
     fn finish(mut self) -> Result<()> {
-        drop(self.tx.take());
+        self.queues.clear();
         let mut first = Ok(());
         for w in self.workers.drain(..) {
             let r = w.join().expect("pool worker does not panic");
@@ -185,7 +193,21 @@ impl<'scope> Pool<'scope> {
     }
 }
 
+/// The directory part of an index key (the pool's job key).
+fn parent_key(key: &[u8]) -> &[u8] {
+    key.iter()
+        .rposition(|&b| b == b'/')
+        .map_or(&[][..], |i| &key[..i])
+}
+
 fn pool_threads() -> usize {
+    if let Some(n) = std::env::var("GRIDSHIP_WRITE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return n;
+    }
     thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 4)
@@ -251,23 +273,26 @@ pub fn write_tree(
         for &(key, node) in &others {
             let path = path_of(key);
             let warnings = &warnings;
-            pool.submit(Box::new(move || {
-                create_node(&path, key, node, opts, warnings)
-            }));
+            pool.submit(
+                parent_key(key),
+                Box::new(move || create_node(&path, key, node, opts, warnings)),
+            );
         }
         for (&id, old) in &opts.reuse {
             if let Some(key) = primary.get(&id) {
                 let path = path_of(key);
-                pool.submit(Box::new(move || {
-                    fs::hard_link(old, &path).at("linking an unchanged file to", &path)
-                }));
+                pool.submit(
+                    parent_key(key),
+                    Box::new(move || {
+                        fs::hard_link(old, &path).at("linking an unchanged file to", &path)
+                    }),
+                );
             }
         }
-        let streamed = index.for_each_content(image, |id, reader| {
-            if opts.reuse.contains_key(&id) {
-                return Ok(());
-            }
-            let path = path_of(primary[&id]);
+        let want = |id: NodeId| !opts.reuse.contains_key(&id);
+        let write = |id: NodeId, reader: &mut dyn Read| -> Result<()> {
+            let key = primary[&id];
+            let path = path_of(key);
             let size = match &index.node(id).kind {
                 Kind::File { size, .. } => *size,
                 _ => 0,
@@ -277,10 +302,13 @@ pub fn write_tree(
                 reader.read_to_end(&mut data).map_err(|e| {
                     crate::digest::unwrap_io(e, || format!("reading content of {}", path.display()))
                 })?;
-                let queued = pool.submit(Box::new(move || {
-                    let mut f = create_file(&path)?;
-                    f.write_all(&data).at("writing", &path)
-                }));
+                let queued = pool.submit(
+                    parent_key(key),
+                    Box::new(move || {
+                        let mut f = create_file(&path)?;
+                        f.write_all(&data).at("writing", &path)
+                    }),
+                );
                 if !queued {
                     // A worker failed; its error is the one to report.
                     return Err(Error::Other("stopped after a failed write".into()));
@@ -292,7 +320,14 @@ pub fn write_tree(
                 })?;
             }
             Ok(())
-        });
+        };
+        // Without reuse every layer is read (and so verified) again; with it,
+        // layers holding only reused content are skipped.
+        let streamed = if opts.reuse.is_empty() {
+            index.for_each_content(image, write)
+        } else {
+            index.for_each_content_where(image, want, write)
+        };
         let pooled = pool.finish();
         pooled.and(streamed)
     })?;
@@ -317,7 +352,11 @@ pub fn write_tree(
             } else if !opts.reuse.contains_key(&id) {
                 let path = path_of(key);
                 let warnings = &warnings;
-                pool.submit(Box::new(move || apply_meta(&path, node, opts, warnings)));
+                // Metadata takes the entry's own lock, not its directory's.
+                pool.submit(
+                    key,
+                    Box::new(move || apply_meta(&path, node, opts, warnings)),
+                );
             }
         }
         pool.finish()

@@ -2,6 +2,7 @@
 
 pub mod cvmfs;
 pub mod dir;
+pub mod oci;
 pub mod sif;
 pub mod squashfs;
 pub mod tar;

@@ -1042,6 +1042,11 @@ const WEEKDAYS: [&str; 7] = [
     "Saturday",
 ];
 
+/// A Unix time as RFC 3339 UTC (`2026-11-22T04:00:00Z`).
+pub fn rfc3339_utc(t: i64) -> Result<String> {
+    Ok(CivilTime::from_unix(t)?.rfc3339())
+}
+
 impl CivilTime {
     fn from_unix(t: i64) -> Result<CivilTime> {
         // Years 0000-9999: what RFC 3339 can write.

@@ -3,6 +3,7 @@
 //! see and tune it. Sinks read the result; no transform writes anything.
 
 pub mod apptainer;
+pub mod overlay;
 
 use serde::Serialize;
 

@@ -1,0 +1,4 @@
+//! Pipelines that compose the stages: recipe builds and the nightly.
+
+pub mod build;
+pub mod nightly;

@@ -1,0 +1,466 @@
+//! `gridship nightly`: every reviewed recipe for each of its sites. A cache
+//! key from the recipe's files, the base image's digest, the site overlay
+//! and the build arguments decides whether anything is built: unchanged
+//! inputs cost a review check and a registry round trip, nothing more.
+//! One failing recipe or site never stops the others.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::build::{self, BuildOptions, SiteImage};
+use crate::digest::Digest;
+use crate::recipe::Recipe;
+use crate::reference::RegistryRef;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct NightlyOptions {
+    /// Recipes to build; empty: every recipe in the recipes directory.
+    pub recipes: Vec<String>,
+    /// Only these sites (of each recipe's own list); empty: all of them.
+    pub sites: Vec<String>,
+    /// Options shared with `build` (`sites`, `base` and `push` are set per recipe).
+    pub build: BuildOptions,
+    /// Registry prefix: each recipe goes to PREFIX/RECIPE:TAG-SITE.
+    pub push_prefix: Option<RegistryRef>,
+    /// Dated builds kept per recipe and site (the newest is always kept).
+    pub keep: usize,
+    /// Dated builds older than this many days are dropped.
+    pub keep_days: u64,
+    /// Where the cache keys of earlier builds are kept.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Built,
+    Unchanged,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NightlyItem {
+    pub recipe: String,
+    pub site: String,
+    pub outcome: Outcome,
+    pub key: Option<String>,
+    pub manifest_digest: Option<String>,
+    pub image: Option<SiteImage>,
+    pub error: Option<String>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NightlyReport {
+    pub started: String,
+    pub items: Vec<NightlyItem>,
+    pub built: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+    /// Store names dropped by the retention rules.
+    pub pruned: Vec<String>,
+    /// Blobs no name refers to any more, removed from the store.
+    pub blobs_removed: usize,
+    pub seconds: f64,
+}
+
+/// What a key built, kept between runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    #[serde(default)]
+    builds: BTreeMap<String, StateEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StateEntry {
+    recipe: String,
+    site: String,
+    manifest_digest: Digest,
+    manifest_media_type: String,
+    manifest_size: u64,
+    built: String,
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("nightly-state.json")
+}
+
+fn load_state(dir: &Path) -> Result<State> {
+    let path = state_path(dir);
+    match std::fs::read(&path) {
+        Ok(data) => serde_json::from_slice(&data).map_err(|e| Error::BadInput {
+            input: path.display().to_string(),
+            place: format!("line {} column {}: ", e.line(), e.column()),
+            reason: e.to_string(),
+            hint: Some("remove it: the next nightly then rebuilds everything once".into()),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(Error::io_path(&path, "reading", e)),
+    }
+}
+
+fn save_state(dir: &Path, state: &State) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io_path(dir, "creating", e))?;
+    let data = serde_json::to_vec_pretty(state).expect("state serializes");
+    crate::store::write_atomic(&state_path(dir), &data)
+}
+
+/// The cache key of one recipe × site build.
+fn cache_key(
+    recipe: &Recipe,
+    site: &str,
+    prepared: &build::Prepared,
+    overlay: &crate::transform::overlay::SiteOverlay,
+    base: &build::BaseResolved,
+    build_args: &BTreeMap<String, String>,
+) -> Digest {
+    let doc = serde_json::json!({
+        "format": "gridship nightly 1",
+        "recipe": recipe.name,
+        "site": site,
+        "recipe_files": prepared.input_digest.to_string(),
+        "reviewed": prepared.commit.is_some(),
+        "base": base.digest,
+        "overlay": overlay.digest().to_string(),
+        "build_args": build_args,
+    });
+    Digest::of_bytes(doc.to_string().as_bytes())
+}
+
+fn utc_now() -> (i64, String) {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    (
+        t,
+        crate::transform::apptainer::rfc3339_utc(t).unwrap_or_default(),
+    )
+}
+
+/// The dated store name of a nightly build: sorts by time.
+fn dated_name(recipe: &str, site: &str, stamp: &str) -> String {
+    // 2026-11-22T04:00:00Z -> 20261122T040000Z (a valid tag).
+    let compact: String = stamp.chars().filter(|c| *c != '-' && *c != ':').collect();
+    format!("recipe/{recipe}:{site}-nightly-{compact}")
+}
+
+pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<NightlyReport> {
+    let started = std::time::Instant::now();
+    let (_, stamp) = utc_now();
+    let names = if opts.recipes.is_empty() {
+        Recipe::list(&opts.build.recipes_dir)
+    } else {
+        opts.recipes.clone()
+    };
+    if names.is_empty() {
+        return Err(Error::bad_input(
+            opts.build.recipes_dir.display().to_string(),
+            "no recipes (directories with a recipe.yaml)",
+        ));
+    }
+    let store = opts.build.ctx.store()?;
+    let mut state = load_state(&opts.state_dir)?;
+    let mut items = Vec::new();
+    for name in &names {
+        let t0 = std::time::Instant::now();
+        let fail_all = |items: &mut Vec<NightlyItem>, sites: &[String], e: &Error| {
+            for site in sites {
+                items.push(NightlyItem {
+                    recipe: name.clone(),
+                    site: site.clone(),
+                    outcome: Outcome::Failed,
+                    key: None,
+                    manifest_digest: None,
+                    image: None,
+                    error: Some(e.to_string()),
+                    seconds: t0.elapsed().as_secs_f64(),
+                });
+            }
+        };
+        let recipe = match Recipe::load(&opts.build.recipes_dir, name) {
+            Ok(r) => r,
+            Err(e) => {
+                fail_all(&mut items, &["*".to_string()], &e);
+                continue;
+            }
+        };
+        let sites: Vec<String> = recipe
+            .spec
+            .sites
+            .iter()
+            .filter(|s| opts.sites.is_empty() || opts.sites.contains(s))
+            .cloned()
+            .collect();
+        if sites.is_empty() {
+            continue;
+        }
+        log(&format!("recipe {name}: sites {}", sites.join(", ")));
+        let mut bopts = opts.build.clone();
+        bopts.sites = sites.clone();
+        bopts.base = None;
+        bopts.push = opts.push_prefix.as_ref().map(|p| RegistryRef {
+            repository: format!("{}/{}", p.repository, recipe.name),
+            tag: None,
+            digest: None,
+            ..p.clone()
+        });
+        let prepared = match build::prepare(&recipe, &bopts) {
+            Ok(p) => p,
+            Err(e) => {
+                fail_all(&mut items, &sites, &e);
+                continue;
+            }
+        };
+        let base = match build::resolve_base(
+            &recipe.spec.base.image,
+            bopts.pull,
+            bopts.ctx.registry.creds.as_ref(),
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                fail_all(&mut items, &sites, &e);
+                continue;
+            }
+        };
+        let mut build_args = recipe.spec.build_args.clone();
+        build_args.extend(bopts.build_args.clone());
+        let mut engine_image: Option<std::result::Result<String, String>> = None;
+        for overlay in &prepared.overlays {
+            let t1 = std::time::Instant::now();
+            let key = cache_key(
+                &recipe,
+                &overlay.site,
+                &prepared,
+                overlay,
+                &base,
+                &build_args,
+            );
+            let mut item = NightlyItem {
+                recipe: name.clone(),
+                site: overlay.site.clone(),
+                outcome: Outcome::Unchanged,
+                key: Some(key.to_string()),
+                manifest_digest: None,
+                image: None,
+                error: None,
+                seconds: 0.0,
+            };
+            if let Some(prev) = state.builds.get(&key.to_string())
+                && store.has_blob(&prev.manifest_digest, Some(prev.manifest_size))
+            {
+                item.manifest_digest = Some(prev.manifest_digest.to_string());
+                // The names point at it again (a retention run may have moved them).
+                let desc = crate::store::Descriptor::new(
+                    prev.manifest_media_type.clone(),
+                    prev.manifest_digest.clone(),
+                    prev.manifest_size,
+                );
+                for n in build::store_names(&recipe, &overlay.site) {
+                    store.set_ref(&n, &desc)?;
+                }
+                log(&format!("  {}: unchanged ({})", overlay.site, prev.built));
+            } else {
+                let engine = engine_image.get_or_insert_with(|| {
+                    log(&format!("  building {name} from {}", base.name));
+                    build::build_in_engine(&recipe, &bopts, &prepared, &base, &mut |l| {
+                        tracing::info!("{l}")
+                    })
+                    .map_err(|e| e.to_string())
+                });
+                let result = match engine {
+                    Ok(tag) => build::site_image(&recipe, &bopts, tag, overlay, &prepared)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.clone()),
+                };
+                match result {
+                    Ok(image) => {
+                        let dated = dated_name(name, &overlay.site, &stamp);
+                        let desc = store.resolve(Some(&image.store_names[0]))?;
+                        store.set_ref(&dated, &desc)?;
+                        state.builds.insert(
+                            key.to_string(),
+                            StateEntry {
+                                recipe: name.clone(),
+                                site: overlay.site.clone(),
+                                manifest_digest: desc.digest.clone(),
+                                manifest_media_type: desc.media_type.clone(),
+                                manifest_size: desc.size,
+                                built: stamp.clone(),
+                            },
+                        );
+                        save_state(&opts.state_dir, &state)?;
+                        item.outcome = Outcome::Built;
+                        item.manifest_digest = Some(desc.digest.to_string());
+                        item.image = Some(image);
+                        log(&format!("  {}: built {}", overlay.site, desc.digest));
+                    }
+                    Err(e) => {
+                        log(&format!("  {}: FAILED: {e}", overlay.site));
+                        item.outcome = Outcome::Failed;
+                        item.error = Some(e);
+                    }
+                }
+            }
+            item.seconds = t1.elapsed().as_secs_f64();
+            items.push(item);
+        }
+    }
+    let pruned = prune(&store, &mut state, opts.keep, opts.keep_days)?;
+    save_state(&opts.state_dir, &state)?;
+    let blobs_removed = if pruned.is_empty() {
+        0
+    } else {
+        store.remove_unreferenced_blobs(std::time::Duration::from_secs(3600))?
+    };
+    let count = |o| items.iter().filter(|i| i.outcome == o).count();
+    Ok(NightlyReport {
+        started: stamp,
+        built: count(Outcome::Built),
+        unchanged: count(Outcome::Unchanged),
+        failed: count(Outcome::Failed),
+        items,
+        pruned,
+        blobs_removed,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Drop dated nightly names beyond `keep` per recipe and site, or older
+/// than `keep_days`; the newest always stays. State entries whose manifest
+/// no name holds any more go too.
+fn prune(
+    store: &crate::store::Layout,
+    state: &mut State,
+    keep: usize,
+    keep_days: u64,
+) -> Result<Vec<String>> {
+    let (now, _) = utc_now();
+    let horizon = now - (keep_days as i64) * 86_400;
+    let horizon_name = crate::transform::apptainer::rfc3339_utc(horizon.max(0))
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect::<String>();
+    let index = store.read_index()?;
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for d in &index.manifests {
+        if let Some(n) = d.ref_name()
+            && let Some((group, _)) = n.split_once("-nightly-")
+            && n.starts_with("recipe/")
+        {
+            groups
+                .entry(group.to_string())
+                .or_default()
+                .push(n.to_string());
+        }
+    }
+    let mut drop = Vec::new();
+    for names in groups.values_mut() {
+        names.sort();
+        names.reverse(); // newest first
+        for (i, n) in names.iter().enumerate().skip(1) {
+            let stamp = n.rsplit("-nightly-").next().unwrap_or("");
+            if i >= keep.max(1) || stamp < horizon_name.as_str() {
+                drop.push(n.clone());
+            }
+        }
+    }
+    if drop.is_empty() {
+        return Ok(drop);
+    }
+    let kept = store.update_index(|index| {
+        index
+            .manifests
+            .retain(|d| d.ref_name().is_none_or(|n| !drop.iter().any(|x| x == n)));
+        index
+            .manifests
+            .iter()
+            .map(|d| d.digest.clone())
+            .collect::<std::collections::HashSet<_>>()
+    })?;
+    state
+        .builds
+        .retain(|_, e| kept.contains(&e.manifest_digest));
+    Ok(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Descriptor, Layout};
+
+    fn stamp_days_ago(days: i64) -> String {
+        let (now, _) = utc_now();
+        crate::transform::apptainer::rfc3339_utc(now - days * 86_400).unwrap()
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_n_within_the_days_and_always_the_newest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Layout::open_or_create(tmp.path()).unwrap();
+        let mut state = State::default();
+        let mut name_of = BTreeMap::new();
+        for (site, days) in [
+            ("glasgow", 1),
+            ("glasgow", 2),
+            ("glasgow", 3),
+            ("glasgow", 40),
+            ("bonn", 60),
+        ] {
+            let (digest, size) = store
+                .put_blob(format!("{{\"manifest\": \"{site}-{days}\"}}").as_bytes())
+                .unwrap();
+            let desc = Descriptor::new(crate::image::media::OCI_MANIFEST, digest.clone(), size);
+            let name = dated_name("dev", site, &stamp_days_ago(days));
+            store.set_ref(&name, &desc).unwrap();
+            state.builds.insert(
+                format!("key-{site}-{days}"),
+                StateEntry {
+                    recipe: "dev".into(),
+                    site: site.into(),
+                    manifest_digest: digest,
+                    manifest_media_type: desc.media_type.clone(),
+                    manifest_size: size,
+                    built: String::new(),
+                },
+            );
+            name_of.insert((site, days), name);
+        }
+        // 30 days, many builds: only the 40-day-old glasgow build goes;
+        // bonn's one build is older but the newest of its group.
+        let dropped = prune(&store, &mut state, 10, 30).unwrap();
+        assert_eq!(dropped, vec![name_of[&("glasgow", 40)].clone()]);
+        assert!(!state.builds.contains_key("key-glasgow-40"));
+        assert!(state.builds.contains_key("key-bonn-60"));
+        // Keep 2: the third newest glasgow build goes too.
+        let dropped = prune(&store, &mut state, 2, 30).unwrap();
+        assert_eq!(dropped, vec![name_of[&("glasgow", 3)].clone()]);
+        let names: Vec<String> = store
+            .read_index()
+            .unwrap()
+            .manifests
+            .iter()
+            .filter_map(|d| d.ref_name().map(str::to_string))
+            .collect();
+        let mut want = vec![
+            name_of[&("glasgow", 1)].clone(),
+            name_of[&("glasgow", 2)].clone(),
+            name_of[&("bonn", 60)].clone(),
+        ];
+        want.sort();
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, want);
+        // The blobs of dropped builds go with an unreferenced-blob sweep.
+        assert_eq!(
+            store
+                .remove_unreferenced_blobs(std::time::Duration::ZERO)
+                .unwrap(),
+            2
+        );
+    }
+}

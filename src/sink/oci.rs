@@ -1,0 +1,95 @@
+//! OCI images written into the store: an image plus one more layer (a
+//! site overlay), with its config edited. Blobs go through the store's
+//! hash-while-writing writer; the manifest is written last and then named.
+
+use std::io::Write;
+
+use crate::digest::Digest;
+use crate::image::{Image, ImageConfig, Manifest, PlatformWanted, media};
+use crate::store::{Descriptor, Layout};
+use crate::{Error, Result};
+
+/// One layer to add: an uncompressed tar and what to say in the history.
+pub struct NewLayer<'a> {
+    pub tar: &'a [u8],
+    pub created_by: String,
+    pub comment: Option<String>,
+}
+
+/// Write `image` + `layer` into `store` under `name`, with `edit` applied
+/// to the config. The layer is gzip-compressed (deterministically: no name,
+/// mtime 0) with the media type that matches the manifest's kind.
+pub fn append_layer(
+    image: &Image,
+    store: &Layout,
+    layer: &NewLayer<'_>,
+    created: &str,
+    edit: impl FnOnce(&mut ImageConfig),
+    name: &str,
+) -> Result<Image> {
+    if store.root() != image.layout.root() {
+        crate::transport::copy_blobs(image, store)?;
+    }
+    let docker = image.manifest_desc.media_type == media::DOCKER_MANIFEST;
+
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(store.blob_writer()?, flate2::Compression::new(6));
+    gz.write_all(layer.tar)
+        .and_then(|_| gz.try_finish())
+        .map_err(|e| Error::io(format!("compressing the new layer of {name}"), e))?;
+    let (layer_digest, layer_size) = gz
+        .finish()
+        .map_err(|e| Error::io(format!("compressing the new layer of {name}"), e))?
+        .finish(None, "new layer")?;
+    let layer_desc = Descriptor::new(
+        if docker {
+            media::DOCKER_LAYER_GZIP
+        } else {
+            media::OCI_LAYER_GZIP
+        },
+        layer_digest,
+        layer_size,
+    );
+
+    let mut config = image.config.clone();
+    config.rootfs.diff_ids.push(Digest::of_bytes(layer.tar));
+    let mut history = serde_json::json!({
+        "created": created,
+        "created_by": layer.created_by,
+    });
+    if let Some(c) = &layer.comment {
+        history["comment"] = c.clone().into();
+    }
+    config.history.push(history);
+    config.created = Some(created.to_string());
+    edit(&mut config);
+    let config_raw = serde_json::to_vec(&config).expect("config serializes");
+    let (config_digest, config_size) = store.put_blob(&config_raw)?;
+
+    let manifest = Manifest {
+        config: Descriptor::new(
+            image.manifest.config.media_type.clone(),
+            config_digest,
+            config_size,
+        ),
+        layers: image
+            .manifest
+            .layers
+            .iter()
+            .cloned()
+            .chain(std::iter::once(layer_desc))
+            .collect(),
+        ..image.manifest.clone()
+    };
+    let manifest_raw = serde_json::to_vec(&manifest).expect("manifest serializes");
+    let (manifest_digest, manifest_size) = store.put_blob(&manifest_raw)?;
+    let mut desc = Descriptor::new(
+        image.manifest_desc.media_type.clone(),
+        manifest_digest,
+        manifest_size,
+    );
+    desc.platform = image.manifest_desc.platform.clone();
+    store.set_ref(name, &desc)?;
+    Image::load(store.clone(), desc, name, &PlatformWanted::host())
+}
