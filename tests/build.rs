@@ -611,3 +611,26 @@ fn nightly_ci_definitions_use_real_options() {
         }
     }
 }
+
+/// With no engine at DOCKER_HOST, the error says so and how to start one.
+#[test]
+fn no_engine_is_a_clear_error() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("no-engine.sock");
+    let out = g
+        .cmd()
+        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+        .args(["snapshot", "some-session"])
+        .output()
+        .unwrap();
+    let r = to_run(out);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no Docker Engine answers at")
+            && r.stderr.contains(sock.to_str().unwrap())
+            && r.stderr.contains("dockerd"),
+        "{}",
+        r.stderr
+    );
+}
