@@ -119,11 +119,12 @@ fn engine_error(what: &str, e: bollard::errors::Error) -> Error {
     }
 }
 
-/// An engine image: its id (config digest) and repo digests.
+/// An engine image: its id (config digest), repo digests, layer count.
 #[derive(Debug, Clone)]
 pub struct EngineImage {
     pub id: String,
     pub repo_digests: Vec<String>,
+    pub layers: usize,
 }
 
 /// Look an image up in the engine.
@@ -137,6 +138,7 @@ pub fn inspect_image(name: &str) -> Result<EngineImage> {
         Ok(EngineImage {
             id: i.id.unwrap_or_default(),
             repo_digests: i.repo_digests.unwrap_or_default(),
+            layers: i.root_fs.and_then(|r| r.layers).map_or(0, |l| l.len()),
         })
     })
 }
@@ -349,17 +351,5 @@ pub fn remove_image(name: &str) -> Result<()> {
             .await
             .map_err(|e| engine_error(&format!("image {name}"), e))?;
         Ok(())
-    })
-}
-
-/// How many layers an engine image has.
-pub fn image_layer_count(name: &str) -> Result<usize> {
-    runtime().block_on(async {
-        let docker = connect().await?;
-        let i = docker
-            .inspect_image(name)
-            .await
-            .map_err(|e| engine_error(&format!("image {name}"), e))?;
-        Ok(i.root_fs.and_then(|r| r.layers).map_or(0, |l| l.len()))
     })
 }

@@ -168,6 +168,24 @@ impl FsIndex {
         idx
     }
 
+    /// Read layer `i` of `image` (verifying its blob) and merge it on top.
+    fn merge_layer(&mut self, image: &Image, i: usize) -> Result<()> {
+        let mut layer = LayerReader::open(image, i)?;
+        let entries = self
+            .apply_layer(&mut layer)
+            .map_err(|e| diagnose(image, i, e))?;
+        self.layers.push(LayerInfo {
+            index: i,
+            digest: layer.desc.digest.clone(),
+            diff_id: layer.diff_id.clone(),
+            media_type: layer.desc.media_type.clone(),
+            size: layer.desc.size,
+            compression: layer.compression,
+            entries,
+        });
+        layer.finish().map_err(|e| diagnose(image, i, e))
+    }
+
     /// Read and merge every layer of `image`, verifying each blob.
     pub fn from_image(image: &Image) -> Result<FsIndex> {
         let mut idx = FsIndex::new();
@@ -176,20 +194,7 @@ impl FsIndex {
             format!("merge {} layers", image.layers().len()),
         );
         for i in 0..image.layers().len() {
-            let mut layer = LayerReader::open(image, i)?;
-            let entries = idx
-                .apply_layer(&mut layer)
-                .map_err(|e| diagnose(image, i, e))?;
-            idx.layers.push(LayerInfo {
-                index: i,
-                digest: layer.desc.digest.clone(),
-                diff_id: layer.diff_id.clone(),
-                media_type: layer.desc.media_type.clone(),
-                size: layer.desc.size,
-                compression: layer.compression,
-                entries,
-            });
-            layer.finish().map_err(|e| diagnose(image, i, e))?;
+            idx.merge_layer(image, i)?;
             bar.inc(image.layers()[i].size);
         }
         bar.finish_and_clear();
@@ -1136,20 +1141,7 @@ pub mod cache {
             );
         }
         for i in start..n {
-            let mut layer = LayerReader::open(image, i)?;
-            let entries = idx
-                .apply_layer(&mut layer)
-                .map_err(|e| diagnose(image, i, e))?;
-            idx.layers.push(LayerInfo {
-                index: i,
-                digest: layer.desc.digest.clone(),
-                diff_id: layer.diff_id.clone(),
-                media_type: layer.desc.media_type.clone(),
-                size: layer.desc.size,
-                compression: layer.compression,
-                entries,
-            });
-            layer.finish().map_err(|e| diagnose(image, i, e))?;
+            idx.merge_layer(image, i)?;
             // A state that cannot be written only costs time later.
             if let Err(e) = save(&idx, dir, &image.config.rootfs.diff_ids[..=i]) {
                 tracing::warn!("could not keep the merge state: {e}");

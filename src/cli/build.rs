@@ -318,7 +318,7 @@ pub fn snapshot(global: &GlobalOpts, a: &SnapshotArgs) -> anyhow::Result<()> {
     let image = crate::transport::open(&ImageRef::Container(info.id.clone()), &ctx)?;
     let store = ctx.store()?;
     store.set_ref(&name, &image.manifest_desc)?;
-    let base_layers = crate::engine::image_layer_count(&info.image_id).unwrap_or(0);
+    let base_layers = crate::engine::inspect_image(&info.image_id)?.layers;
     let view = SnapshotView {
         container: info.name.clone(),
         container_id: info.id.clone(),
