@@ -303,8 +303,8 @@ fn help_lists_only_working_commands() {
     assert_eq!(
         cmds,
         [
-            "copy", "inspect", "unpack", "export", "sif", "sif-info", "cvmfs", "jobdesc", "submit",
-            "status", "kill", "clean", "help"
+            "copy", "inspect", "unpack", "export", "sif", "sif-info", "cvmfs", "build", "snapshot",
+            "nightly", "smoke", "jobdesc", "submit", "status", "kill", "clean", "help"
         ]
     );
     for c in &cmds[..cmds.len() - 1] {
