@@ -21,6 +21,7 @@ pub mod reference;
 pub mod registry;
 pub mod sink;
 pub mod site;
+pub mod smoke;
 pub mod store;
 pub mod transform;
 pub mod transport;

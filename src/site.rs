@@ -112,6 +112,15 @@ pub struct GpuQueue {
     /// is one string or a list of strings, checked like any xRSL.
     #[serde(default)]
     pub extra_attributes: BTreeMap<String, OneOrMany>,
+    /// NVIDIA driver on the queue's nodes, e.g. "550.54.15" (`nvidia-smi`'s
+    /// Driver Version): `gridship smoke` checks the image's CUDA runtime
+    /// against it.
+    #[serde(default)]
+    pub driver_version: Option<String>,
+    /// The CUDA version that driver supports (`nvidia-smi`'s CUDA Version,
+    /// e.g. "12.4"), when the exact driver version is not known.
+    #[serde(default)]
+    pub cuda_driver_version: Option<String>,
     #[serde(default)]
     pub comment: Option<String>,
 }
@@ -272,6 +281,21 @@ impl SiteProfile {
                     );
                 }
                 _ => {}
+            }
+            for (key, v) in [
+                ("driver_version", &q.driver_version),
+                ("cuda_driver_version", &q.cuda_driver_version),
+            ] {
+                if let Some(v) = v
+                    && crate::smoke::cuda::parse_version(v).is_none()
+                {
+                    return Err(bad(
+                        &self.path,
+                        format!("gpu_queues.{qn}.{key}: "),
+                        format!("'{v}' is not a dotted version"),
+                        "quote it as nvidia-smi prints it, e.g. driver_version: \"550.54.15\", cuda_driver_version: \"12.4\"",
+                    ));
+                }
             }
             if q.memory_per_gpu_mb < u64::from(q.cores_per_gpu) {
                 return fail(

@@ -11,6 +11,7 @@ pub mod cvmfs;
 pub mod export;
 pub mod image;
 pub mod sif;
+pub mod smoke;
 
 /// Options every command understands.
 #[derive(Debug, Clone, Args)]
@@ -86,6 +87,8 @@ pub enum Command {
     Snapshot(build::SnapshotArgs),
     /// Rebuild every recipe for its sites when its inputs changed; keep the last builds.
     Nightly(build::NightlyArgs),
+    /// Check that an image will run on a site's GPUs: driver libraries, glibc, CUDA vs driver, and commands on the GPU.
+    Smoke(smoke::SmokeArgs),
     /// Write the ARC job description (xRSL, ADL or JSON) that runs an image on a site's GPU queue.
     Jobdesc(arc::JobdescArgs),
     /// Check a job description and submit it to an ARC CE over REST.
@@ -112,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(a) => build::build(global, &a),
         Command::Snapshot(a) => build::snapshot(global, &a),
         Command::Nightly(a) => build::nightly(global, &a),
+        Command::Smoke(a) => smoke::smoke(global, &a),
         Command::Jobdesc(a) => arc::jobdesc(global, a),
         Command::Submit(a) => arc::submit(global, a),
         Command::Status(a) => arc::status(global, a),

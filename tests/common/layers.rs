@@ -258,6 +258,16 @@ pub fn write_manifest(
     arch: &str,
     layers: &[(Comp, Vec<Entry>)],
 ) -> (String, u64, Vec<String>) {
+    write_manifest_env(layout, arch, &["PATH=/usr/bin:/bin"], layers)
+}
+
+/// [`write_manifest`] with the config's Env given.
+pub fn write_manifest_env(
+    layout: &Path,
+    arch: &str,
+    env: &[&str],
+    layers: &[(Comp, Vec<Entry>)],
+) -> (String, u64, Vec<String>) {
     let mut diff_ids = Vec::new();
     let mut descs = Vec::new();
     let mut digests = Vec::new();
@@ -274,7 +284,7 @@ pub fn write_manifest(
     let config = serde_json::json!({
         "architecture": arch,
         "os": "linux",
-        "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]},
+        "config": {"Env": env, "Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let config = serde_json::to_vec(&config).unwrap();
@@ -316,6 +326,24 @@ fn write_index(layout: &Path, tag: &str, media_type: &str, digest: &str, size: u
 /// layer digests.
 pub fn write_image(layout: &Path, tag: &str, layers: &[(Comp, Vec<Entry>)]) -> Vec<String> {
     let (md, ms, digests) = write_manifest(layout, "amd64", layers);
+    write_index(
+        layout,
+        tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        &md,
+        ms,
+    );
+    digests
+}
+
+/// [`write_image`] with the config's Env given.
+pub fn write_image_env(
+    layout: &Path,
+    tag: &str,
+    env: &[&str],
+    layers: &[(Comp, Vec<Entry>)],
+) -> Vec<String> {
+    let (md, ms, digests) = write_manifest_env(layout, "amd64", env, layers);
     write_index(
         layout,
         tag,

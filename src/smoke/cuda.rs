@@ -1,0 +1,249 @@
+//! CUDA runtime versions against NVIDIA driver versions.
+//!
+//! Source: NVIDIA CUDA Toolkit Release Notes, "CUDA Driver", Table 2/3
+//! ("CUDA Toolkit and Corresponding Driver Versions": the minimum Linux
+//! x86_64 driver for each toolkit's GA release, and the minimum driver for
+//! CUDA minor version compatibility per major release),
+//! https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/index.html#cuda-driver
+//! and "CUDA Compatibility" (https://docs.nvidia.com/deploy/cuda-compatibility/).
+//! The GA rows are the first release of each major.minor (updates may
+//! need a slightly newer driver; the GA minimum is what a runtime of that
+//! minor version needs for full support).
+
+use serde::Serialize;
+
+/// CUDA major.minor → minimum Linux driver for full support (GA release).
+pub const TOOLKIT_DRIVER: &[((u32, u32), &str)] = &[
+    ((11, 0), "450.36.06"),
+    ((11, 1), "455.23"),
+    ((11, 2), "460.27.03"),
+    ((11, 3), "465.19.01"),
+    ((11, 4), "470.42.01"),
+    ((11, 5), "495.29.05"),
+    ((11, 6), "510.39.01"),
+    ((11, 7), "515.43.04"),
+    ((11, 8), "520.61.05"),
+    ((12, 0), "525.60.13"),
+    ((12, 1), "530.30.02"),
+    ((12, 2), "535.54.03"),
+    ((12, 3), "545.23.06"),
+    ((12, 4), "550.54.14"),
+    ((12, 5), "555.42.02"),
+    ((12, 6), "560.28.03"),
+    ((12, 8), "570.26"),
+    ((12, 9), "575.51.03"),
+    ((13, 0), "580.65.06"),
+];
+
+/// CUDA major → minimum Linux driver for minor version compatibility (a
+/// newer 11.x/12.x runtime on an older driver of the same major family).
+pub const MINOR_COMPAT_DRIVER: &[(u32, &str)] =
+    &[(11, "450.80.02"), (12, "525.60.13"), (13, "580")];
+
+/// A dotted version as numbers ("550.54.15" → [550, 54, 15]).
+pub fn parse_version(s: &str) -> Option<Vec<u32>> {
+    let v: Option<Vec<u32>> = s.trim().split('.').map(|p| p.parse().ok()).collect();
+    v.filter(|v| !v.is_empty())
+}
+
+/// Compare dotted versions numerically, missing parts as 0.
+pub fn cmp_versions(a: &[u32], b: &[u32]) -> std::cmp::Ordering {
+    let n = a.len().max(b.len());
+    (0..n)
+        .map(|i| {
+            a.get(i)
+                .copied()
+                .unwrap_or(0)
+                .cmp(&b.get(i).copied().unwrap_or(0))
+        })
+        .find(|o| o.is_ne())
+        .unwrap_or(std::cmp::Ordering::Equal)
+}
+
+fn at_least(have: &str, need: &str) -> bool {
+    match (parse_version(have), parse_version(need)) {
+        (Some(h), Some(n)) => cmp_versions(&h, &n).is_ge(),
+        _ => false,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Compatible,
+    CompatibleWithMinorVersionCompatibility,
+    Incompatible,
+    /// Nothing to decide on (unknown versions).
+    Unknown,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Compatible => "compatible",
+            Verdict::CompatibleWithMinorVersionCompatibility => {
+                "compatible-with-minor-version-compatibility"
+            }
+            Verdict::Incompatible => "incompatible",
+            Verdict::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Compat {
+    pub verdict: Verdict,
+    pub why: String,
+}
+
+const PTX_CAVEAT: &str = "minor version compatibility: kernels built as SASS for the GPU run, but PTX that needs JIT compilation by a newer driver fails (CUDA_ERROR_UNSUPPORTED_PTX_VERSION), and APIs added after the driver's CUDA version return cudaErrorCallRequiresNewerDriver";
+
+/// The verdict for a CUDA runtime `cuda` (major, minor) on a driver
+/// `driver` ("550.54.15").
+pub fn verdict_for_driver(cuda: (u32, u32), driver: &str) -> Compat {
+    let (maj, min) = cuda;
+    if parse_version(driver).is_none() {
+        return Compat {
+            verdict: Verdict::Unknown,
+            why: format!("driver version '{driver}' is not a dotted number"),
+        };
+    }
+    let full = TOOLKIT_DRIVER
+        .iter()
+        .find(|(v, _)| *v == cuda)
+        .map(|(_, d)| *d);
+    let minor = MINOR_COMPAT_DRIVER
+        .iter()
+        .find(|(m, _)| *m == maj)
+        .map(|(_, d)| *d);
+    if let Some(full) = full
+        && at_least(driver, full)
+    {
+        return Compat {
+            verdict: Verdict::Compatible,
+            why: format!(
+                "CUDA {maj}.{min} needs driver >= {full} for full support; the driver is {driver}"
+            ),
+        };
+    }
+    let full_text = full.map_or_else(
+        || format!("CUDA {maj}.{min} is not in gridship's table of toolkit drivers"),
+        |f| format!("CUDA {maj}.{min} needs driver >= {f} for full support"),
+    );
+    match minor {
+        Some(m) if at_least(driver, m) => Compat {
+            verdict: Verdict::CompatibleWithMinorVersionCompatibility,
+            why: format!(
+                "{full_text}; driver {driver} is >= {m}, the minimum for CUDA {maj}.x {PTX_CAVEAT}"
+            ),
+        },
+        Some(m) => Compat {
+            verdict: Verdict::Incompatible,
+            why: format!(
+                "{full_text}, and driver {driver} is below {m}, the minimum for CUDA {maj}.x minor version compatibility: the runtime fails with cudaErrorInsufficientDriver (\"CUDA driver version is insufficient for CUDA runtime version\")"
+            ),
+        },
+        None => Compat {
+            verdict: Verdict::Unknown,
+            why: format!("{full_text}, and CUDA {maj}.x has no minor version compatibility row"),
+        },
+    }
+}
+
+/// The verdict when the site gives only the CUDA version the driver
+/// supports (nvidia-smi's "CUDA Version", e.g. "12.4").
+pub fn verdict_for_driver_cuda(cuda: (u32, u32), driver_cuda: &str) -> Compat {
+    let (maj, min) = cuda;
+    let Some(d) = parse_version(driver_cuda) else {
+        return Compat {
+            verdict: Verdict::Unknown,
+            why: format!("driver CUDA version '{driver_cuda}' is not a dotted number"),
+        };
+    };
+    let (dmaj, dmin) = (d[0], d.get(1).copied().unwrap_or(0));
+    if (dmaj, dmin) >= (maj, min) {
+        Compat {
+            verdict: Verdict::Compatible,
+            why: format!("the driver supports CUDA {dmaj}.{dmin}, the image needs {maj}.{min}"),
+        }
+    } else if dmaj == maj && maj >= 11 {
+        Compat {
+            verdict: Verdict::CompatibleWithMinorVersionCompatibility,
+            why: format!(
+                "the driver supports CUDA {dmaj}.{dmin}, older than the image's {maj}.{min} within the same major release: {PTX_CAVEAT}"
+            ),
+        }
+    } else {
+        Compat {
+            verdict: Verdict::Incompatible,
+            why: format!(
+                "the driver supports CUDA {dmaj}.{dmin}; the image's CUDA {maj}.{min} runtime needs a driver of the {maj}.x family or newer"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoke_cuda_verdicts() {
+        assert_eq!(
+            verdict_for_driver((12, 4), "550.54.15").verdict,
+            Verdict::Compatible
+        );
+        assert_eq!(
+            verdict_for_driver((12, 4), "550.54.14").verdict,
+            Verdict::Compatible
+        );
+        assert_eq!(
+            verdict_for_driver((12, 2), "535.154.05").verdict,
+            Verdict::Compatible
+        );
+        let c = verdict_for_driver((12, 6), "535.154.05");
+        assert_eq!(c.verdict, Verdict::CompatibleWithMinorVersionCompatibility);
+        assert!(
+            c.why.contains("560.28.03") && c.why.contains("525.60.13") && c.why.contains("PTX"),
+            "{}",
+            c.why
+        );
+        let c = verdict_for_driver((12, 6), "470.82.01");
+        assert_eq!(c.verdict, Verdict::Incompatible);
+        assert!(c.why.contains("below 525.60.13"), "{}", c.why);
+        assert_eq!(
+            verdict_for_driver((13, 0), "550.54.15").verdict,
+            Verdict::Incompatible
+        );
+        assert_eq!(
+            verdict_for_driver((11, 8), "450.80.02").verdict,
+            Verdict::CompatibleWithMinorVersionCompatibility
+        );
+        assert_eq!(
+            verdict_for_driver((11, 0), "450.36.06").verdict,
+            Verdict::Compatible
+        );
+        assert_eq!(verdict_for_driver((12, 4), "55x").verdict, Verdict::Unknown);
+        assert_eq!(
+            verdict_for_driver_cuda((12, 6), "12.6").verdict,
+            Verdict::Compatible
+        );
+        assert_eq!(
+            verdict_for_driver_cuda((12, 6), "12.2").verdict,
+            Verdict::CompatibleWithMinorVersionCompatibility
+        );
+        assert_eq!(
+            verdict_for_driver_cuda((12, 6), "11.4").verdict,
+            Verdict::Incompatible
+        );
+    }
+
+    #[test]
+    fn smoke_versions_compare_numerically() {
+        let v = |s| parse_version(s).unwrap();
+        assert!(cmp_versions(&v("550.54.15"), &v("550.54.14")).is_gt());
+        assert!(cmp_versions(&v("570.26"), &v("570.26.0")).is_eq());
+        assert!(cmp_versions(&v("535.154.05"), &v("535.54.03")).is_gt());
+        assert!(parse_version("").is_none() && parse_version("12.x").is_none());
+    }
+}

@@ -1,0 +1,361 @@
+//! Runtime checks: run a command inside the image with a backend.
+//!
+//! - `chroot` (as root, for hosts with no container runtime): the image is
+//!   unpacked into a temporary directory with the dir sink; `/proc`, `/sys`,
+//!   `/dev/null|zero|random|urandom`, every `/dev/nvidia*`, the host's
+//!   driver libraries (found like Apptainer's nvliblist: the host's
+//!   `ldconfig -p`, names from [`super::statics::NVLIBLIST`]) and
+//!   `nvidia-smi` are bind-mounted in (libraries on `/.singularity.d/libs`,
+//!   prepended to LD_LIBRARY_PATH as `--nv` does); everything is unmounted
+//!   when the runner is dropped, even after an error, and the tree is
+//!   removed only when nothing is mounted below it any more.
+//! - `apptainer`: `apptainer exec --nv DIR` on the same unpacked tree.
+//! - `docker`: not implemented yet (an honest error).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::image::Image;
+use crate::index::FsIndex;
+use crate::sink::dir::{UnpackOptions, unpack};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Docker,
+    Apptainer,
+    Chroot,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Docker => "docker",
+            Backend::Apptainer => "apptainer",
+            Backend::Chroot => "chroot",
+        }
+    }
+}
+
+fn on_path(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(prog))
+            .find(|f| f.is_file())
+    })
+}
+
+/// The host's NVIDIA device nodes.
+pub fn nvidia_devices() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir("/dev")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("nvidia"))
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Ok(what was seen) when a GPU is visible on the host, else the reason
+/// (the text after "no GPU visible: ").
+pub fn gpu_visible() -> std::result::Result<String, String> {
+    let dev0 = Path::new("/dev/nvidia0").exists();
+    let smi = on_path("nvidia-smi");
+    match (dev0, smi) {
+        (true, Some(s)) => Ok(format!("/dev/nvidia0 and {}", s.display())),
+        (true, None) => Ok("/dev/nvidia0 (no nvidia-smi on PATH)".into()),
+        (false, Some(s)) => Ok(format!("{} (no /dev/nvidia0)", s.display())),
+        (false, None) => Err("no /dev/nvidia0 and no nvidia-smi on the host's PATH".into()),
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Output {
+    /// None: killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+}
+
+/// Host driver libraries as `ldconfig -p` lists them (path per nvliblist name).
+pub fn host_driver_libs() -> Vec<PathBuf> {
+    let Ok(out) = Command::new("ldconfig").arg("-p").output() else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (left, path) = l.trim().split_once(" => ")?;
+            let name = left.split_whitespace().next()?;
+            // The host's own ELF machine only, as nvliblist resolves them.
+            if cfg!(target_arch = "x86_64") && !left.contains("x86-64") {
+                return None;
+            }
+            super::statics::driver_lib_name(name)?;
+            Some(PathBuf::from(path))
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// An unpacked image with the mounts a backend needs.
+pub struct Runner {
+    backend: Backend,
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
+    mounts: Vec<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+fn run_tool(prog: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .map_err(|e| Error::io(format!("running {prog}"), e))?;
+    if !out.status.success() {
+        return Err(Error::Other(format!(
+            "{prog} {}: {}",
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+impl Runner {
+    /// Unpack the image and set the backend up.
+    pub fn prepare(backend: Backend, index: &FsIndex, image: &Image) -> Result<Runner> {
+        match backend {
+            Backend::Docker => {
+                return Err(Error::Other(
+                    "the docker backend is not implemented yet: use --backend chroot (as root) or --backend apptainer".into(),
+                ));
+            }
+            Backend::Apptainer if on_path("apptainer").is_none() => {
+                return Err(Error::Other(
+                    "apptainer is not on PATH: install Apptainer, or use --backend chroot (as root)"
+                        .into(),
+                ));
+            }
+            Backend::Chroot if !rustix::process::geteuid().is_root() => {
+                return Err(Error::Other(
+                    "the chroot backend needs root (it bind-mounts devices and driver libraries); run as root or use --backend apptainer".into(),
+                ));
+            }
+            _ => {}
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("gridship-smoke-")
+            .tempdir()
+            .map_err(|e| Error::io("creating a temporary directory for the smoke test", e))?;
+        let root = dir.path().join("rootfs");
+        unpack(index, image, &root, &UnpackOptions::for_current_user())?;
+        let mut env: Vec<(String, String)> = image
+            .config
+            .config
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| e.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push((
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ));
+        }
+        let mut r = Runner {
+            backend,
+            dir: Some(dir),
+            root,
+            mounts: Vec::new(),
+            env,
+        };
+        if backend == Backend::Chroot {
+            r.mount_for_chroot()?;
+        }
+        Ok(r)
+    }
+
+    fn target(&self, inside: &Path) -> PathBuf {
+        self.root.join(inside.strip_prefix("/").unwrap_or(inside))
+    }
+
+    /// Bind `host` onto `inside` (created as an empty file or directory).
+    fn bind(&mut self, host: &Path, inside: &Path, read_only: bool) -> Result<()> {
+        let t = self.target(inside);
+        // Never follow a symlink of the image out of the tree.
+        if std::fs::symlink_metadata(&t).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(&t).map_err(|e| Error::io_path(&t, "removing", e))?;
+        }
+        if let Some(p) = t.parent() {
+            std::fs::create_dir_all(p).map_err(|e| Error::io_path(p, "creating", e))?;
+        }
+        if host.is_dir() {
+            std::fs::create_dir_all(&t).map_err(|e| Error::io_path(&t, "creating", e))?;
+        } else if !t.exists() {
+            std::fs::File::create(&t).map_err(|e| Error::io_path(&t, "creating", e))?;
+        }
+        run_tool(
+            "mount",
+            &["--bind".as_ref(), host.as_os_str(), t.as_os_str()],
+        )?;
+        self.mounts.push(t.clone());
+        if read_only {
+            run_tool(
+                "mount",
+                &["-o".as_ref(), "remount,bind,ro".as_ref(), t.as_os_str()],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn mount_for_chroot(&mut self) -> Result<()> {
+        let proc_t = self.target(Path::new("/proc"));
+        std::fs::create_dir_all(&proc_t).map_err(|e| Error::io_path(&proc_t, "creating", e))?;
+        run_tool(
+            "mount",
+            &[
+                "-t".as_ref(),
+                "proc".as_ref(),
+                "proc".as_ref(),
+                proc_t.as_os_str(),
+            ],
+        )?;
+        self.mounts.push(proc_t);
+        self.bind(Path::new("/sys"), Path::new("/sys"), true)?;
+        for d in ["null", "zero", "random", "urandom"] {
+            let p = Path::new("/dev").join(d);
+            self.bind(&p, &p, false)?;
+        }
+        for d in nvidia_devices() {
+            if d.is_dir() {
+                continue; // /dev/nvidia-caps: its nodes are bound one by one below
+            }
+            self.bind(&d.clone(), &d, false)?;
+        }
+        let libs = host_driver_libs();
+        for l in &libs {
+            let name = l.file_name().unwrap_or_default();
+            let inside = Path::new("/.singularity.d/libs").join(name);
+            self.bind(l, &inside, true)?;
+        }
+        if let Some(smi) = on_path("nvidia-smi") {
+            self.bind(&smi, Path::new("/usr/bin/nvidia-smi"), true)?;
+        }
+        let llp = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "LD_LIBRARY_PATH")
+            .map(|(_, v)| v.clone());
+        self.env.retain(|(k, _)| k != "LD_LIBRARY_PATH");
+        self.env.push((
+            "LD_LIBRARY_PATH".into(),
+            match llp {
+                Some(v) if !v.is_empty() => format!("/.singularity.d/libs:{v}"),
+                _ => "/.singularity.d/libs".into(),
+            },
+        ));
+        Ok(())
+    }
+
+    /// Run `argv` inside the image with a time limit.
+    pub fn run(&self, argv: &[String], timeout: Duration) -> Result<Output> {
+        let secs = timeout.as_secs().max(1).to_string();
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-k", "5", &secs]);
+        match self.backend {
+            Backend::Chroot => {
+                cmd.arg("chroot")
+                    .arg(&self.root)
+                    .arg("/usr/bin/env")
+                    .arg("-i");
+                for (k, v) in &self.env {
+                    cmd.arg(format!("{k}={v}"));
+                }
+                cmd.args(argv);
+            }
+            Backend::Apptainer => {
+                cmd.args(["apptainer", "exec", "--nv", "--cleanenv"]);
+                for (k, v) in &self.env {
+                    cmd.arg("--env").arg(format!("{k}={v}"));
+                }
+                cmd.arg(&self.root).args(argv);
+            }
+            Backend::Docker => unreachable!("no docker runner is prepared"),
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| Error::io("running the smoke-test command", e))?;
+        let code = out.status.code();
+        Ok(Output {
+            timed_out: matches!(code, Some(124) | Some(137)),
+            code,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Unmount everything, then remove the tree if nothing is left mounted
+    /// below it (removing through a bind mount would delete host files).
+    pub fn cleanup(&mut self) -> Result<()> {
+        let mut failed = Vec::new();
+        while let Some(m) = self.mounts.pop() {
+            if let Err(e) = run_tool("umount", &[m.as_os_str()]) {
+                tracing::warn!("{e}; trying a lazy unmount");
+                if let Err(e) = run_tool("umount", &["-l".as_ref(), m.as_os_str()]) {
+                    failed.push(e.to_string());
+                }
+            }
+        }
+        let root = self.root.to_string_lossy().into_owned();
+        let still = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|p| p.starts_with(&root))
+            });
+        if failed.is_empty() && !still {
+            if let Some(d) = self.dir.take() {
+                d.close()
+                    .map_err(|e| Error::io("removing the smoke-test tree", e))?;
+            }
+            Ok(())
+        } else {
+            // Keep the tree: it still has host paths mounted in it.
+            if let Some(d) = self.dir.take() {
+                let kept = d.keep();
+                failed.push(format!(
+                    "left {} in place because something is still mounted below it",
+                    kept.display()
+                ));
+            }
+            Err(Error::Other(failed.join("; ")))
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if (!self.mounts.is_empty() || self.dir.is_some())
+            && let Err(e) = self.cleanup()
+        {
+            tracing::error!("smoke-test cleanup: {e}");
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! `gridship smoke`: static checks on small hand-written images and on the
+//! Debian fixture, the no-GPU behaviour of the runtime checks, the reports
+//! (JSON, JUnit XML read back by Python), and the chroot backend as root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::Gridship;
+use common::layers::{Comp, Entry, dir, file, symlink, write_image, write_image_env};
+
+const STATIC_SUITE: &str = "name: static-only
+checks:
+  - {name: no-driver-libs, kind: static}
+  - {name: glibc-version, kind: static}
+  - {name: cuda-driver-compat, kind: static}
+";
+
+const SITE: &str = r#"
+gpu_queues:
+  old:
+    gpu_model: NVIDIA V100
+    gpu_request: fixed
+    gpus_per_job: 1
+    cores_per_gpu: 4
+    memory_per_gpu_mb: 16000
+    driver_version: "470.82.01"
+  a100:
+    gpu_model: NVIDIA A100-SXM4-40GB
+    gpu_request: fixed
+    gpus_per_job: 1
+    cores_per_gpu: 8
+    memory_per_gpu_mb: 32000
+    driver_version: "535.154.05"
+  h100:
+    gpu_model: NVIDIA H100 80GB HBM3
+    gpu_request: fixed
+    gpus_per_job: 1
+    cores_per_gpu: 8
+    memory_per_gpu_mb: 64000
+    driver_version: "560.35.03"
+"#;
+
+fn base() -> Vec<Entry> {
+    vec![
+        dir("usr", 0o755),
+        dir("usr/lib", 0o755),
+        dir("usr/lib/x86_64-linux-gnu", 0o755),
+        symlink("lib", "usr/lib"),
+        file(
+            "usr/lib/x86_64-linux-gnu/libc-2.31.so",
+            0o755,
+            b"\x7fELF fake",
+        ),
+        symlink("usr/lib/x86_64-linux-gnu/libc.so.6", "libc-2.31.so"),
+        file("usr/lib/x86_64-linux-gnu/libGL.so.1", 0o644, b"glvnd"),
+    ]
+}
+
+struct Fixture {
+    _d: tempfile::TempDir,
+    dir: PathBuf,
+    suite: PathBuf,
+    sites: PathBuf,
+}
+
+fn fixture(env: &[&str], extra: Vec<Entry>) -> Fixture {
+    let d = tempfile::tempdir().unwrap();
+    let layout = d.path().join("img");
+    let mut entries = base();
+    entries.extend(extra);
+    if env.is_empty() {
+        write_image(&layout, "1", &[(Comp::Gzip, entries)]);
+    } else {
+        write_image_env(&layout, "1", env, &[(Comp::Gzip, entries)]);
+    }
+    let suite = d.path().join("static.yaml");
+    std::fs::write(&suite, STATIC_SUITE).unwrap();
+    let sites = d.path().join("sites");
+    std::fs::create_dir_all(sites.join("test")).unwrap();
+    std::fs::write(sites.join("test/site.yaml"), SITE).unwrap();
+    Fixture {
+        dir: layout,
+        suite,
+        sites,
+        _d: d,
+    }
+}
+
+fn oci(f: &Fixture) -> String {
+    format!("oci:{}:1", f.dir.display())
+}
+
+fn check<'a>(j: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {j:#}"))
+}
+
+fn suites_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("smoke-suites")
+}
+
+fn gpu_here() -> bool {
+    Path::new("/dev/nvidia0").exists()
+}
+
+#[test]
+fn smoke_planted_libcuda_fails_naming_the_path() {
+    let f = fixture(
+        &[],
+        vec![
+            file("usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15", 0o755, b"x"),
+            symlink(
+                "usr/lib/x86_64-linux-gnu/libcuda.so.1",
+                "libcuda.so.550.54.15",
+            ),
+        ],
+    );
+    let g = Gridship::new();
+    let r = g.run(&[
+        "smoke",
+        &oci(&f),
+        "--suite",
+        f.suite.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    let c = check(&j, "no-driver-libs");
+    assert_eq!(c["status"], "fail");
+    let d = c["detail"].as_str().unwrap();
+    assert!(d.contains("/usr/lib/x86_64-linux-gnu/libcuda.so.1"), "{d}");
+    assert!(
+        d.contains("/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15"),
+        "{d}"
+    );
+    assert!(
+        !d.contains("libGL.so.1"),
+        "glvnd is not a driver library: {d}"
+    );
+    let c = check(&j, "glibc-version");
+    assert_eq!(c["status"], "pass");
+    assert!(c["detail"].as_str().unwrap().contains("glibc 2.31"), "{c}");
+    // No CUDA in the image: nothing to compare, skipped.
+    assert_eq!(check(&j, "cuda-driver-compat")["status"], "skip");
+    assert_eq!(
+        (j["failed"].as_u64(), j["skipped"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn smoke_wired_cuda_compat_is_reported_as_forward_compat() {
+    let f = fixture(
+        &["PATH=/usr/bin:/bin", "CUDA_VERSION=12.4.1"],
+        vec![
+            dir("etc", 0o755),
+            dir("etc/ld.so.conf.d", 0o755),
+            file(
+                "etc/ld.so.conf.d/000_cuda.conf",
+                0o644,
+                b"# cuda\n/usr/local/cuda-12.4/compat\n",
+            ),
+            dir("usr/local", 0o755),
+            dir("usr/local/cuda-12.4", 0o755),
+            dir("usr/local/cuda-12.4/compat", 0o755),
+            file(
+                "usr/local/cuda-12.4/compat/libcuda.so.550.54.15",
+                0o755,
+                b"x",
+            ),
+            symlink(
+                "usr/local/cuda-12.4/compat/libcuda.so.1",
+                "libcuda.so.550.54.15",
+            ),
+        ],
+    );
+    let r = Gridship::new().run(&[
+        "smoke",
+        &oci(&f),
+        "--suite",
+        f.suite.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let j = r.json();
+    let d = check(&j, "no-driver-libs")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        d.contains("/usr/local/cuda-12.4/compat/libcuda.so.1"),
+        "{d}"
+    );
+    assert!(
+        d.contains("forward-compatibility") && d.contains("000_cuda.conf"),
+        "{d}"
+    );
+
+    // The same package not wired into the library path is fine.
+    let f = fixture(
+        &["PATH=/usr/bin:/bin"],
+        vec![
+            dir("usr/local", 0o755),
+            dir("usr/local/cuda-12.4", 0o755),
+            dir("usr/local/cuda-12.4/compat", 0o755),
+            file(
+                "usr/local/cuda-12.4/compat/libcuda.so.550.54.15",
+                0o755,
+                b"x",
+            ),
+        ],
+    );
+    let r = Gridship::new().run(&[
+        "smoke",
+        &oci(&f),
+        "--suite",
+        f.suite.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let c = check(&r.json(), "no-driver-libs").clone();
+    assert_eq!(c["status"], "pass");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not on the library path"),
+        "{c}"
+    );
+}
+
+#[test]
+fn smoke_ld_library_path_dirs_are_searched() {
+    let f = fixture(
+        &[
+            "PATH=/usr/bin:/bin",
+            "LD_LIBRARY_PATH=/opt/drv/lib:/usr/local/nvidia/lib64",
+        ],
+        vec![
+            dir("opt", 0o755),
+            dir("opt/drv", 0o755),
+            dir("opt/drv/lib", 0o755),
+            file("opt/drv/lib/libnvidia-ml.so.1", 0o755, b"x"),
+        ],
+    );
+    let r = Gridship::new().run(&[
+        "smoke",
+        &oci(&f),
+        "--suite",
+        f.suite.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(r.code, 1);
+    let d = check(&r.json(), "no-driver-libs")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        d.contains("/opt/drv/lib/libnvidia-ml.so.1") && d.contains("LD_LIBRARY_PATH"),
+        "{d}"
+    );
+}
+
+#[test]
+fn smoke_cuda_runtime_against_site_queue_drivers() {
+    let f = fixture(&["PATH=/usr/bin:/bin", "CUDA_VERSION=12.6.3"], vec![]);
+    let g = Gridship::new();
+    let sites = f.sites.to_str().unwrap();
+    let run = |queue: &str| {
+        g.run(&[
+            "smoke",
+            &oci(&f),
+            "--suite",
+            f.suite.to_str().unwrap(),
+            "--site",
+            "test",
+            "--queue",
+            queue,
+            "--site-overlays",
+            sites,
+            "--json",
+        ])
+    };
+    // 470.x is an 11.x driver: the 12.6 runtime cannot run.
+    let r = run("old");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let c = check(&r.json(), "cuda-driver-compat").clone();
+    assert_eq!(c["status"], "fail");
+    let d = c["detail"].as_str().unwrap();
+    assert!(
+        d.contains("CUDA 12.6") && d.contains("CUDA_VERSION=12.6.3"),
+        "{d}"
+    );
+    assert!(
+        d.contains("incompatible") && d.contains("470.82.01") && d.contains("525.60.13"),
+        "{d}"
+    );
+    // 535 is below 12.6's 560.28.03 but a 12.x driver: minor version compatibility.
+    let r = run("a100");
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let c = check(&r.json(), "cuda-driver-compat").clone();
+    assert_eq!(c["status"], "pass");
+    let d = c["detail"].as_str().unwrap();
+    assert!(
+        d.contains("compatible-with-minor-version-compatibility") && d.contains("PTX"),
+        "{d}"
+    );
+    let r = run("h100");
+    assert_eq!(r.code, 0);
+    let d = check(&r.json(), "cuda-driver-compat")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(d.contains("test/h100: compatible:"), "{d}");
+    // All queues of the site: one incompatible queue fails the check.
+    let r = g.run(&[
+        "smoke",
+        &oci(&f),
+        "--suite",
+        f.suite.to_str().unwrap(),
+        "--site",
+        "test",
+        "--site-overlays",
+        sites,
+        "--json",
+    ]);
+    assert_eq!(r.code, 1);
+    let j = r.json();
+    assert_eq!(j["queues"].as_array().unwrap().len(), 3);
+    // An unknown queue is bad input, naming the queues there are.
+    let r = run("nope");
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("a100"), "{}", r.stderr);
+}
+
+#[test]
+fn smoke_cuda_from_libcudart_file_names() {
+    let f = fixture(
+        &[],
+        vec![
+            dir("usr/local", 0o755),
+            dir("usr/local/cuda-11.8", 0o755),
+            dir("usr/local/cuda-11.8/lib64", 0o755),
+            file(
+                "usr/local/cuda-11.8/lib64/libcudart.so.11.8.89",
+                0o755,
+                b"x",
+            ),
+            symlink(
+                "usr/local/cuda-11.8/lib64/libcudart.so.11.0",
+                "libcudart.so.11.8.89",
+            ),
+        ],
+    );
+    let r = Gridship::new().run(&[
+        "smoke",
+        &oci(&f),
+        "--suite",
+        f.suite.to_str().unwrap(),
+        "--site",
+        "test",
+        "--queue",
+        "old",
+        "--site-overlays",
+        f.sites.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let d = check(&r.json(), "cuda-driver-compat")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        d.contains("CUDA 11.8") && d.contains("libcudart.so.11.8.89"),
+        "{d}"
+    );
+    assert!(
+        d.contains("compatible-with-minor-version-compatibility"),
+        "{d}"
+    );
+}
+
+#[test]
+fn smoke_clean_image_passes() {
+    let f = fixture(&[], vec![]);
+    let r = Gridship::new().run(&["smoke", &oci(&f), "--suite", f.suite.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("PASS  no-driver-libs"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("1 passed") || r.stdout.contains("2 passed"),
+        "{}",
+        r.stdout
+    );
+}
+
+fn junit_counts(path: &Path) -> String {
+    let py = r#"
+import sys, xml.etree.ElementTree as ET
+s = ET.parse(sys.argv[1]).getroot()
+assert s.tag == "testsuite", s.tag
+cases = s.findall("testcase")
+assert int(s.get("tests")) == len(cases)
+assert int(s.get("failures")) == sum(1 for c in cases if c.find("failure") is not None)
+assert int(s.get("skipped")) == sum(1 for c in cases if c.find("skipped") is not None)
+for c in cases:
+    st = "fail" if c.find("failure") is not None else "skip" if c.find("skipped") is not None else "pass"
+    msg = (c.find("failure") if st == "fail" else c.find("skipped") if st == "skip" else c)
+    print(c.get("name"), st, (msg.get("message") or "")[:60])
+print("totals", s.get("tests"), s.get("failures"), s.get("skipped"))
+"#;
+    common::tool("/usr/bin/python3", &["-c", py, path.to_str().unwrap()])
+}
+
+#[test]
+fn smoke_no_gpu_fails_honestly_or_skips_with_allow_no_gpu() {
+    if gpu_here() {
+        eprintln!("a GPU is visible here: the no-GPU behaviour cannot be tested");
+        return;
+    }
+    let f = fixture(&[], vec![]);
+    let g = Gridship::new();
+    let junit = f.dir.parent().unwrap().join("report.xml");
+    let mut c = g.cmd();
+    c.env("GRIDSHIP_SMOKE_SUITES", suites_dir()).args([
+        "smoke",
+        &oci(&f),
+        "--suite",
+        "gpu-basic",
+        "--json",
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    let r = common::to_run(c.output().unwrap());
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    for name in ["gpu-visible", "driver-serves-image-cuda", "gpu-compute"] {
+        let c = check(&j, name);
+        assert_eq!(c["status"], "fail", "{c}");
+        assert!(
+            c["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("no GPU visible: "),
+            "{c}"
+        );
+    }
+    assert_eq!(j["failed"], 3);
+    let got = junit_counts(&junit);
+    assert!(got.contains("totals 6 3 1"), "{got}");
+    assert!(got.contains("gpu-visible fail no GPU visible"), "{got}");
+    assert!(got.contains("no-driver-libs pass"), "{got}");
+
+    let mut c = g.cmd();
+    c.env("GRIDSHIP_SMOKE_SUITES", suites_dir()).args([
+        "smoke",
+        &oci(&f),
+        "--suite",
+        "gpu-basic",
+        "--allow-no-gpu",
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    let r = common::to_run(c.output().unwrap());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("SKIP  gpu-compute"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("PASS  gpu-"),
+        "never passed without a GPU: {}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("0 failed, 4 skipped"), "{}", r.stdout);
+    let got = junit_counts(&junit);
+    assert!(got.contains("totals 6 0 4"), "{got}");
+    assert!(got.contains("gpu-compute skip no GPU visible"), "{got}");
+}
+
+#[test]
+fn smoke_backends_without_runtime_fail_clearly() {
+    let f = fixture(&[], vec![]);
+    let d = f.dir.parent().unwrap().join("run.yaml");
+    std::fs::write(
+        &d,
+        "name: run\nchecks:\n  - {name: hello, kind: run, command: [/bin/true]}\n",
+    )
+    .unwrap();
+    let g = Gridship::new();
+    let r = g.run(&[
+        "smoke",
+        &oci(&f),
+        "--suite",
+        d.to_str().unwrap(),
+        "--backend",
+        "docker",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.contains("docker backend is not implemented yet"),
+        "{}",
+        r.stdout
+    );
+    let mut c = g.cmd();
+    c.env("PATH", "/usr/bin:/bin").args([
+        "smoke",
+        &oci(&f),
+        "--suite",
+        d.to_str().unwrap(),
+        "--backend",
+        "apptainer",
+    ]);
+    let r = common::to_run(c.output().unwrap());
+    if !Path::new("/usr/bin/apptainer").exists() {
+        assert_eq!(r.code, 1);
+        assert!(
+            r.stdout.contains("apptainer is not on PATH"),
+            "{}",
+            r.stdout
+        );
+    }
+}
+
+/// The chroot backend for real (as root): the Debian fixture unpacked,
+/// /proc and devices mounted, a command run inside, all unmounted after.
+#[test]
+fn smoke_debian_fixture_glibc_and_chroot_run() {
+    let fx = common::fixtures();
+    let image = format!("oci:{}:1", fx.join("debian-oci").display());
+    let d = tempfile::tempdir().unwrap();
+    let suite = d.path().join("s.yaml");
+    std::fs::write(
+        &suite,
+        r#"name: debian
+checks:
+  - {name: no-driver-libs, kind: static}
+  - {name: glibc-version, kind: static}
+  - name: inside
+    kind: run
+    command: "cat /etc/debian_version; test -c /dev/null && echo devnull; test -r /proc/self/status && echo proc"
+    expect: {exit: 0, stdout_regex: "^12\\.", stdout_contains: "devnull\nproc"}
+    timeout_s: 60
+  - name: exit-code
+    kind: run
+    command: [/bin/sh, -c, "exit 3"]
+    expect: {exit: 0}
+    timeout_s: 10
+  - name: slow
+    kind: run
+    command: [sleep, "30"]
+    timeout_s: 1
+"#,
+    )
+    .unwrap();
+    let r = Gridship::new().run(&[
+        "smoke",
+        &image,
+        "--suite",
+        suite.to_str().unwrap(),
+        "--json",
+    ]);
+    let j = r.json();
+    let c = check(&j, "glibc-version");
+    assert_eq!(c["status"], "pass", "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("glibc 2.36"), "{c}");
+    assert_eq!(check(&j, "no-driver-libs")["status"], "pass");
+    if !rustix_is_root() {
+        return;
+    }
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(check(&j, "inside")["status"], "pass", "{j:#}");
+    let c = check(&j, "exit-code");
+    assert_eq!(c["status"], "fail");
+    assert!(
+        c["detail"].as_str().unwrap().contains("exit status 3"),
+        "{c}"
+    );
+    let c = check(&j, "slow");
+    assert_eq!(c["status"], "fail");
+    assert!(c["detail"].as_str().unwrap().contains("timed out"), "{c}");
+    assert!(
+        j["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["name"] != "cleanup"),
+        "{j:#}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains("gridship-smoke-"),
+        "left mounted: {mounts}"
+    );
+}
+
+fn rustix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
