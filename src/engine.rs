@@ -353,3 +353,116 @@ pub fn remove_image(name: &str) -> Result<()> {
         Ok(())
     })
 }
+
+/// What a container run gave.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerRun {
+    /// None: killed (time limit).
+    pub code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+}
+
+/// Run `argv` (entrypoint replaced) in a new container of `image` with
+/// `env`, all GPUs requested from the engine's `nvidia` device driver when
+/// `gpus` (what `docker run --gpus all` asks), no network; the container is
+/// removed afterwards, whatever happened.
+pub fn run_container(
+    image: &str,
+    argv: &[String],
+    env: &[(String, String)],
+    gpus: bool,
+    timeout: std::time::Duration,
+) -> Result<ContainerRun> {
+    use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
+    let name = format!(
+        "gridship-smoke-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    runtime().block_on(async {
+        let docker = connect().await?;
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(argv.get(..1).unwrap_or_default().to_vec()),
+            cmd: Some(argv.get(1..).unwrap_or_default().to_vec()),
+            env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                device_requests: gpus.then(|| {
+                    vec![DeviceRequest {
+                        driver: Some("nvidia".into()),
+                        count: Some(-1),
+                        capabilities: Some(vec![vec!["gpu".into()]]),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        docker
+            .create_container(
+                Some(bollard::query_parameters::CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| engine_error(&format!("creating a container of {image}"), e))?;
+        let result = async {
+            docker
+                .start_container(&name, None)
+                .await
+                .map_err(|e| engine_error(&format!("starting a container of {image}"), e))?;
+            let mut run = ContainerRun::default();
+            let mut wait = docker.wait_container(&name, None);
+            match tokio::time::timeout(timeout, wait.next()).await {
+                Err(_) => {
+                    run.timed_out = true;
+                    let _ = docker.kill_container(&name, None).await;
+                }
+                Ok(Some(Ok(r))) => run.code = Some(r.status_code),
+                Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError {
+                    code, ..
+                }))) => run.code = Some(code),
+                Ok(Some(Err(e))) => return Err(engine_error(&format!("container {name}"), e)),
+                Ok(None) => {}
+            }
+            let mut logs = docker.logs(
+                &name,
+                Some(bollard::query_parameters::LogsOptions {
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
+            );
+            while let Some(chunk) = logs.next().await {
+                match chunk.map_err(|e| engine_error(&format!("logs of {name}"), e))? {
+                    bollard::container::LogOutput::StdErr { message } => {
+                        run.stderr.push_str(&String::from_utf8_lossy(&message))
+                    }
+                    other => run
+                        .stdout
+                        .push_str(&String::from_utf8_lossy(&other.into_bytes())),
+                }
+            }
+            Ok(run)
+        }
+        .await;
+        let _ = docker
+            .remove_container(
+                &name,
+                Some(bollard::query_parameters::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        result
+    })
+}

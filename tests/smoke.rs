@@ -489,20 +489,6 @@ fn smoke_backends_without_runtime_fail_clearly() {
     )
     .unwrap();
     let g = Gridship::new();
-    let r = g.run(&[
-        "smoke",
-        &oci(&f),
-        "--suite",
-        d.to_str().unwrap(),
-        "--backend",
-        "docker",
-    ]);
-    assert_eq!(r.code, 1);
-    assert!(
-        r.stdout.contains("docker backend is not implemented yet"),
-        "{}",
-        r.stdout
-    );
     let mut c = g.cmd();
     c.env("PATH", "/usr/bin:/bin").args([
         "smoke",
@@ -601,4 +587,97 @@ fn rustix_is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// The docker backend on the real engine: commands run in containers of
+/// the image (its Env applied), exit codes and time limits are reported,
+/// a GPU check fails honestly here (no GPU) or is skipped with
+/// --allow-no-gpu; no container or engine image is left behind.
+#[test]
+fn smoke_docker_backend_runs_in_the_engine() {
+    let fx = common::fixtures();
+    let image = format!("oci:{}:1", fx.join("debian-oci").display());
+    let d = tempfile::tempdir().unwrap();
+    let suite = d.path().join("s.yaml");
+    std::fs::write(
+        &suite,
+        r#"name: docker
+checks:
+  - name: inside
+    kind: run
+    command: "cat /etc/debian_version; echo fixture=$GRIDSHIP_FIXTURE"
+    expect: {exit: 0, stdout_regex: "^12\\.", stdout_contains: "fixture=debian"}
+    timeout_s: 60
+  - name: exit-code
+    kind: run
+    command: [/bin/sh, -c, "exit 3"]
+    expect: {exit: 0}
+    timeout_s: 60
+  - name: slow
+    kind: run
+    command: [sleep, "30"]
+    timeout_s: 2
+  - name: gpu
+    kind: run
+    command: [nvidia-smi, -L]
+    needs_gpu: true
+    timeout_s: 60
+"#,
+    )
+    .unwrap();
+    let docker = common::env("GRIDSHIP_DOCKER");
+    let g = Gridship::new();
+    for allow in [false, true] {
+        let mut args = vec![
+            "smoke",
+            image.as_str(),
+            "--suite",
+            suite.to_str().unwrap(),
+            "--backend",
+            "docker",
+            "--json",
+        ];
+        if allow {
+            args.push("--allow-no-gpu");
+        }
+        let r = g.run(&args);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        let j = r.json();
+        assert_eq!(check(&j, "inside")["status"], "pass", "{j:#}");
+        let c = check(&j, "exit-code");
+        assert_eq!(c["status"], "fail");
+        assert!(
+            c["detail"].as_str().unwrap().contains("exit status 3"),
+            "{c}"
+        );
+        let c = check(&j, "slow");
+        assert_eq!(c["status"], "fail");
+        assert!(c["detail"].as_str().unwrap().contains("timed out"), "{c}");
+        let c = check(&j, "gpu");
+        if std::path::Path::new("/dev/nvidia0").exists() {
+            continue;
+        }
+        assert_eq!(c["status"], if allow { "skip" } else { "fail" }, "{c}");
+        assert!(
+            c["detail"].as_str().unwrap().contains("no GPU visible"),
+            "{c}"
+        );
+    }
+    let left = common::tool(
+        &docker,
+        &[
+            "ps",
+            "-a",
+            "--filter",
+            "name=gridship-smoke-",
+            "--format",
+            "{{.Names}}",
+        ],
+    );
+    assert!(left.trim().is_empty(), "containers left: {left}");
+    let images = common::tool(
+        &docker,
+        &["images", "--format", "{{.Repository}}", "gridship-smoke/*"],
+    );
+    assert!(images.trim().is_empty(), "images left: {images}");
 }

@@ -10,7 +10,10 @@
 //!   when the runner is dropped, even after an error, and the tree is
 //!   removed only when nothing is mounted below it any more.
 //! - `apptainer`: `apptainer exec --nv DIR` on the same unpacked tree.
-//! - `docker`: not implemented yet (an honest error).
+//! - `docker`: the image is loaded into the Docker Engine (bollard) and each
+//!   command runs in a new container with all GPUs requested from the
+//!   engine's `nvidia` device driver (`--gpus all`), no network; the
+//!   container and the loaded name are removed afterwards.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -114,6 +117,8 @@ pub struct Runner {
     root: PathBuf,
     mounts: Vec<PathBuf>,
     env: Vec<(String, String)>,
+    /// The engine's name for the image (docker backend).
+    engine_tag: Option<String>,
 }
 
 fn run_tool(prog: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
@@ -138,11 +143,6 @@ impl Runner {
     /// Unpack the image and set the backend up.
     pub fn prepare(backend: Backend, index: &FsIndex, image: &Image) -> Result<Runner> {
         match backend {
-            Backend::Docker => {
-                return Err(Error::Other(
-                    "the docker backend is not implemented yet: use --backend chroot (as root) or --backend apptainer".into(),
-                ));
-            }
             Backend::Apptainer if on_path("apptainer").is_none() => {
                 return Err(Error::Other(
                     "apptainer is not on PATH: install Apptainer, or use --backend chroot (as root)"
@@ -155,6 +155,9 @@ impl Runner {
                 ));
             }
             _ => {}
+        }
+        if backend == Backend::Docker {
+            return Self::prepare_docker(image);
         }
         let dir = tempfile::Builder::new()
             .prefix("gridship-smoke-")
@@ -183,11 +186,37 @@ impl Runner {
             root,
             mounts: Vec::new(),
             env,
+            engine_tag: None,
         };
         if backend == Backend::Chroot {
             r.mount_for_chroot()?;
         }
         Ok(r)
+    }
+
+    /// Load the image into the engine under a name of its own.
+    fn prepare_docker(image: &Image) -> Result<Runner> {
+        let tag = format!(
+            "gridship-smoke/{}:{}",
+            &image.manifest.config.digest.hex()[..12],
+            std::process::id()
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix("gridship-smoke-")
+            .suffix(".tar")
+            .tempfile()
+            .map_err(|e| Error::io("creating a temporary docker-archive", e))?;
+        crate::archive::write_docker_archive(image, tmp.path(), Some(&tag))?;
+        crate::engine::load(tmp.path())?;
+        Ok(Runner {
+            backend: Backend::Docker,
+            dir: None,
+            root: PathBuf::new(),
+            mounts: Vec::new(),
+            // The engine applies the image's own Env.
+            env: Vec::new(),
+            engine_tag: Some(tag),
+        })
     }
 
     fn target(&self, inside: &Path) -> PathBuf {
@@ -295,7 +324,22 @@ impl Runner {
                 }
                 cmd.arg(&self.root).args(argv);
             }
-            Backend::Docker => unreachable!("no docker runner is prepared"),
+            Backend::Docker => {
+                let tag = self.engine_tag.as_deref().unwrap_or_default();
+                let r = crate::engine::run_container(
+                    tag,
+                    argv,
+                    &self.env,
+                    gpu_visible().is_ok(),
+                    timeout,
+                )?;
+                return Ok(Output {
+                    code: r.code.map(|c| c as i32),
+                    stdout: r.stdout,
+                    stderr: r.stderr,
+                    timed_out: r.timed_out,
+                });
+            }
         }
         let out = cmd
             .output()
@@ -312,6 +356,12 @@ impl Runner {
     /// Unmount everything, then remove the tree if nothing is left mounted
     /// below it (removing through a bind mount would delete host files).
     pub fn cleanup(&mut self) -> Result<()> {
+        if let Some(tag) = self.engine_tag.take() {
+            crate::engine::remove_image(&tag)?;
+        }
+        if self.dir.is_none() && self.mounts.is_empty() {
+            return Ok(());
+        }
         let mut failed = Vec::new();
         while let Some(m) = self.mounts.pop() {
             if let Err(e) = run_tool("umount", &[m.as_os_str()]) {
@@ -352,7 +402,7 @@ impl Runner {
 
 impl Drop for Runner {
     fn drop(&mut self) {
-        if (!self.mounts.is_empty() || self.dir.is_some())
+        if (!self.mounts.is_empty() || self.dir.is_some() || self.engine_tag.is_some())
             && let Err(e) = self.cleanup()
         {
             tracing::error!("smoke-test cleanup: {e}");
