@@ -208,20 +208,7 @@ impl FsIndex {
     pub fn from_layer(image: &Image, i: usize) -> Result<FsIndex> {
         let mut idx = FsIndex::new();
         idx.raw = true;
-        let mut layer = LayerReader::open(image, i)?;
-        let entries = idx
-            .apply_layer(&mut layer)
-            .map_err(|e| diagnose(image, i, e))?;
-        idx.layers.push(LayerInfo {
-            index: i,
-            digest: layer.desc.digest.clone(),
-            diff_id: layer.diff_id.clone(),
-            media_type: layer.desc.media_type.clone(),
-            size: layer.desc.size,
-            compression: layer.compression,
-            entries,
-        });
-        layer.finish().map_err(|e| diagnose(image, i, e))?;
+        idx.merge_layer(image, i)?;
         Ok(idx)
     }
 

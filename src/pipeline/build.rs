@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::engine::{self, BuildRequest};
+use crate::image::Image;
 use crate::recipe::{Recipe, ReviewPolicy, check_review, unreviewed_labels};
 use crate::reference::{ImageRef, RegistryRef};
 use crate::sink::oci::{NewLayer, append_layer};
@@ -78,6 +79,7 @@ pub struct BuildReport {
     pub commit: Option<String>,
     pub input_digest: String,
     pub base: BaseResolved,
+    /// The engine's image as it was read (`docker-daemon:gridship-build/NAME:latest`).
     pub engine_image: String,
     pub labels: BTreeMap<String, String>,
     pub sites: Vec<SiteImage>,
@@ -196,11 +198,11 @@ pub fn build_recipe(
         .clone()
         .unwrap_or_else(|| recipe.spec.base.image.clone());
     let base = resolve_base(&base_name, opts.pull, opts.ctx.registry.creds.as_ref())?;
-    let engine_image = build_in_engine(recipe, opts, &prepared, &base, log)?;
+    let built = build_in_engine(recipe, opts, &prepared, &base, log)?;
     let sites = prepared
         .overlays
         .iter()
-        .map(|o| site_image(recipe, opts, &engine_image, o, &prepared))
+        .map(|o| site_image(recipe, opts, &built, o, &prepared))
         .collect::<Result<Vec<_>>>()?;
     Ok(BuildReport {
         recipe: recipe.name.clone(),
@@ -208,7 +210,7 @@ pub fn build_recipe(
         commit: prepared.commit.clone(),
         input_digest: prepared.input_digest.to_string(),
         base,
-        engine_image,
+        engine_image: built.name.clone(),
         labels: prepared.labels,
         sites,
         seconds: started.elapsed().as_secs_f64(),
@@ -225,13 +227,14 @@ fn now_rfc3339() -> String {
 
 /// The engine build: the recipe directory (exactly the reviewed files) as
 /// the context, the base as the recipe's base argument, provenance labels.
+/// The result is read into the store once, for every site's image.
 pub fn build_in_engine(
     recipe: &Recipe,
     opts: &BuildOptions,
     prepared: &Prepared,
     base: &BaseResolved,
     log: &mut dyn FnMut(&str),
-) -> Result<String> {
+) -> Result<Image> {
     let files = recipe.context_files()?;
     let context_tar = deterministic_tar(&recipe.dir, &files)?;
     let mut build_args = recipe.spec.build_args.clone();
@@ -266,23 +269,22 @@ pub fn build_in_engine(
         log,
     )?;
     tracing::info!("recipe {} built as {id} ({tag})", recipe.name);
-    Ok(tag)
+    transport::open(&ImageRef::DockerDaemon(tag), &opts.ctx)
 }
 
 /// The engine's image + the site's overlay layer, into the store; pushed.
 pub fn site_image(
     recipe: &Recipe,
     opts: &BuildOptions,
-    engine_image: &str,
+    built: &Image,
     overlay: &SiteOverlay,
     prepared: &Prepared,
 ) -> Result<SiteImage> {
-    let built = transport::open(&ImageRef::DockerDaemon(engine_image.to_string()), &opts.ctx)?;
     let store = opts.ctx.store()?;
     let names = store_names(recipe, &overlay.site);
     let created = now_rfc3339();
     let image = append_layer(
-        &built,
+        built,
         &store,
         &NewLayer {
             tar: &overlay.layer,

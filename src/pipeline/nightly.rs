@@ -228,7 +228,8 @@ pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<N
         };
         let mut build_args = recipe.spec.build_args.clone();
         build_args.extend(bopts.build_args.clone());
-        let mut engine_image: Option<std::result::Result<String, String>> = None;
+        // Built (and read into the store) once, for the sites that need it.
+        let mut built: Option<std::result::Result<crate::image::Image, String>> = None;
         for overlay in &prepared.overlays {
             let t1 = std::time::Instant::now();
             let key = cache_key(
@@ -264,7 +265,7 @@ pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<N
                 }
                 log(&format!("  {}: unchanged ({})", overlay.site, prev.built));
             } else {
-                let engine = engine_image.get_or_insert_with(|| {
+                let engine = built.get_or_insert_with(|| {
                     log(&format!("  building {name} from {}", base.name));
                     build::build_in_engine(&recipe, &bopts, &prepared, &base, &mut |l| {
                         tracing::info!("{l}")
@@ -272,7 +273,7 @@ pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<N
                     .map_err(|e| e.to_string())
                 });
                 let result = match engine {
-                    Ok(tag) => build::site_image(&recipe, &bopts, tag, overlay, &prepared)
+                    Ok(image) => build::site_image(&recipe, &bopts, image, overlay, &prepared)
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e.clone()),
                 };

@@ -604,9 +604,19 @@ impl Repo {
             _ => unreachable!("a file or a link"),
         }
         let bytes = tar.into_inner().at("building a tar for", rel)?;
-        let args = ["ingest", "-t", "-", "-b", &parent, &self.config.name];
+        self.ingest_tar(&parent, false, &bytes)
+    }
+
+    /// `cvmfs_server ingest [--catalog] -t - -b BASE REPO` with `tar` on
+    /// its standard input.
+    fn ingest_tar(&self, base: &str, catalog: bool, tar: &[u8]) -> Result<()> {
+        let mut args = vec!["ingest"];
+        if catalog {
+            args.push("--catalog");
+        }
+        args.extend(["-t", "-", "-b", base, &self.config.name]);
         let mut child = Command::new(&self.config.cvmfs_server)
-            .args(args)
+            .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -616,7 +626,7 @@ impl Repo {
             .stdin
             .take()
             .expect("piped")
-            .write_all(&bytes)
+            .write_all(tar)
             .map_err(|e| Error::io("feeding cvmfs_server ingest", e))?;
         let out = child
             .wait_with_output()
@@ -651,44 +661,11 @@ impl Repo {
         }
         match self.config.backend {
             BackendKind::Ingest => {
-                let d = dir.to_string_lossy().into_owned();
                 // An empty tar with --catalog makes the nested catalog.
-                let mut child = Command::new(&self.config.cvmfs_server)
-                    .args([
-                        "ingest",
-                        "--catalog",
-                        "-t",
-                        "-",
-                        "-b",
-                        &d,
-                        &self.config.name,
-                    ])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .map_err(|e| {
-                        Error::io(format!("running {}", self.config.cvmfs_server.display()), e)
-                    })?;
                 let empty = tar::Builder::new(Vec::new())
                     .into_inner()
                     .at("building a tar for", dir)?;
-                child
-                    .stdin
-                    .take()
-                    .expect("piped")
-                    .write_all(&empty)
-                    .map_err(|e| Error::io("feeding cvmfs_server ingest", e))?;
-                let out = child
-                    .wait_with_output()
-                    .map_err(|e| Error::io("waiting for cvmfs_server ingest", e))?;
-                if !out.status.success() {
-                    return Err(Error::Other(format!(
-                        "cvmfs_server ingest --catalog -b {d} failed: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )));
-                }
-                Ok(())
+                self.ingest_tar(&dir.to_string_lossy(), true, &empty)
             }
             _ => {
                 let p = self.abs(&rel);
