@@ -713,6 +713,89 @@ impl FsIndex {
         Ok(())
     }
 
+    /// The layer that turns `lower` into this tree: every entry that is new
+    /// or differs (with its parent directories, as they are here), and a
+    /// whiteout for each path `lower` has and this tree lacks (the topmost
+    /// one only). Content still refers to this index's layers, so
+    /// [`crate::sink::tar::write_tar`] with the same image writes the layer.
+    pub fn diff_from(&self, lower: &FsIndex) -> FsIndex {
+        let mut out = FsIndex::new();
+        out.layers = self.layers.clone();
+        let mut ids: HashMap<NodeId, NodeId> = HashMap::new();
+        let root = out.entries[&Vec::new()];
+        out.nodes[root as usize] = self.node(self.entries[&Vec::new()]).clone();
+        let mut add = |out: &mut FsIndex, key: &[u8]| {
+            if out.entries.contains_key(key) {
+                return;
+            }
+            let id = self.entries[key];
+            let new = *ids
+                .entry(id)
+                .or_insert_with(|| out.push_node(self.node(id).clone()));
+            out.entries.insert(key.to_vec(), new);
+        };
+        for (key, &id) in &self.entries {
+            if key.is_empty() {
+                continue;
+            }
+            let same = lower.get(key).is_some_and(|(_, n)| n == self.node(id));
+            if same {
+                continue;
+            }
+            let mut parents = Vec::new();
+            let mut k = parent_of(key);
+            while let Some(p) = k.filter(|p| !p.is_empty()) {
+                parents.push(p);
+                k = parent_of(p);
+            }
+            for p in parents.into_iter().rev() {
+                add(&mut out, p);
+            }
+            add(&mut out, key);
+        }
+        let mut gone: Option<Vec<u8>> = None;
+        for key in lower.entries.keys() {
+            if key.is_empty() || self.entries.contains_key(key) {
+                continue;
+            }
+            if gone.as_deref().is_some_and(|g| is_under(key, g)) {
+                continue;
+            }
+            let (parent, name) = match key.iter().rposition(|&b| b == b'/') {
+                Some(i) => (&key[..i], &key[i + 1..]),
+                None => (&key[..0], &key[..]),
+            };
+            // Under a path that is no longer a directory: replacing that
+            // path removed it already.
+            if !self.get(parent).is_some_and(|(_, n)| n.kind.is_dir()) {
+                continue;
+            }
+            if !parent.is_empty() {
+                let mut parents = vec![parent];
+                let mut k = parent_of(parent);
+                while let Some(p) = k.filter(|p| !p.is_empty()) {
+                    parents.push(p);
+                    k = parent_of(p);
+                }
+                for p in parents.into_iter().rev() {
+                    add(&mut out, p);
+                }
+            }
+            let mut wh = WHITEOUT.to_vec();
+            wh.extend_from_slice(name);
+            let id = out.push_node(Node {
+                kind: Kind::File {
+                    size: 0,
+                    data: Data::Bytes(Arc::from(&[][..])),
+                },
+                meta: Meta::default(),
+            });
+            out.entries.insert(join(parent, &wh), id);
+            gone = Some(key.clone());
+        }
+        out
+    }
+
     /// Sum of the sizes of regular files (each hardlinked node once).
     pub fn content_bytes(&self) -> u64 {
         let mut seen = HashSet::new();
@@ -1116,7 +1199,12 @@ pub mod cache {
     /// are not read.
     /// Returns the index and how many of its layers came from a state.
     pub fn from_image(image: &Image, dir: &Path) -> Result<(FsIndex, usize)> {
-        let n = image.layers().len();
+        from_image_upto(image, dir, image.layers().len())
+    }
+
+    /// The tree of the first `n` layers of `image`, like [`from_image`].
+    pub fn from_image_upto(image: &Image, dir: &Path, n: usize) -> Result<(FsIndex, usize)> {
+        let n = n.min(image.layers().len());
         let (mut idx, start) = (1..=n)
             .rev()
             .find_map(|upto| load(dir, image, upto).map(|idx| (idx, upto)))
@@ -1138,6 +1226,24 @@ pub mod cache {
             prune(dir, KEEP);
         }
         Ok((idx, start))
+    }
+
+    /// The tree of the first `lower` layers and the whole tree, for a
+    /// change layer over kept base layers ([`FsIndex::diff_from`]).
+    pub fn from_image_split(
+        image: &Image,
+        dir: &Path,
+        lower: usize,
+    ) -> Result<(FsIndex, FsIndex, usize)> {
+        let (base, cached) = from_image_upto(image, dir, lower)?;
+        let mut idx = base.clone();
+        for i in lower.min(image.layers().len())..image.layers().len() {
+            idx.merge_layer(image, i)?;
+            if let Err(e) = save(&idx, dir, &image.config.rootfs.diff_ids[..=i]) {
+                tracing::warn!("could not keep the merge state: {e}");
+            }
+        }
+        Ok((base, idx, cached))
     }
 
     /// States kept: enough for the layer prefixes of a few dozen images.

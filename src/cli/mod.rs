@@ -10,6 +10,7 @@ pub mod build;
 pub mod cvmfs;
 pub mod export;
 pub mod image;
+pub mod promote;
 pub mod sif;
 pub mod smoke;
 
@@ -87,6 +88,8 @@ pub enum Command {
     Snapshot(build::SnapshotArgs),
     /// Rebuild every recipe for its sites when its inputs changed; keep the last builds.
     Nightly(build::NightlyArgs),
+    /// Take a development session to the grid: snapshot, strip sshd, scrub secrets, slim, SIF/CVMFS/OCI, smoke tests, job description.
+    Promote(Box<promote::PromoteArgs>),
     /// Check that an image will run on a site's GPUs: driver libraries, glibc, CUDA vs driver, and commands on the GPU.
     Smoke(smoke::SmokeArgs),
     /// Write the ARC job description (xRSL, ADL or JSON) that runs an image on a site's GPU queue.
@@ -115,6 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(a) => build::build(global, &a),
         Command::Snapshot(a) => build::snapshot(global, &a),
         Command::Nightly(a) => build::nightly(global, &a),
+        Command::Promote(a) => promote::run(global, &a),
         Command::Smoke(a) => smoke::smoke(global, &a),
         Command::Jobdesc(a) => arc::jobdesc(global, a),
         Command::Submit(a) => arc::submit(global, a),

@@ -93,3 +93,67 @@ pub fn append_layer(
     store.set_ref(name, &desc)?;
     Image::load(store.clone(), desc, name, &PlatformWanted::host())
 }
+
+/// Write a new OCI image into `store` under `name`: the first `keep` layers
+/// of `base` (media types in OCI spelling) plus one uncompressed layer that
+/// `write` streams (hashed while written; for a plain tar the digest is the
+/// diff_id), with `config` (its rootfs and history are set here: the kept
+/// layers' history, then `history`). The manifest is written last.
+pub fn write_image(
+    base: &Image,
+    keep: usize,
+    store: &Layout,
+    mut config: ImageConfig,
+    history: serde_json::Value,
+    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+    name: &str,
+) -> Result<Image> {
+    if store.root() != base.layout.root() && keep > 0 {
+        crate::transport::copy_blobs(base, store)?;
+    }
+    let mut w = store.blob_writer()?;
+    write(&mut w)?;
+    let (layer_digest, layer_size) = w.finish(None, "the promoted layer")?;
+    let oci_type = |t: &str| match t {
+        media::DOCKER_LAYER_GZIP => media::OCI_LAYER_GZIP.to_string(),
+        "application/vnd.docker.image.rootfs.diff.tar" => media::OCI_LAYER.to_string(),
+        t => t.to_string(),
+    };
+    let mut layers: Vec<Descriptor> = base.manifest.layers[..keep]
+        .iter()
+        .map(|d| Descriptor::new(oci_type(&d.media_type), d.digest.clone(), d.size))
+        .collect();
+    layers.push(Descriptor::new(media::OCI_LAYER, layer_digest.clone(), layer_size));
+
+    config.rootfs.kind = "layers".into();
+    config.rootfs.diff_ids = base.config.rootfs.diff_ids[..keep].to_vec();
+    config.rootfs.diff_ids.push(layer_digest);
+    // The history of the kept layers: entries up to the keep-th that made one.
+    let mut kept_history = Vec::new();
+    let mut made = 0;
+    for h in &base.config.history {
+        if made == keep {
+            break;
+        }
+        if !h.get("empty_layer").and_then(|e| e.as_bool()).unwrap_or(false) {
+            made += 1;
+        }
+        kept_history.push(h.clone());
+    }
+    kept_history.push(history);
+    config.history = kept_history;
+    let config_raw = serde_json::to_vec(&config).expect("config serializes");
+    let (config_digest, config_size) = store.put_blob(&config_raw)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": Descriptor::new(media::OCI_CONFIG, config_digest, config_size),
+        "layers": layers,
+    });
+    let manifest_raw = serde_json::to_vec(&manifest).expect("manifest serializes");
+    let (digest, size) = store.put_blob(&manifest_raw)?;
+    let mut desc = Descriptor::new(media::OCI_MANIFEST, digest, size);
+    desc.platform = base.manifest_desc.platform.clone();
+    store.set_ref(name, &desc)?;
+    Image::load(store.clone(), desc, name, &PlatformWanted::host())
+}

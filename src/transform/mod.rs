@@ -4,12 +4,19 @@
 
 pub mod apptainer;
 pub mod overlay;
+pub mod paths;
+pub mod scan;
+pub mod secrets;
+pub mod slim;
+pub mod sshd;
 
 use serde::Serialize;
 
+use std::collections::HashSet;
+
 use crate::Result;
 use crate::image::ImageConfig;
-use crate::index::FsIndex;
+use crate::index::{FsIndex, Kind, Node, NodeId, display_path};
 
 /// One change a rule made.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -94,4 +101,64 @@ pub fn apply_all(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Remove every path `pick` gives a reason for, a directory with all below
+/// it, except what `spare` covers (and the directories above a spared
+/// path, whose other children are then judged one by one with the same
+/// reason). Each removal is one line in `report`, with the bytes of the
+/// regular files it held.
+pub fn remove_where(
+    index: &mut FsIndex,
+    report: &mut RuleReport,
+    pick: impl Fn(&[u8], NodeId, &Node) -> Option<String>,
+    spare: impl Fn(&[u8]) -> bool,
+) {
+    let keys: Vec<Vec<u8>> = index.iter().map(|(k, _, _)| k.to_vec()).collect();
+    // Directories whose reason their children inherit.
+    let mut inherited: Vec<(Vec<u8>, String)> = Vec::new();
+    let mut removed: Option<Vec<u8>> = None;
+    for key in keys {
+        if key.is_empty() {
+            continue;
+        }
+        if removed.as_deref().is_some_and(|r| is_below(&key, r)) {
+            continue;
+        }
+        while inherited.last().is_some_and(|(d, _)| !is_below(&key, d)) {
+            inherited.pop();
+        }
+        let Some((id, node)) = index.get(&key) else {
+            continue;
+        };
+        let Some(reason) = pick(&key, id, node).or_else(|| inherited.last().map(|(_, r)| r.clone()))
+        else {
+            continue;
+        };
+        if spare(&key) {
+            continue;
+        }
+        let below = index.subtree(&key);
+        if node.kind.is_dir() && below.iter().any(|k| spare(k)) {
+            inherited.push((key, reason));
+            continue;
+        }
+        let mut seen = HashSet::new();
+        let bytes: u64 = std::iter::once(&key)
+            .chain(below.iter())
+            .filter_map(|k| index.get(k))
+            .filter(|(id, _)| seen.insert(*id))
+            .map(|(_, n)| match n.kind {
+                Kind::File { size, .. } => size,
+                _ => 0,
+            })
+            .sum();
+        index.remove_tree(&key);
+        report.remove(display_path(&key), bytes, reason);
+        removed = Some(key);
+    }
+}
+
+fn is_below(key: &[u8], dir: &[u8]) -> bool {
+    key.len() > dir.len() && key.starts_with(dir) && key[dir.len()] == b'/'
 }

@@ -1,0 +1,324 @@
+//! `gridship promote`: a live session to grid-ready artifacts.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::build::ProjectDirs;
+use super::image::{AccessOpts, human_bytes};
+use super::{GlobalOpts, print_json};
+use crate::Error;
+use crate::pipeline::promote::{CvmfsTarget, PromoteOptions, PromoteReport, Targets, promote};
+use crate::reference::{ImageRef, RegistryRef, parse_registry};
+use crate::sink::cvmfs::{BackendKind, PublicName, RepoConfig};
+use crate::sink::squashfs::{Compression, SquashfsOptions};
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The session: a container name or id (running or stopped), or any
+    /// image reference (docker://..., oci:DIR:TAG, ...).
+    #[arg(value_name = "CONTAINER", value_parser = parse_source)]
+    pub source: ImageRef,
+    /// The site (a directory under site-overlays/): overlay, slim and
+    /// secrets overrides, GPU queues.
+    #[arg(long)]
+    pub site: String,
+    /// Artifacts to make: sif, cvmfs, oci (comma-separated).
+    #[arg(long, default_value = "sif,cvmfs", value_parser = parse_targets)]
+    pub to: Targets,
+    /// The site's GPU queue for the job description and the CUDA check
+    /// (default: its first).
+    #[arg(long, value_name = "QUEUE")]
+    pub queue: Option<String>,
+    /// Where the SIF, the job descriptions, the report and (by default)
+    /// the CVMFS tree go.
+    #[arg(long, value_name = "DIR", default_value = "promoted")]
+    pub out: PathBuf,
+    /// Artifact name (default: the container's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Artifact tag (default: the UTC time, YYYYMMDDTHHMMSSZ).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// OCI output: keep the session's base image layers and add one change
+    /// layer, instead of one flattened layer.
+    #[arg(long)]
+    pub keep_base: bool,
+    /// Refuse to publish when a secret is found (nothing is written),
+    /// instead of removing it.
+    #[arg(long)]
+    pub fail_on_secrets: bool,
+    /// Report what would be removed and made; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Never slim paths matching PATTERN (e.g. '/usr/share/doc/mypkg/**'); repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub keep: Vec<String>,
+    /// Bytes of each file the secret scan reads.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub scan_limit: usize,
+    /// Push the OCI image to this registry reference (with --to oci).
+    #[arg(long, value_name = "REG/REPO:TAG", value_parser = parse_push)]
+    pub push: Option<RegistryRef>,
+    /// Where the CE fetches the SIF, for a SIF job description.
+    #[arg(long, value_name = "URL")]
+    pub sif_url: Option<String>,
+    /// CVMFS repository to publish into (default: a directory tree under
+    /// --out); with --cvmfs-backend and --cvmfs-root.
+    #[arg(long, value_name = "NAME")]
+    pub cvmfs_repo: Option<String>,
+    /// dir, cvmfs-server or ingest (see `gridship cvmfs publish`).
+    #[arg(long, default_value = "dir", value_parser = clap::value_parser!(BackendKind))]
+    pub cvmfs_backend: BackendKind,
+    #[arg(long, value_name = "DIR")]
+    pub cvmfs_root: Option<PathBuf>,
+    /// Public name in the repository (default gridship.local/promoted/NAME:TAG).
+    #[arg(long, value_name = "REG/REPO:TAG")]
+    pub cvmfs_name: Option<String>,
+    /// Smoke-test suite: a name in smoke-suites/ or a YAML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = "gpu-basic")]
+    pub suite: String,
+    /// How smoke run checks execute the image (when a GPU is visible).
+    #[arg(long, value_enum, default_value = "chroot")]
+    pub backend: crate::smoke::runtime::Backend,
+    #[command(flatten)]
+    pub dirs: ProjectDirs,
+    #[command(flatten)]
+    pub access: AccessOpts,
+}
+
+fn parse_source(s: &str) -> std::result::Result<ImageRef, String> {
+    const TRANSPORTS: &[&str] = &[
+        "docker://",
+        "docker-daemon:",
+        "container:",
+        "oci:",
+        "oci-archive:",
+        "docker-archive:",
+        "store:",
+    ];
+    if TRANSPORTS.iter().any(|t| s.starts_with(t)) {
+        super::image::parse_ref(s)
+    } else if s.is_empty() {
+        Err("name a container".into())
+    } else {
+        Ok(ImageRef::Container(s.to_string()))
+    }
+}
+
+fn parse_targets(s: &str) -> std::result::Result<Targets, String> {
+    Targets::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_push(s: &str) -> std::result::Result<RegistryRef, String> {
+    parse_registry(s.strip_prefix("docker://").unwrap_or(s))
+}
+
+/// A name for artifacts: lower case, `[a-z0-9._-]`.
+fn artifact_name(s: &str) -> String {
+    let n: String = s
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let n = n.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    if n.is_empty() { "session".into() } else { n }
+}
+
+pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let epoch = super::sif::source_date_epoch()?;
+    let created = epoch.unwrap_or(now);
+    let name = match (&a.name, &a.source) {
+        (Some(n), _) => artifact_name(n),
+        (None, ImageRef::Container(c)) => artifact_name(&crate::engine::inspect_container(c)?.name),
+        (None, other) => artifact_name(&other.to_string().rsplit(['/', ':']).next().unwrap_or("image").to_string()),
+    };
+    let tag = match &a.tag {
+        Some(t) => t.clone(),
+        None => crate::transform::apptainer::rfc3339_utc(created)?
+            .chars()
+            .filter(|c| *c != '-' && *c != ':')
+            .collect(),
+    };
+    if a.push.is_some() && !a.to.oci {
+        return Err(Error::bad_input("--push", "needs oci in --to").into());
+    }
+    let cvmfs = match &a.cvmfs_repo {
+        None => None,
+        Some(repo) => Some(CvmfsTarget {
+            repo: RepoConfig::new(repo, a.cvmfs_backend.clone(), a.cvmfs_root.clone(), None)?,
+            name: PublicName::parse(
+                a.cvmfs_name
+                    .as_deref()
+                    .unwrap_or(&format!("gridship.local/promoted/{name}:{tag}")),
+            )?,
+        }),
+    };
+    let mut squashfs = SquashfsOptions::new(Compression::parse("gzip", None)?);
+    if epoch.is_some() {
+        let t = created.clamp(0, u32::MAX as i64) as u32;
+        squashfs.mkfs_time = t;
+        squashfs.clamp_mtime = Some(t);
+    }
+    let mut ctx = a.access.context(global);
+    ctx.pause_containers = a.access.pause;
+    let opts = PromoteOptions {
+        source: a.source.clone(),
+        site: a.site.clone(),
+        overlays_dir: a.dirs.overlays.dir(),
+        recipes_dir: Some(
+            a.dirs
+                .recipes
+                .clone()
+                .unwrap_or_else(crate::recipe::default_recipes_dir),
+        ),
+        queue: a.queue.clone(),
+        targets: a.to,
+        out: a.out.clone(),
+        name,
+        tag,
+        keep_base: a.keep_base,
+        fail_on_secrets: a.fail_on_secrets,
+        dry_run: a.dry_run,
+        keep: a.keep.clone(),
+        scan_limit: a.scan_limit,
+        cvmfs,
+        push: a.push.clone(),
+        sif_url: a.sif_url.clone(),
+        templates_dir: crate::jobdesc::template::default_templates_dir(),
+        smoke_suite: a.suite.clone(),
+        smoke_suites_dir: crate::smoke::suite::default_suites_dir(),
+        smoke_backend: a.backend,
+        gpu: crate::smoke::runtime::gpu_visible(),
+        created,
+        reproducible: epoch.is_some(),
+        squashfs,
+        ctx,
+    };
+    let report = promote(&opts)?;
+    if global.json {
+        print_json(&report)?;
+    } else if !global.quiet {
+        print!("{}", human(&report));
+    }
+    if !report.ok {
+        return Err(anyhow::Error::new(Error::Other(
+            "promote finished with failures (see the smoke tests above)".into(),
+        )));
+    }
+    Ok(())
+}
+
+/// The final report for a terminal.
+pub fn human(r: &PromoteReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} {} for site {} as {}",
+        if r.dry_run { "dry run: would promote" } else { "promoted" },
+        r.source,
+        r.site,
+        r.name
+    );
+    let _ = writeln!(
+        s,
+        "  snapshot {} ({} layers, {} base, {} from the merge cache); scanned {} files, {} in {:.1}s",
+        &r.snapshot_digest[..r.snapshot_digest.len().min(19)],
+        r.layers,
+        r.base_layers,
+        r.merge_cached_layers,
+        r.scan.files,
+        human_bytes(r.scan.bytes),
+        r.scan.seconds
+    );
+    let _ = writeln!(s, "rules:");
+    for rule in &r.rules {
+        let status = if let Some(w) = rule.warnings.first() {
+            w.clone()
+        } else {
+            format!(
+                "{} removed ({}), {} changed, {} added",
+                rule.removed.len(),
+                human_bytes(rule.bytes_removed()),
+                rule.changed.len(),
+                rule.added.len()
+            )
+        };
+        let _ = writeln!(s, "  {:<22} {status}", rule.rule);
+        if rule.rule == "strip-sshd" || rule.rule == "scrub-secrets" {
+            for c in rule.removed.iter().take(25) {
+                let _ = writeln!(s, "      - {} ({})", c.path, c.reason);
+            }
+            if rule.removed.len() > 25 {
+                let _ = writeln!(s, "      ... {} more (see --json)", rule.removed.len() - 25);
+            }
+            for c in &rule.changed {
+                let _ = writeln!(s, "      ~ {}: {}", c.path, c.reason);
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "size: {} -> {} ({} removed)",
+        human_bytes(r.sizes.before),
+        human_bytes(r.sizes.after),
+        human_bytes(r.sizes.removed)
+    );
+    if !r.artifacts.is_empty() {
+        let _ = writeln!(s, "artifacts:");
+        for a in &r.artifacts {
+            let _ = writeln!(
+                s,
+                "  {:<11} {}{}",
+                a.kind,
+                a.path,
+                a.digest.as_ref().map(|d| format!("  {d}")).unwrap_or_default()
+            );
+        }
+    }
+    if let Some(sm) = &r.smoke {
+        let _ = writeln!(
+            s,
+            "smoke ({}): {} passed, {} failed, {} skipped",
+            sm.suite, sm.passed, sm.failed, sm.skipped
+        );
+        for c in &sm.checks {
+            let _ = writeln!(s, "  {:<5} {:<24} {}", c.status.name(), c.name, c.detail);
+        }
+    }
+    for w in &r.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    let _ = writeln!(
+        s,
+        "{:.1}s: {}",
+        r.seconds,
+        r.stages
+            .iter()
+            .map(|(n, t)| format!("{n} {t:.1}s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names() {
+        assert_eq!(super::artifact_name("/My Session_1"), "my-session_1");
+        assert_eq!(super::artifact_name("///"), "session");
+    }
+}

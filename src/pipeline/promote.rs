@@ -1,0 +1,637 @@
+//! `gridship promote`: a live development session to grid-ready artifacts.
+//!
+//! snapshot → site overlay → merge → content scan → strip sshd → scrub
+//! secrets → slim → sinks (SIF, CVMFS tree, OCI image) → GPU smoke tests →
+//! job description. Nothing is written before every rule has run, so
+//! `--fail-on-secrets` and `--dry-run` leave no file behind; each artifact
+//! is written under a temporary name and renamed into place by its sink.
+//!
+//! The raw snapshot (secrets and all) is only a working image in the store:
+//! its names are removed when promote ends, whatever the outcome.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::image::Image;
+use crate::index::{FsIndex, cache};
+use crate::reference::{ImageRef, RegistryRef};
+use crate::sink::cvmfs::{self, PublicName, PublishOptions, Repo, RepoConfig};
+use crate::site::SiteProfile;
+use crate::smoke::{self, Status};
+use crate::transform::paths::{PathPattern, PatternSet};
+use crate::transform::scan::{self, ScanOptions, ScanStats};
+use crate::transform::secrets::{self, ScrubSecrets};
+use crate::transform::slim::{self, Policy};
+use crate::transform::sshd::{self, StripSshd};
+use crate::transform::{RuleReport, Transform, overlay::SiteOverlay};
+use crate::transport::{self, Context};
+use crate::{Error, Result};
+
+/// Which artifacts to make.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Targets {
+    pub sif: bool,
+    pub cvmfs: bool,
+    pub oci: bool,
+}
+
+impl Targets {
+    pub fn parse(list: &str) -> Result<Targets> {
+        let mut t = Targets::default();
+        for w in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match w {
+                "sif" => t.sif = true,
+                "cvmfs" => t.cvmfs = true,
+                "oci" => t.oci = true,
+                _ => {
+                    return Err(Error::BadInput {
+                        input: format!("--to {list}"),
+                        place: format!("{w:?}: "),
+                        reason: "not an artifact kind".into(),
+                        hint: Some("use a comma-separated list of sif, cvmfs, oci".into()),
+                    });
+                }
+            }
+        }
+        if !(t.sif || t.cvmfs || t.oci) {
+            return Err(Error::bad_input(format!("--to {list}"), "names no artifact"));
+        }
+        Ok(t)
+    }
+}
+
+/// Where the CVMFS tree goes.
+#[derive(Debug, Clone)]
+pub struct CvmfsTarget {
+    pub repo: RepoConfig,
+    pub name: PublicName,
+}
+
+#[derive(Debug, Clone)]
+pub struct PromoteOptions {
+    pub source: ImageRef,
+    pub site: String,
+    pub overlays_dir: PathBuf,
+    /// Recipes directory: the session's recipe (label gridship.recipe)
+    /// may carry slim and secrets overrides in promote.yaml.
+    pub recipes_dir: Option<PathBuf>,
+    pub queue: Option<String>,
+    pub targets: Targets,
+    pub out: PathBuf,
+    /// Artifact base name and tag (store: promoted/NAME:TAG).
+    pub name: String,
+    pub tag: String,
+    pub keep_base: bool,
+    pub fail_on_secrets: bool,
+    pub dry_run: bool,
+    pub keep: Vec<String>,
+    pub scan_limit: usize,
+    /// Default: a dir backend under OUT/cvmfs.
+    pub cvmfs: Option<CvmfsTarget>,
+    pub push: Option<RegistryRef>,
+    /// Where the CE fetches the SIF (for the job description of a SIF).
+    pub sif_url: Option<String>,
+    pub templates_dir: PathBuf,
+    pub smoke_suite: String,
+    pub smoke_suites_dir: PathBuf,
+    pub smoke_backend: crate::smoke::runtime::Backend,
+    /// Whether a GPU is visible (decided by the caller).
+    pub gpu: std::result::Result<String, String>,
+    pub created: i64,
+    pub reproducible: bool,
+    pub squashfs: crate::sink::squashfs::SquashfsOptions,
+    pub ctx: Context,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Artifact {
+    pub kind: String,
+    pub path: String,
+    pub digest: Option<String>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Sizes {
+    /// Regular-file bytes of the snapshot's merged tree (with the overlay).
+    pub before: u64,
+    pub after: u64,
+    pub removed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PromoteReport {
+    pub source: String,
+    pub site: String,
+    pub name: String,
+    pub dry_run: bool,
+    pub snapshot_digest: String,
+    pub layers: usize,
+    pub base_layers: usize,
+    pub merge_cached_layers: usize,
+    pub scan: ScanStats,
+    pub rules: Vec<RuleReport>,
+    pub sizes: Sizes,
+    pub artifacts: Vec<Artifact>,
+    pub smoke: Option<smoke::Report>,
+    pub warnings: Vec<String>,
+    /// Seconds per stage, in order.
+    pub stages: Vec<(String, f64)>,
+    pub seconds: f64,
+    /// Whether everything asked for was made and every smoke check passed
+    /// or was skipped.
+    pub ok: bool,
+}
+
+/// Stage timing and the progress line of each stage.
+struct Stages {
+    done: Vec<(String, f64)>,
+    current: Option<(String, Instant, indicatif::ProgressBar)>,
+}
+
+impl Stages {
+    fn start(&mut self, name: &str) {
+        self.finish();
+        let bar = crate::progress::spinner(name.to_string());
+        self.current = Some((name.to_string(), Instant::now(), bar));
+    }
+    fn finish(&mut self) {
+        if let Some((n, t, bar)) = self.current.take() {
+            let s = t.elapsed().as_secs_f64();
+            bar.finish_with_message(format!("{n} ({s:.1}s)"));
+            self.done.push((n, s));
+        }
+    }
+}
+
+/// Store names promote works under, removed when it ends.
+struct WorkRefs<'a> {
+    store: &'a crate::store::Layout,
+    names: Vec<String>,
+}
+
+impl Drop for WorkRefs<'_> {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.names);
+        if let Err(e) = self.store.update_index(|i| {
+            i.manifests
+                .retain(|d| !d.ref_name().is_some_and(|n| names.iter().any(|w| w == n)))
+        }) {
+            tracing::warn!("could not drop promote's working names from the store: {e}");
+        }
+    }
+}
+
+pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
+    let started = Instant::now();
+    let mut stages = Stages {
+        done: Vec::new(),
+        current: None,
+    };
+    let mut warnings = Vec::new();
+    let site = SiteProfile::load(&opts.overlays_dir, &opts.site)?;
+    let overlay = SiteOverlay::load(&opts.overlays_dir, &opts.site)?;
+    let store = opts.ctx.store()?;
+    let mut work = WorkRefs {
+        store: &store,
+        names: vec![opts.source.to_string()],
+    };
+
+    // Snapshot: commit + read into the store (the container keeps running).
+    stages.start("snapshot");
+    let snapshot = transport::open(&opts.source, &opts.ctx)?;
+    let base_layers = match &opts.source {
+        ImageRef::Container(c) => {
+            let info = crate::engine::inspect_container(c)?;
+            crate::engine::inspect_image(&info.image_id)?.layers
+        }
+        _ => snapshot.layers().len().saturating_sub(1),
+    }
+    .min(snapshot.layers().len());
+
+    // Site overlay: one more layer, env and labels.
+    stages.start("site overlay");
+    let work_name = format!("gridship-promote/work-{}:{}", std::process::id(), opts.tag);
+    work.names.push(work_name.clone());
+    let created_rfc = crate::transform::apptainer::rfc3339_utc(opts.created)?;
+    let image = crate::sink::oci::append_layer(
+        &snapshot,
+        &store,
+        &crate::sink::oci::NewLayer {
+            tar: &overlay.layer,
+            created_by: format!(
+                "gridship site overlay {} ({} entries)",
+                overlay.site, overlay.entries
+            ),
+            comment: Some(overlay.digest().to_string()),
+        },
+        &created_rfc,
+        |config| overlay.apply_config(config),
+        &work_name,
+    )?;
+    let overlay_paths = {
+        let raw = FsIndex::from_layer(&image, image.layers().len() - 1)?;
+        let mut set = PatternSet::default();
+        for (k, _, n) in raw.iter() {
+            if !k.is_empty() && !n.kind.is_dir() {
+                set.push(PathPattern::literal(k));
+            }
+        }
+        set
+    };
+
+    // Merge (lower layers from the cache when an earlier promote or publish
+    // of the same base merged them).
+    stages.start("merge");
+    let cache_dir = cvmfs::merge_cache_dir(&store);
+    let (lower, mut index, cached) = if opts.keep_base {
+        let (l, i, c) = cache::from_image_split(&image, &cache_dir, base_layers)?;
+        (Some(l), i, c)
+    } else {
+        let (i, c) = cache::from_image(&image, &cache_dir)?;
+        (None, i, c)
+    };
+    let before = index.content_bytes();
+
+    // Content scan, once, for every rule.
+    stages.start("scan");
+    let mut config = image.config.clone();
+    let scripts = sshd::entry_scripts(&index, &config);
+    let scan = scan::scan(
+        &index,
+        &image,
+        &ScanOptions {
+            limit: opts.scan_limit,
+            keep_content: scripts.iter().map(|(_, id)| *id).collect(),
+            ..Default::default()
+        },
+    )?;
+    let script_texts: HashMap<String, Vec<u8>> = scripts
+        .iter()
+        .filter_map(|(p, id)| scan.contents.get(id).map(|c| (p.clone(), c.clone())))
+        .collect();
+
+    // Rules.
+    stages.start("rules");
+    let mut policy = Policy::new()?;
+    policy.apply_file(&site.path)?;
+    if let (Some(dir), Some(recipe)) = (
+        &opts.recipes_dir,
+        config
+            .config
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("gridship.recipe")),
+    ) && !recipe.is_empty()
+        && !recipe.contains('/')
+    {
+        policy.apply_file(&dir.join(recipe).join("promote.yaml"))?;
+    }
+    for k in &opts.keep {
+        policy.keep(k)?;
+    }
+    let mut rules = Vec::new();
+    let strip = StripSshd {
+        scripts: &script_texts,
+    };
+    let scrub = ScrubSecrets {
+        findings: &scan.findings,
+        policy: &policy.secrets,
+    };
+    for t in [&strip as &dyn Transform, &scrub] {
+        let mut r = RuleReport::new(t.name(), t.description());
+        t.apply(&mut index, &mut config, &mut r)?;
+        rules.push(r);
+    }
+    let found: Vec<secrets::Found> = rules[1]
+        .removed
+        .iter()
+        .map(|c| secrets::Found {
+            path: c.path.clone(),
+            kind: c.reason.clone(),
+        })
+        .collect();
+    if opts.fail_on_secrets && !found.is_empty() {
+        return Err(secrets::refuse(&found, &opts.source.to_string()));
+    }
+    rules.extend(slim::apply(
+        &mut index,
+        &config,
+        &policy.slim,
+        &scan.findings,
+        &overlay_paths,
+    ));
+    if let Some(lower) = &lower {
+        // Kept base layers still carry what was removed from them.
+        for r in &rules[..2] {
+            for c in &r.removed {
+                if c.path.starts_with('/') && lower.lookup(&c.path).is_some() {
+                    warnings.push(format!(
+                        "--keep-base: {} ({}) is removed from the tree but stays in a base layer of the OCI image; the SIF and CVMFS trees do not carry it",
+                        c.path, c.reason
+                    ));
+                }
+            }
+        }
+    }
+    let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
+    labels.insert("gridship.promoted.from".into(), opts.source.to_string());
+    labels.insert("gridship.promoted.site".into(), opts.site.clone());
+    labels.insert("org.opencontainers.image.created".into(), created_rfc.clone());
+    config.created = Some(created_rfc.clone());
+    let after = index.content_bytes();
+    stages.finish();
+
+    let mut report = PromoteReport {
+        source: opts.source.to_string(),
+        site: opts.site.clone(),
+        name: format!("{}:{}", opts.name, opts.tag),
+        dry_run: opts.dry_run,
+        snapshot_digest: snapshot.manifest_desc.digest.to_string(),
+        layers: snapshot.layers().len(),
+        base_layers,
+        merge_cached_layers: cached,
+        scan: scan.stats,
+        rules,
+        sizes: Sizes {
+            before,
+            after,
+            removed: before.saturating_sub(after),
+        },
+        artifacts: Vec::new(),
+        smoke: None,
+        warnings: Vec::new(),
+        stages: Vec::new(),
+        seconds: 0.0,
+        ok: true,
+    };
+    if opts.dry_run {
+        report.warnings = warnings;
+        report.stages = stages.done;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| Error::io_path(&opts.out, "creating the output directory", e))?;
+
+    // The promoted image as the sinks see it: the transformed tree over
+    // the working image's layers, with the promoted config.
+    let mut view = image.clone();
+    view.config = config.clone();
+    view.config_raw = serde_json::to_vec(&config).expect("config serializes");
+    view.name = format!("promoted/{}:{}", opts.name, opts.tag);
+
+    let mut promoted: Option<Image> = None;
+    if opts.targets.oci || opts.targets.cvmfs {
+        stages.start("oci image");
+        let store_name = format!("promoted/{}:{}", opts.name, opts.tag);
+        let keep = if opts.keep_base { base_layers } else { 0 };
+        let layer_index = match &lower {
+            Some(l) => index.diff_from(l),
+            None => index.clone(),
+        };
+        let history = serde_json::json!({
+            "created": created_rfc,
+            "created_by": format!(
+                "gridship promote {} --site {}{}",
+                opts.source,
+                opts.site,
+                if opts.keep_base { " --keep-base" } else { "" }
+            ),
+        });
+        let img = crate::sink::oci::write_image(
+            &image,
+            keep,
+            &store,
+            config.clone(),
+            history,
+            |w| {
+                crate::sink::tar::write_tar(
+                    &layer_index,
+                    &image,
+                    w,
+                    &crate::sink::tar::TarOptions::default(),
+                )
+                .map(|_| ())
+            },
+            &store_name,
+        )?;
+        report.artifacts.push(Artifact {
+            kind: "oci".into(),
+            path: format!("{}:{}", store.root().display(), store_name),
+            digest: Some(img.manifest_desc.digest.to_string()),
+            bytes: img.layers().iter().map(|l| l.size).sum(),
+        });
+        if let Some(dest) = &opts.push {
+            stages.start("push");
+            transport::copy(
+                &ImageRef::Store(store_name.clone()),
+                &ImageRef::Registry(dest.clone()),
+                &opts.ctx,
+            )?;
+            report.artifacts.push(Artifact {
+                kind: "oci-pushed".into(),
+                path: format!("docker://{dest}"),
+                digest: Some(img.manifest_desc.digest.to_string()),
+                bytes: 0,
+            });
+        }
+        promoted = Some(img);
+    }
+
+    let mut sif_path = None;
+    if opts.targets.sif {
+        stages.start("sif");
+        let dest = opts.out.join(format!("{}.sif", opts.name));
+        let build = crate::sink::sif::SifBuild {
+            uri: format!("docker://promoted/{}:{}", opts.name, opts.tag),
+            base: None,
+            created: opts.created,
+            reproducible: opts.reproducible,
+            squashfs: opts.squashfs.clone(),
+        };
+        let r = crate::sink::sif::build_sif(&view, index.clone(), &dest, &build)?;
+        report.rules.push(r.transform);
+        report.artifacts.push(Artifact {
+            kind: "sif".into(),
+            path: dest.display().to_string(),
+            digest: Some(file_sha256(&dest)?),
+            bytes: std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0),
+        });
+        sif_path = Some(dest);
+    }
+
+    let mut cvmfs_path = None;
+    if opts.targets.cvmfs {
+        stages.start("cvmfs");
+        let img = promoted.as_ref().expect("written for cvmfs");
+        let target = match &opts.cvmfs {
+            Some(t) => t.clone(),
+            None => CvmfsTarget {
+                repo: RepoConfig::new(
+                    "promoted.gridship.local",
+                    cvmfs::BackendKind::Dir,
+                    Some(opts.out.join("cvmfs")),
+                    None,
+                )?,
+                name: PublicName::parse(&format!(
+                    "gridship.local/promoted/{}:{}",
+                    opts.name, opts.tag
+                ))?,
+            },
+        };
+        if target.repo.backend == cvmfs::BackendKind::Dir {
+            std::fs::create_dir_all(&target.repo.root)
+                .map_err(|e| Error::io_path(&target.repo.root, "creating", e))?;
+        }
+        let repo_name = target.repo.name.clone();
+        let mut repo = Repo::open(target.repo.clone())?;
+        let r = cvmfs::publish(
+            &mut repo,
+            &target.name,
+            img,
+            &PublishOptions {
+                layers: false,
+                created: opts.created,
+                reuse: true,
+                store: Some(store.clone()),
+            },
+        )?;
+        let tree = repo.root().join(&r.flat);
+        let public = Path::new("/cvmfs")
+            .join(&repo_name)
+            .join(target.name.link_path());
+        report.artifacts.push(Artifact {
+            kind: "cvmfs".into(),
+            path: tree.display().to_string(),
+            digest: Some(r.config_digest.clone()),
+            bytes: report.sizes.after,
+        });
+        report.artifacts.push(Artifact {
+            kind: "cvmfs-link".into(),
+            path: public.display().to_string(),
+            digest: None,
+            bytes: 0,
+        });
+        cvmfs_path = Some(public);
+    }
+
+    // GPU smoke tests: the static checks always; the run checks when a GPU
+    // is visible (skipped, never passed, when none is).
+    stages.start("smoke");
+    let mut suite = crate::smoke::suite::Suite::find(&opts.smoke_suite, &opts.smoke_suites_dir)?;
+    let mut queues = Vec::new();
+    for (n, q) in &site.gpu_queues {
+        if opts.queue.as_ref().is_none_or(|w| w == n) {
+            queues.push((opts.site.clone(), n.clone(), q.clone()));
+        }
+    }
+    let mut skipped = Vec::new();
+    if let Err(why) = &opts.gpu {
+        suite.checks.retain(|c| {
+            let keep = c.kind == crate::smoke::suite::CheckKind::Static;
+            if !keep {
+                skipped.push(smoke::CheckResult {
+                    name: c.name.clone(),
+                    kind: c.kind.name(),
+                    status: Status::Skip,
+                    detail: format!("no GPU visible: {why}"),
+                    seconds: 0.0,
+                });
+            }
+            keep
+        });
+    }
+    let mut sr = smoke::run(
+        &view,
+        &index,
+        &suite,
+        &smoke::Options {
+            backend: opts.smoke_backend,
+            allow_no_gpu: true,
+            queues,
+            gpu: opts.gpu.clone(),
+        },
+    )?;
+    sr.skipped += skipped.len();
+    sr.checks.extend(skipped);
+    let smoke_ok = sr.ok();
+    if !smoke_ok {
+        warnings.push(format!(
+            "smoke tests failed ({} of {}): no job description written",
+            sr.failed,
+            sr.checks.len()
+        ));
+    }
+    report.smoke = Some(sr);
+
+    // Job description for the site's GPU queue.
+    stages.start("jobdesc");
+    let queue = match &opts.queue {
+        Some(q) => Some(q.clone()),
+        None => site.gpu_queues.keys().next().cloned(),
+    };
+    let image_ref = match (&cvmfs_path, &opts.sif_url, &sif_path) {
+        (Some(p), _, _) => Some(p.display().to_string()),
+        (None, Some(u), Some(_)) => Some(u.clone()),
+        _ => None,
+    };
+    match (smoke_ok, queue, image_ref) {
+        (false, _, _) => report.ok = false,
+        (true, None, _) => warnings.push(format!(
+            "site {} has no gpu_queues: no job description written",
+            opts.site
+        )),
+        (true, Some(_), None) => warnings.push(
+            "no job description: a SIF job needs --sif-url (where the CE fetches it), or add cvmfs to --to"
+                .into(),
+        ),
+        (true, Some(q), Some(image_ref)) => {
+            let tname = if image_ref.starts_with("/cvmfs/") {
+                "gpu-cvmfs"
+            } else {
+                "gpu-sif-staged"
+            };
+            let template = crate::jobdesc::template::Template::load(&opts.templates_dir, tname)?;
+            let jobs = crate::jobdesc::for_image(
+                &site,
+                &q,
+                &image_ref,
+                &template,
+                &crate::jobdesc::Request { gpus: None },
+            )?;
+            for (format, ext) in [
+                (crate::jobdesc::Format::Xrsl, "xrsl"),
+                (crate::jobdesc::Format::Adl, "adl"),
+            ] {
+                let path = opts.out.join(format!("{}.{ext}", opts.name));
+                let text = crate::jobdesc::render(&jobs, format);
+                crate::store::write_atomic(&path, text.as_bytes())?;
+                report.artifacts.push(Artifact {
+                    kind: ext.into(),
+                    path: path.display().to_string(),
+                    digest: Some(crate::digest::Digest::of_bytes(text.as_bytes()).to_string()),
+                    bytes: text.len() as u64,
+                });
+            }
+        }
+    }
+    stages.finish();
+    report.warnings = warnings;
+    report.stages = stages.done;
+    report.seconds = started.elapsed().as_secs_f64();
+    let json = serde_json::to_vec_pretty(&report).expect("report serializes");
+    crate::store::write_atomic(&opts.out.join(format!("{}.promote.json", opts.name)), &json)?;
+    drop(work);
+    Ok(report)
+}
+
+fn file_sha256(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io_path(path, "reading", e))?;
+    let mut h = crate::digest::HashingWriter::new(std::io::sink());
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io_path(path, "reading", e))?;
+    Ok(h.finish().1.to_string())
+}
