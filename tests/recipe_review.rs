@@ -655,7 +655,7 @@ fn shipped_recipes_load_and_target_known_sites() {
         );
     }
     let gpu = Recipe::load(&recipes, "gpu-dev").unwrap();
-    assert_eq!(gpu.spec.smoke_suite.as_deref(), Some("gpu-basic"));
+    assert_eq!(gpu.spec.smoke_suite.as_deref(), Some("smoke.yaml"));
     let mut bad = Recipe::load(&recipes, "debian12-dev").unwrap();
     bad.spec.sites.push("atlantis".into());
     let e = bad

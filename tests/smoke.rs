@@ -297,7 +297,7 @@ fn smoke_cuda_runtime_against_site_queue_drivers() {
         "{d}"
     );
     assert!(
-        d.contains("incompatible") && d.contains("470.82.01") && d.contains("525.60.13"),
+        d.contains("incompatible") && d.contains("470.82.01") && d.contains("below 525,"),
         "{d}"
     );
     // 535 is below 12.6's 560.28.03 but a 12.x driver: minor version compatibility.
@@ -680,4 +680,313 @@ checks:
         &["images", "--format", "{{.Repository}}", "gridship-smoke/*"],
     );
     assert!(images.trim().is_empty(), "images left: {images}");
+}
+
+// ---- which suite: --suite, --recipe, the image's gridship.recipe label ----
+
+/// Give the image at `layout` (tag "1", as [`fixture`] writes it) config
+/// labels: the config, manifest and index are rewritten by hand.
+fn set_labels(layout: &Path, labels: &[(&str, &str)]) {
+    use sha2::{Digest, Sha256};
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let put = |bytes: &[u8]| {
+        let d = hex::encode(Sha256::digest(bytes));
+        std::fs::write(layout.join("blobs/sha256").join(&d), bytes).unwrap();
+        (format!("sha256:{d}"), bytes.len())
+    };
+    let read = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let mut index = read(layout.join("index.json"));
+    let mut manifest = read(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let mut config = read(blob(manifest["config"]["digest"].as_str().unwrap()));
+    for (k, v) in labels {
+        config["config"]["Labels"][*k] = (*v).into();
+    }
+    let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = cd.into();
+    manifest["config"]["size"] = cs.into();
+    let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    index["manifests"][0]["digest"] = md.into();
+    index["manifests"][0]["size"] = ms.into();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+}
+
+/// A recipes directory with recipe `myrec` (its own suite smoke.yaml,
+/// which includes `two-static` by name and adds a check) and a suites
+/// directory with `two-static` and the shipped gpu-basic.
+struct Recipes {
+    recipes: PathBuf,
+    suites: PathBuf,
+    smoke: PathBuf,
+}
+
+fn recipes_fixture(f: &Fixture) -> Recipes {
+    let root = f.dir.parent().unwrap();
+    let recipes = root.join("recipes");
+    let r = recipes.join("myrec");
+    std::fs::create_dir_all(&r).unwrap();
+    std::fs::write(
+        r.join("recipe.yaml"),
+        "base: {image: docker.io/library/debian:bookworm}\nsmoke_suite: smoke.yaml\n",
+    )
+    .unwrap();
+    std::fs::write(r.join("Dockerfile"), "ARG BASE=debian\nFROM ${BASE}\n").unwrap();
+    let smoke = r.join("smoke.yaml");
+    std::fs::write(
+        &smoke,
+        "name: myrec\ninclude: [two-static]\nchecks:\n  - {name: cuda-driver-compat, kind: static}\n",
+    )
+    .unwrap();
+    let suites = root.join("suites");
+    std::fs::create_dir_all(&suites).unwrap();
+    std::fs::write(
+        suites.join("two-static.yaml"),
+        "name: two-static\nchecks:\n  - {name: no-driver-libs, kind: static}\n  - {name: glibc-version, kind: static}\n",
+    )
+    .unwrap();
+    std::fs::copy(
+        suites_dir().join("gpu-basic.yaml"),
+        suites.join("gpu-basic.yaml"),
+    )
+    .unwrap();
+    Recipes {
+        recipes,
+        suites,
+        smoke,
+    }
+}
+
+fn smoke_with(g: &Gridship, rc: &Recipes, args: &[&str]) -> common::Run {
+    let mut c = g.cmd();
+    c.env("GRIDSHIP_SMOKE_SUITES", &rc.suites)
+        .env_remove("GRIDSHIP_RECIPES")
+        .arg("smoke")
+        .args(args);
+    common::to_run(c.output().unwrap())
+}
+
+fn check_names(j: &serde_json::Value) -> Vec<String> {
+    j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn smoke_recipe_suite_found_by_recipe_option() {
+    let f = fixture(&[], vec![]);
+    let rc = recipes_fixture(&f);
+    let g = Gridship::new();
+    let r = smoke_with(
+        &g,
+        &rc,
+        &[
+            &oci(&f),
+            "--recipe",
+            "myrec",
+            "--recipes",
+            rc.recipes.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["suite"], "myrec");
+    assert_eq!(j["suite_path"], rc.smoke.to_str().unwrap());
+    assert_eq!(j["suite_chosen_by"], "recipe myrec (--recipe)");
+    // The included suite's checks first, then the recipe's own.
+    assert_eq!(
+        check_names(&j),
+        ["no-driver-libs", "glibc-version", "cuda-driver-compat"]
+    );
+    // The human report says where the suite came from.
+    let r = smoke_with(
+        &g,
+        &rc,
+        &[
+            &oci(&f),
+            "--recipe",
+            "myrec",
+            "--recipes",
+            rc.recipes.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("suite myrec from ") && r.stdout.contains("recipe myrec (--recipe)"),
+        "{}",
+        r.stdout
+    );
+    // An unknown recipe is bad input, naming the known ones.
+    let r = smoke_with(
+        &g,
+        &rc,
+        &[
+            &oci(&f),
+            "--recipe",
+            "nope",
+            "--recipes",
+            rc.recipes.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no recipe 'nope'") && r.stderr.contains("myrec"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn smoke_recipe_suite_found_by_image_label() {
+    let f = fixture(&[], vec![]);
+    let rc = recipes_fixture(&f);
+    set_labels(&f.dir, &[("gridship.recipe", "myrec")]);
+    let g = Gridship::new();
+    let r = smoke_with(
+        &g,
+        &rc,
+        &[
+            &oci(&f),
+            "--recipes",
+            rc.recipes.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["suite"], "myrec");
+    assert_eq!(j["suite_chosen_by"], "recipe myrec (label gridship.recipe)");
+    assert_eq!(check_names(&j).len(), 3);
+    // The recipes directory from the environment, as `gridship build` reads it.
+    let mut c = g.cmd();
+    c.env("GRIDSHIP_SMOKE_SUITES", &rc.suites)
+        .env("GRIDSHIP_RECIPES", &rc.recipes)
+        .args(["smoke", &oci(&f), "--json"]);
+    let r = common::to_run(c.output().unwrap());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["suite"], "myrec");
+    // A recipe the recipes directory lacks: the shipped default.
+    set_labels(&f.dir, &[("gridship.recipe", "elsewhere")]);
+    let r = smoke_with(
+        &g,
+        &rc,
+        &[
+            &oci(&f),
+            "--recipes",
+            rc.recipes.to_str().unwrap(),
+            "--allow-no-gpu",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["suite"], "gpu-basic");
+    let why = j["suite_chosen_by"].as_str().unwrap();
+    assert!(
+        why.starts_with("default") && why.contains("elsewhere"),
+        "{why}"
+    );
+}
+
+#[test]
+fn smoke_suite_option_wins_over_recipe_and_label() {
+    let f = fixture(&[], vec![]);
+    let rc = recipes_fixture(&f);
+    set_labels(&f.dir, &[("gridship.recipe", "myrec")]);
+    let r = smoke_with(
+        &Gridship::new(),
+        &rc,
+        &[
+            &oci(&f),
+            "--suite",
+            f.suite.to_str().unwrap(),
+            "--recipe",
+            "myrec",
+            "--recipes",
+            rc.recipes.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["suite"], "static-only");
+    assert_eq!(j["suite_chosen_by"], "--suite");
+}
+
+#[test]
+fn smoke_bad_include_is_bad_input_naming_file_and_key() {
+    let f = fixture(&[], vec![]);
+    let rc = recipes_fixture(&f);
+    let g = Gridship::new();
+    std::fs::write(
+        &rc.smoke,
+        "name: myrec\ninclude: [two-static, no-such-suite]\n",
+    )
+    .unwrap();
+    let recipes = rc.recipes.to_str().unwrap();
+    let r = smoke_with(
+        &g,
+        &rc,
+        &[&oci(&f), "--recipe", "myrec", "--recipes", recipes],
+    );
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let want = format!(
+        "{}: include[1]: no smoke-test suite 'no-such-suite'",
+        rc.smoke.display()
+    );
+    assert!(r.stderr.contains(&want), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("two-static"),
+        "hint names the suites: {}",
+        r.stderr
+    );
+    // The same through the image's label.
+    set_labels(&f.dir, &[("gridship.recipe", "myrec")]);
+    let r = smoke_with(&g, &rc, &[&oci(&f), "--recipes", recipes]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains(&want), "{}", r.stderr);
+    // A cycle: the recipe's suite includes a suite that includes it back.
+    std::fs::write(&rc.smoke, "name: myrec\ninclude: [loop.yaml]\n").unwrap();
+    std::fs::write(
+        rc.smoke.with_file_name("loop.yaml"),
+        "name: loop\ninclude: [smoke.yaml]\n",
+    )
+    .unwrap();
+    let r = smoke_with(
+        &g,
+        &rc,
+        &[&oci(&f), "--recipe", "myrec", "--recipes", recipes],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("loop.yaml: include[0]: include cycle: ")
+            && r.stderr.contains("smoke.yaml -> "),
+        "{}",
+        r.stderr
+    );
+    // recipe.yaml naming a suite file that is not there.
+    std::fs::remove_file(&rc.smoke).unwrap();
+    let r = smoke_with(
+        &g,
+        &rc,
+        &[&oci(&f), "--recipe", "myrec", "--recipes", recipes],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("myrec/recipe.yaml: smoke_suite: "),
+        "{}",
+        r.stderr
+    );
 }

@@ -4,13 +4,15 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::build::ProjectDirs;
 use super::image::{AccessOpts, parse_ref};
-use super::{GlobalOpts, SiteOverlaysOpt, print_json};
+use super::{GlobalOpts, print_json};
 use crate::index::FsIndex;
+use crate::recipe::{Recipe, default_recipes_dir};
 use crate::reference::ImageRef;
 use crate::site::SiteProfile;
 use crate::smoke::runtime::{self, Backend};
-use crate::smoke::suite::{Suite, default_suites_dir};
+use crate::smoke::suite::{self, DEFAULT_SUITE, Picked, Suite, default_suites_dir};
 use crate::smoke::{self, report};
 use crate::{Error, transport};
 
@@ -23,9 +25,16 @@ pub struct SmokeArgs {
     #[arg(long, value_enum, default_value = "chroot")]
     pub backend: Backend,
     /// Suite: a name in the smoke-suites directory ($GRIDSHIP_SMOKE_SUITES,
-    /// default ./smoke-suites) or a YAML file.
-    #[arg(long, value_name = "NAME|FILE", default_value = "gpu-basic")]
-    pub suite: String,
+    /// default ./smoke-suites) or a YAML file. Wins over --recipe and the
+    /// image's gridship.recipe label. Default: the recipe's suite, else
+    /// gpu-basic.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub suite: Option<String>,
+    /// Run this recipe's suite (recipe.yaml `smoke_suite:`). Without it,
+    /// the recipe named by the image's gridship.recipe label is used when
+    /// the recipes directory has it.
+    #[arg(long, value_name = "NAME")]
+    pub recipe: Option<String>,
     /// Site whose GPU queues' drivers the CUDA check compares with.
     #[arg(long, value_name = "SITE")]
     pub site: Option<String>,
@@ -40,16 +49,51 @@ pub struct SmokeArgs {
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
     #[command(flatten)]
-    pub overlays: SiteOverlaysOpt,
+    pub dirs: ProjectDirs,
     #[command(flatten)]
     pub access: AccessOpts,
 }
 
+impl SmokeArgs {
+    fn recipes_dir(&self) -> PathBuf {
+        self.dirs
+            .recipes
+            .clone()
+            .unwrap_or_else(default_recipes_dir)
+    }
+
+    /// The suite named on the command line (--suite, then --recipe), if any.
+    fn named_suite(&self, suites_dir: &std::path::Path) -> anyhow::Result<Option<Picked>> {
+        if let Some(s) = &self.suite {
+            return Ok(Some(Picked {
+                suite: Suite::find(s, suites_dir)?,
+                why: "--suite".into(),
+            }));
+        }
+        let Some(name) = &self.recipe else {
+            return Ok(None);
+        };
+        let recipe = Recipe::load(&self.recipes_dir(), name)?;
+        Ok(Some(match suite::for_recipe(&recipe, suites_dir)? {
+            Some(suite) => Picked {
+                suite,
+                why: format!("recipe {name} (--recipe)"),
+            },
+            None => Picked {
+                suite: Suite::find(DEFAULT_SUITE, suites_dir)?,
+                why: format!("default (recipe {name} names no smoke_suite)"),
+            },
+        }))
+    }
+}
+
 pub fn smoke(global: &GlobalOpts, args: &SmokeArgs) -> anyhow::Result<()> {
-    let suite = Suite::find(&args.suite, &default_suites_dir())?;
+    let suites_dir = default_suites_dir();
+    // A suite named on the command line is checked before the image is read.
+    let named = args.named_suite(&suites_dir)?;
     let mut queues = Vec::new();
     if let Some(site) = &args.site {
-        let p = SiteProfile::load(&args.overlays.dir(), site)?;
+        let p = SiteProfile::load(&args.dirs.overlays.dir(), site)?;
         match &args.queue {
             Some(q) => queues.push((site.clone(), q.clone(), p.queue(q)?.clone())),
             None => {
@@ -61,6 +105,10 @@ pub fn smoke(global: &GlobalOpts, args: &SmokeArgs) -> anyhow::Result<()> {
     }
     let ctx = args.access.context(global);
     let image = transport::open(&args.image, &ctx)?;
+    let picked = match named {
+        Some(p) => p,
+        None => suite::for_image(&image, Some(&args.recipes_dir()), &suites_dir)?,
+    };
     let index = FsIndex::from_image(&image)?;
     let opts = smoke::Options {
         backend: args.backend,
@@ -68,7 +116,8 @@ pub fn smoke(global: &GlobalOpts, args: &SmokeArgs) -> anyhow::Result<()> {
         queues,
         gpu: runtime::gpu_visible(),
     };
-    let r = smoke::run(&image, &index, &suite, &opts)?;
+    let mut r = smoke::run(&image, &index, &picked.suite, &opts)?;
+    r.suite_chosen_by = Some(picked.why);
     if let Some(path) = &args.junit {
         report::write_junit(&r, path)?;
     }

@@ -47,7 +47,9 @@ pub struct RecipeSpec {
     /// Target sites: directory names under site-overlays/.
     #[serde(default)]
     pub sites: Vec<String>,
-    /// Smoke-test suite to run on the result.
+    /// Smoke-test suite to run on the result: a name in the smoke-suites
+    /// directory (`gpu-basic`), or a file of the recipe directory
+    /// (`smoke.yaml`, any name ending in .yaml/.yml).
     #[serde(default)]
     pub smoke_suite: Option<String>,
     /// Paths (globs) that slimming never removes.
@@ -212,7 +214,7 @@ impl RecipeSpec {
                 path,
                 "smoke_suite: ",
                 format!("'{s}' is not a smoke-test suite name"),
-                "name a suite, e.g. smoke_suite: gpu-basic",
+                "name a suite (smoke_suite: gpu-basic) or a file of the recipe directory (smoke_suite: smoke.yaml)",
             ));
         }
         for (key, list) in [
@@ -293,11 +295,32 @@ impl Recipe {
                 ),
             ));
         }
-        Ok(Recipe {
+        let recipe = Recipe {
             name: name.to_string(),
             dir,
             spec,
-        })
+        };
+        if let Some(f) = recipe.smoke_suite_file()
+            && !f.is_file()
+        {
+            return Err(bad(
+                &path,
+                "smoke_suite: ",
+                format!("{} is not a file of the recipe directory", f.display()),
+                "add the suite file next to recipe.yaml, or name a shipped suite (smoke_suite: gpu-basic)",
+            ));
+        }
+        Ok(recipe)
+    }
+
+    /// `smoke_suite:` when it names a file of the recipe directory (a
+    /// value ending in .yaml/.yml): its absolute path.
+    pub fn smoke_suite_file(&self) -> Option<PathBuf> {
+        self.spec
+            .smoke_suite
+            .as_deref()
+            .filter(|s| s.ends_with(".yaml") || s.ends_with(".yml"))
+            .map(|s| self.dir.join(s))
     }
 
     /// Sorted names of the directories under `recipes_dir` that hold a recipe.yaml.

@@ -1,20 +1,34 @@
 //! CUDA runtime versions against NVIDIA driver versions.
 //!
-//! Source: NVIDIA CUDA Toolkit Release Notes, "CUDA Driver", Table 2/3
-//! ("CUDA Toolkit and Corresponding Driver Versions": the minimum Linux
-//! x86_64 driver for each toolkit's GA release, and the minimum driver for
-//! CUDA minor version compatibility per major release),
-//! https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/index.html#cuda-driver
-//! and "CUDA Compatibility" (https://docs.nvidia.com/deploy/cuda-compatibility/).
-//! The GA rows are the first release of each major.minor (updates may
-//! need a slightly newer driver; the GA minimum is what a runtime of that
-//! minor version needs for full support).
+//! The rule (CUDA Compatibility, "Minor Version Compatibility"): a CUDA
+//! runtime X.Y is fully supported by a driver at least as new as the one
+//! of toolkit X.Y ([`TOOLKIT_DRIVER`]). From CUDA 11 on, an older driver
+//! of the same major family still runs it with a limited feature set
+//! (minor version compatibility) when it is at least that family's
+//! minimum ([`MINOR_COMPAT_DRIVER`]); a driver of an older family cannot.
+//! NVIDIA also gives a maximum per family (12.x: < 580, 11.x: < 525):
+//! above it the driver belongs to a newer family and is newer than every
+//! toolkit of the older one, so full support applies anyway.
 
 use serde::Serialize;
 
-/// CUDA major.minor → minimum Linux driver for full support (GA release).
+// Checked against NVIDIA's tables (CUDA 13.1 edition of the release notes):
+// https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/index.html#cuda-driver
+//   "CUDA Toolkit and Corresponding Driver Versions" (Linux x86_64 column,
+//   the GA row of each major.minor; updates may need a slightly newer driver)
+//   and "CUDA Toolkit and Minimum Required Driver Version for CUDA Minor
+//   Version Compatibility" (13.x >= 580; 12.x >= 525, < 580; 11.x >= 450,
+//   < 525, with the footnote that 11.x minor version compatibility needs
+//   450.80.02, the Tesla recommended driver after CUDA 11.0);
+// https://docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html
+//   (Table 1, the same minimum and maximum per family).
+// There was no CUDA 12.7. CUDA 11.0's GA is 11.0.2 (450.51.05); 450.36.06
+// is the 11.0.1 RC's driver.
+
+/// CUDA major.minor → minimum Linux x86_64 driver for full support (the
+/// toolkit's GA release).
 pub const TOOLKIT_DRIVER: &[((u32, u32), &str)] = &[
-    ((11, 0), "450.36.06"),
+    ((11, 0), "450.51.05"),
     ((11, 1), "455.23"),
     ((11, 2), "460.27.03"),
     ((11, 3), "465.19.01"),
@@ -33,12 +47,12 @@ pub const TOOLKIT_DRIVER: &[((u32, u32), &str)] = &[
     ((12, 8), "570.26"),
     ((12, 9), "575.51.03"),
     ((13, 0), "580.65.06"),
+    ((13, 1), "590.44.01"),
 ];
 
 /// CUDA major → minimum Linux driver for minor version compatibility (a
-/// newer 11.x/12.x runtime on an older driver of the same major family).
-pub const MINOR_COMPAT_DRIVER: &[(u32, &str)] =
-    &[(11, "450.80.02"), (12, "525.60.13"), (13, "580")];
+/// newer 11.x/12.x/13.x runtime on an older driver of the same family).
+pub const MINOR_COMPAT_DRIVER: &[(u32, &str)] = &[(11, "450.80.02"), (12, "525"), (13, "580")];
 
 /// A dotted version as numbers ("550.54.15" → [550, 54, 15]).
 pub fn parse_version(s: &str) -> Option<Vec<u32>> {
@@ -204,24 +218,67 @@ mod tests {
         let c = verdict_for_driver((12, 6), "535.154.05");
         assert_eq!(c.verdict, Verdict::CompatibleWithMinorVersionCompatibility);
         assert!(
-            c.why.contains("560.28.03") && c.why.contains("525.60.13") && c.why.contains("PTX"),
+            c.why.contains("560.28.03") && c.why.contains(">= 525,") && c.why.contains("PTX"),
             "{}",
             c.why
         );
         let c = verdict_for_driver((12, 6), "470.82.01");
         assert_eq!(c.verdict, Verdict::Incompatible);
-        assert!(c.why.contains("below 525.60.13"), "{}", c.why);
+        assert!(c.why.contains("below 525,"), "{}", c.why);
+        // The 12.x family minimum is the 525 branch, not one release of it.
+        assert_eq!(
+            verdict_for_driver((12, 8), "525.53").verdict,
+            Verdict::CompatibleWithMinorVersionCompatibility
+        );
+        assert_eq!(
+            verdict_for_driver((12, 9), "575.51.03").verdict,
+            Verdict::Compatible
+        );
+        assert_eq!(
+            verdict_for_driver((12, 9), "575.51.02").verdict,
+            Verdict::CompatibleWithMinorVersionCompatibility
+        );
         assert_eq!(
             verdict_for_driver((13, 0), "550.54.15").verdict,
             Verdict::Incompatible
+        );
+        assert_eq!(
+            verdict_for_driver((13, 0), "575.57.08").verdict,
+            Verdict::Incompatible
+        );
+        assert_eq!(
+            verdict_for_driver((13, 0), "580.65.06").verdict,
+            Verdict::Compatible
+        );
+        assert_eq!(
+            verdict_for_driver((13, 1), "580.126.09").verdict,
+            Verdict::CompatibleWithMinorVersionCompatibility
+        );
+        assert_eq!(
+            verdict_for_driver((13, 1), "590.44.01").verdict,
+            Verdict::Compatible
+        );
+        // A 12.x runtime on a 13.x-family driver: full support.
+        assert_eq!(
+            verdict_for_driver((12, 9), "580.65.06").verdict,
+            Verdict::Compatible
         );
         assert_eq!(
             verdict_for_driver((11, 8), "450.80.02").verdict,
             Verdict::CompatibleWithMinorVersionCompatibility
         );
         assert_eq!(
-            verdict_for_driver((11, 0), "450.36.06").verdict,
+            verdict_for_driver((11, 8), "450.57").verdict,
+            Verdict::Incompatible
+        );
+        // CUDA 11.0 GA (11.0.2) needs 450.51.05; 450.36.06 was the RC's.
+        assert_eq!(
+            verdict_for_driver((11, 0), "450.51.05").verdict,
             Verdict::Compatible
+        );
+        assert_eq!(
+            verdict_for_driver((11, 0), "450.36.06").verdict,
+            Verdict::Incompatible
         );
         assert_eq!(verdict_for_driver((12, 4), "55x").verdict, Verdict::Unknown);
         assert_eq!(
@@ -235,6 +292,14 @@ mod tests {
         assert_eq!(
             verdict_for_driver_cuda((12, 6), "11.4").verdict,
             Verdict::Incompatible
+        );
+        assert_eq!(
+            verdict_for_driver_cuda((13, 0), "12.9").verdict,
+            Verdict::Incompatible
+        );
+        assert_eq!(
+            verdict_for_driver_cuda((12, 4), "13.0").verdict,
+            Verdict::Compatible
         );
     }
 

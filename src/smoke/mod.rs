@@ -59,6 +59,12 @@ pub struct CheckResult {
 pub struct Report {
     pub image: String,
     pub suite: String,
+    /// The suite file read (includes are listed in it).
+    pub suite_path: String,
+    /// Why this suite ran, when the caller says (`gridship smoke` does:
+    /// "--suite", "recipe NAME (--recipe)", "recipe NAME (label
+    /// gridship.recipe)", "default (...)").
+    pub suite_chosen_by: Option<String>,
     pub backend: &'static str,
     /// "SITE/QUEUE" of every GPU queue checked against.
     pub queues: Vec<String>,
@@ -251,6 +257,8 @@ pub fn run(image: &Image, index: &FsIndex, suite: &Suite, opts: &Options) -> Res
     Ok(Report {
         image: image.name.clone(),
         suite: suite.name.clone(),
+        suite_path: suite.path.display().to_string(),
+        suite_chosen_by: None,
         backend: opts.backend.name(),
         queues: opts
             .queues

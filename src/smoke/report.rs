@@ -25,6 +25,12 @@ pub fn human(r: &Report) -> String {
             format!(", queues {}", r.queues.join(", "))
         }
     );
+    if let Some(why) = &r.suite_chosen_by {
+        s.push_str(&format!(
+            "  suite {} from {}: {why}\n",
+            r.suite, r.suite_path
+        ));
+    }
     let w = r.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
     for c in &r.checks {
         s.push_str(&format!(

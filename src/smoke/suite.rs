@@ -3,6 +3,7 @@
 //! ```yaml
 //! name: gpu-basic
 //! description: free text
+//! include: [other-suite]            # optional: suites whose checks come first
 //! checks:
 //!   - name: no-driver-libs          # static: a name from the registry (statics::REGISTRY)
 //!     kind: static
@@ -15,14 +16,27 @@
 //! ```
 //!
 //! Suites are found by name in the smoke-suites directory
-//! (`$GRIDSHIP_SMOKE_SUITES`, else ./smoke-suites): `NAME.yaml`; a recipe
-//! names its own with `smoke_suite:` in recipe.yaml. A value with a `/` or
-//! ending in `.yaml`/`.yml` is a file.
+//! (`$GRIDSHIP_SMOKE_SUITES`, else ./smoke-suites): `NAME.yaml`. A value
+//! with a `/` or ending in `.yaml`/`.yml` is a file.
+//!
+//! `include:` lists suites whose checks run first, in order, then the
+//! suite's own: a name is looked up in the smoke-suites directory, a file
+//! is relative to the including suite. Includes nest; a cycle, an unknown
+//! include or a check name used twice across them is an error naming the
+//! file and the key.
+//!
+//! A recipe names its suite with `smoke_suite:` in recipe.yaml: a name in
+//! the smoke-suites directory (`gpu-basic`), or a file of the recipe
+//! directory (`smoke.yaml`), which may include shipped suites by name.
+//! [`for_recipe`] loads it; [`for_image`] picks the suite for an image
+//! from its `gridship.recipe` label (set by `gridship build`).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::Image;
+use crate::recipe::Recipe;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +45,12 @@ pub struct Suite {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// Suites whose checks come before this one's (names in the
+    /// smoke-suites directory, or files relative to this suite).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// After loading: the included suites' checks, then this suite's own.
+    #[serde(default)]
     pub checks: Vec<Check>,
     /// Where it was read from (filled in on load).
     #[serde(skip)]
@@ -109,6 +129,9 @@ pub struct Check {
     /// skipped with --allow-no-gpu.
     #[serde(default)]
     pub needs_gpu: bool,
+    /// The suite file that defines it (filled in on load).
+    #[serde(skip)]
+    pub from: PathBuf,
 }
 
 fn default_timeout() -> u64 {
@@ -130,16 +153,30 @@ fn bad(path: &Path, place: impl Into<String>, reason: impl Into<String>, hint: &
     }
 }
 
-const HINT: &str = "a suite has name, description, checks: [{name, kind: static|run, command, expect: {exit, stdout_contains, stdout_regex}, timeout_s, needs_gpu}] (see smoke-suites/README.md)";
+const HINT: &str = "a suite has name, description, include: [SUITE, ...], checks: [{name, kind: static|run, command, expect: {exit, stdout_contains, stdout_regex}, timeout_s, needs_gpu}] (see smoke-suites/README.md)";
+
+/// A suite value that names a file rather than a suite of the directory.
+fn names_file(v: &str) -> bool {
+    v.contains('/') || v.ends_with(".yaml") || v.ends_with(".yml")
+}
+
+fn not_found_hint(dir: &Path) -> String {
+    let known = list_suites(dir);
+    if known.is_empty() {
+        format!(
+            "give a suite file, or point GRIDSHIP_SMOKE_SUITES at the smoke-suites directory (looked in {})",
+            dir.display()
+        )
+    } else {
+        format!("suites in {}: {}", dir.display(), known.join(", "))
+    }
+}
 
 impl Suite {
     /// Find a suite: a file (a value with `/` or a .yaml/.yml ending), else
-    /// `DIR/NAME.yaml`.
+    /// `DIR/NAME.yaml`. Includes by name are looked up in `dir` too.
     pub fn find(name_or_file: &str, dir: &Path) -> Result<Suite> {
-        let is_file = name_or_file.contains('/')
-            || name_or_file.ends_with(".yaml")
-            || name_or_file.ends_with(".yml");
-        let path = if is_file {
+        let path = if names_file(name_or_file) {
             PathBuf::from(name_or_file)
         } else {
             dir.join(format!("{name_or_file}.yaml"))
@@ -147,39 +184,138 @@ impl Suite {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let known = list_suites(dir);
                 return Err(bad(
                     &path,
                     "",
                     format!("no smoke-test suite '{name_or_file}'"),
-                    &if known.is_empty() {
-                        format!(
-                            "give a suite file, or point GRIDSHIP_SMOKE_SUITES at the smoke-suites directory (looked in {})",
-                            dir.display()
-                        )
-                    } else {
-                        format!("suites in {}: {}", dir.display(), known.join(", "))
-                    },
+                    &not_found_hint(dir),
                 ));
             }
             Err(e) => return Err(Error::io_path(&path, "reading smoke-test suite", e)),
         };
-        Suite::parse(&path, &text)
+        Suite::parse_in(&path, &text, dir)
     }
 
+    /// Load the suite file `path`; includes by name come from `dir`.
+    pub fn load(path: &Path, dir: &Path) -> Result<Suite> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io_path(path, "reading smoke-test suite", e))?;
+        Suite::parse_in(path, &text, dir)
+    }
+
+    /// Parse suite text; `path` names it in errors, includes by name come
+    /// from [`default_suites_dir`].
     pub fn parse(path: &Path, text: &str) -> Result<Suite> {
+        Suite::parse_in(path, text, &default_suites_dir())
+    }
+
+    /// Parse suite text, resolving includes by name in `dir`.
+    pub fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Suite> {
+        let mut stack = Vec::new();
+        Suite::parse_nested(path, text, dir, &mut stack)
+    }
+
+    fn parse_nested(
+        path: &Path,
+        text: &str,
+        dir: &Path,
+        stack: &mut Vec<PathBuf>,
+    ) -> Result<Suite> {
         let mut s: Suite =
             serde_saphyr::from_str(text).map_err(|e| bad(path, "", format!("{e}"), HINT))?;
         s.path = path.to_path_buf();
-        s.check()?;
+        for c in &mut s.checks {
+            c.from = path.to_path_buf();
+        }
+        s.check_own()?;
+        stack.push(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+        let mut checks = Vec::new();
+        for (i, inc) in s.include.iter().enumerate() {
+            let place = format!("include[{i}]: ");
+            let inc_path = if names_file(inc) {
+                path.parent().unwrap_or(Path::new(".")).join(inc)
+            } else if inc.is_empty() || inc.starts_with('.') {
+                return Err(bad(
+                    path,
+                    place,
+                    format!("'{inc}' is not a suite name"),
+                    "include a suite of the smoke-suites directory by name (gpu-basic), or a file (other.yaml)",
+                ));
+            } else {
+                dir.join(format!("{inc}.yaml"))
+            };
+            let text = match std::fs::read_to_string(&inc_path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(bad(
+                        path,
+                        place,
+                        format!(
+                            "no smoke-test suite '{inc}' (looked for {})",
+                            inc_path.display()
+                        ),
+                        &not_found_hint(dir),
+                    ));
+                }
+                Err(e) => return Err(Error::io_path(&inc_path, "reading smoke-test suite", e)),
+            };
+            let key = std::fs::canonicalize(&inc_path).unwrap_or_else(|_| inc_path.clone());
+            if let Some(at) = stack.iter().position(|p| *p == key) {
+                let chain: Vec<String> = stack[at..]
+                    .iter()
+                    .chain(std::iter::once(&key))
+                    .map(|p| p.display().to_string())
+                    .collect();
+                return Err(bad(
+                    path,
+                    place,
+                    format!("include cycle: {}", chain.join(" -> ")),
+                    "a suite may not include itself, directly or through others",
+                ));
+            }
+            let sub = Suite::parse_nested(&inc_path, &text, dir, stack)?;
+            checks.extend(sub.checks);
+        }
+        stack.pop();
+        checks.append(&mut s.checks);
+        s.checks = checks;
+        s.check_merged()?;
         Ok(s)
     }
 
-    fn check(&self) -> Result<()> {
+    /// The checks of all includes and its own, as loaded: at least one,
+    /// and no name twice.
+    fn check_merged(&self) -> Result<()> {
         let path = &self.path;
         if self.checks.is_empty() {
             return Err(bad(path, "checks: ", "no checks", HINT));
         }
+        let mut seen: std::collections::HashMap<&str, &Path> = std::collections::HashMap::new();
+        for c in &self.checks {
+            if let Some(first) = seen.insert(c.name.as_str(), c.from.as_path()) {
+                return Err(bad(
+                    path,
+                    if self.include.is_empty() {
+                        "checks: "
+                    } else {
+                        "include: "
+                    },
+                    format!(
+                        "check '{}' comes twice: from {} and from {}",
+                        c.name,
+                        first.display(),
+                        c.from.display()
+                    ),
+                    "give every check its own name; a suite cannot redefine a check of a suite it includes",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The suite's own checks (not its includes').
+    fn check_own(&self) -> Result<()> {
+        let path = &self.path;
         let mut seen = std::collections::HashSet::new();
         for (i, c) in self.checks.iter().enumerate() {
             let place = format!("checks[{i}] ({}): ", c.name);
@@ -280,6 +416,78 @@ pub fn list_suites(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The suite run when nothing else picks one.
+pub const DEFAULT_SUITE: &str = "gpu-basic";
+
+/// The image config label naming the recipe an image was built from
+/// (written by `gridship build` and the nightly).
+pub const RECIPE_LABEL: &str = "gridship.recipe";
+
+/// A suite and why it was chosen (for reports).
+#[derive(Debug, Clone)]
+pub struct Picked {
+    pub suite: Suite,
+    /// e.g. "--suite", "recipe gpu-dev (label gridship.recipe)", "default".
+    pub why: String,
+}
+
+/// The suite a recipe names with `smoke_suite:` (a file of the recipe
+/// directory, or a name in `suites_dir`); `None` when it names none.
+pub fn for_recipe(recipe: &Recipe, suites_dir: &Path) -> Result<Option<Suite>> {
+    match (&recipe.spec.smoke_suite, recipe.smoke_suite_file()) {
+        (_, Some(file)) => Suite::load(&file, suites_dir).map(Some),
+        (Some(name), None) => Suite::find(name, suites_dir).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Pick the suite for `image` when the caller names none.
+///
+/// When the image's config carries the label `gridship.recipe` and
+/// `recipes_dir` holds that recipe, the recipe's suite ([`for_recipe`]);
+/// otherwise (no label, no recipes directory, the recipe is not there or
+/// names no suite) the shipped [`DEFAULT_SUITE`] from `suites_dir`. A
+/// recipe that is there but broken, or whose suite is, is an error: the
+/// image asked for it.
+pub fn for_image(image: &Image, recipes_dir: Option<&Path>, suites_dir: &Path) -> Result<Picked> {
+    let label = image
+        .config
+        .config
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(RECIPE_LABEL))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    let why_default = match (&label, recipes_dir) {
+        (None, _) => format!("default (no {RECIPE_LABEL} label on the image)"),
+        (Some(name), None) => {
+            format!("default (label {RECIPE_LABEL}={name}, but no recipes directory given)")
+        }
+        (Some(name), Some(dir)) => {
+            if Recipe::list(dir).iter().any(|r| r == name) {
+                let recipe = Recipe::load(dir, name)?;
+                if let Some(suite) = for_recipe(&recipe, suites_dir)? {
+                    return Ok(Picked {
+                        suite,
+                        why: format!("recipe {name} (label {RECIPE_LABEL})"),
+                    });
+                }
+                format!("default (recipe {name} names no smoke_suite)")
+            } else {
+                format!(
+                    "default (label {RECIPE_LABEL}={name}, but {} has no such recipe)",
+                    dir.display()
+                )
+            }
+        }
+    };
+    tracing::info!("smoke suite: {why_default}");
+    Ok(Picked {
+        suite: Suite::find(DEFAULT_SUITE, suites_dir)?,
+        why: why_default,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,5 +568,125 @@ checks:
             e.contains("no smoke-test suite 'other'") && e.contains("mine"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn smoke_suite_includes_come_first_and_nest() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        std::fs::write(
+            dir.join("base.yaml"),
+            "name: base\nchecks:\n  - {name: no-driver-libs, kind: static}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("mid.yaml"),
+            "name: mid\ninclude: [base]\nchecks:\n  - {name: glibc-version, kind: static}\n",
+        )
+        .unwrap();
+        let sub = dir.join("r");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(
+            sub.join("extra.yaml"),
+            "name: extra\nchecks:\n  - {name: hi, kind: run, command: \"echo hi\"}\n",
+        )
+        .unwrap();
+        // A name from the suites directory, a file relative to the suite.
+        let top = sub.join("smoke.yaml");
+        std::fs::write(
+            &top,
+            "name: top\ninclude: [mid, extra.yaml]\nchecks:\n  - {name: cuda-driver-compat, kind: static}\n",
+        )
+        .unwrap();
+        let s = Suite::load(&top, dir).unwrap();
+        let names: Vec<&str> = s.checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "no-driver-libs",
+                "glibc-version",
+                "hi",
+                "cuda-driver-compat"
+            ]
+        );
+        assert_eq!(s.checks[0].from, dir.join("base.yaml"));
+        assert_eq!((s.name.as_str(), s.include.len()), ("top", 2));
+        // Only includes, no own checks: fine.
+        std::fs::write(&top, "name: top\ninclude: [mid]\n").unwrap();
+        assert_eq!(Suite::load(&top, dir).unwrap().checks.len(), 2);
+    }
+
+    #[test]
+    fn smoke_suite_include_errors_name_file_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let a = dir.join("a.yaml");
+        let e = |text: &str| {
+            std::fs::write(&a, text).unwrap();
+            Suite::load(&a, dir).unwrap_err()
+        };
+        let err = e("name: a\ninclude: [nope]\n");
+        assert_eq!(err.exit_code(), 2);
+        let m = err.to_string();
+        assert!(
+            m.contains("a.yaml: include[0]: no smoke-test suite 'nope'"),
+            "{m}"
+        );
+        // A cycle through another suite, and a suite including itself.
+        std::fs::write(dir.join("b.yaml"), "name: b\ninclude: [a]\n").unwrap();
+        let m = e("name: a\ninclude: [b]\n").to_string();
+        assert!(
+            m.contains("b.yaml: include[0]: include cycle: ") && m.contains("a.yaml -> "),
+            "{m}"
+        );
+        let m = e("name: a\ninclude: [a.yaml]\n").to_string();
+        assert!(m.contains("a.yaml: include[0]: include cycle"), "{m}");
+        // A check defined twice across includes.
+        std::fs::write(
+            dir.join("c.yaml"),
+            "name: c\nchecks:\n  - {name: no-driver-libs, kind: static}\n",
+        )
+        .unwrap();
+        let m = e("name: a\ninclude: [c]\nchecks:\n  - {name: no-driver-libs, kind: static}\n")
+            .to_string();
+        assert!(
+            m.contains("a.yaml: include: check 'no-driver-libs' comes twice")
+                && m.contains("c.yaml"),
+            "{m}"
+        );
+        let m = e("name: a\ninclude: \"c\"\n").to_string();
+        assert!(m.contains("a.yaml") && m.contains("include"), "{m}");
+        let m = e("name: a\n").to_string();
+        assert!(m.contains("a.yaml: checks: no checks"), "{m}");
+    }
+
+    /// The shipped gpu-dev recipe's own suite: gpu-basic's checks, then
+    /// the recipe's venv check.
+    #[test]
+    fn smoke_suite_of_the_gpu_dev_recipe() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let suites = root.join("smoke-suites");
+        let recipe = Recipe::load(&root.join("recipes"), "gpu-dev").unwrap();
+        assert_eq!(
+            recipe.smoke_suite_file(),
+            Some(recipe.dir.join("smoke.yaml"))
+        );
+        let s = for_recipe(&recipe, &suites).unwrap().unwrap();
+        let basic = Suite::find("gpu-basic", &suites).unwrap();
+        assert_eq!(s.name, "gpu-dev");
+        assert_eq!(s.checks.len(), basic.checks.len() + 1);
+        for (a, b) in s.checks.iter().zip(&basic.checks) {
+            assert_eq!(a.name, b.name);
+        }
+        let own = s.checks.last().unwrap();
+        assert_eq!(
+            (own.name.as_str(), own.kind),
+            ("venv-imports", CheckKind::Run)
+        );
+        assert!(!own.needs_gpu);
+        assert_eq!(own.command.as_ref().unwrap().argv()[0], "python3");
+        // debian12-dev names no suite.
+        let deb = Recipe::load(&root.join("recipes"), "debian12-dev").unwrap();
+        assert!(for_recipe(&deb, &suites).unwrap().is_none());
     }
 }
