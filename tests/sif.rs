@@ -35,35 +35,6 @@ fn info(g: &Gridship, sif: &Path) -> serde_json::Value {
         .json()
 }
 
-fn partition_offset(g: &Gridship, sif: &Path) -> u64 {
-    let i = info(g, sif);
-    let parts: Vec<&serde_json::Value> = i["descriptors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["data_type"] == 0x4004)
-        .collect();
-    assert_eq!(parts.len(), 1, "exactly one partition");
-    assert_eq!(parts[0]["partition"]["part_type"], 2, "PrimSys");
-    parts[0]["offset"].as_u64().unwrap()
-}
-
-/// The partition extracted by unsquashfs (reading at the SIF offset).
-fn unsquash(g: &Gridship, sif: &Path, dir: &Path) {
-    let off = partition_offset(g, sif).to_string();
-    tool(
-        "unsquashfs",
-        &[
-            "-no-progress",
-            "-o",
-            &off,
-            "-d",
-            dir.to_str().unwrap(),
-            sif.to_str().unwrap(),
-        ],
-    );
-}
-
 /// A read-only loop mount of the partition, as Apptainer's kernel mount does.
 struct Mount(PathBuf);
 
@@ -244,7 +215,7 @@ fn partition_is_umoci_plus_the_layout_for_every_case() {
             continue;
         }
         let ours = tmp.path().join("ours");
-        unsquash(&g, &out, &ours);
+        unsquash_sif(&g, &out, &ours);
         let theirs = umoci_unpack(&layout, "1", &tmp.path().join("bundle"));
         let added = layout_paths(&g, &image);
         let r = std::panic::catch_unwind(|| {
@@ -302,7 +273,7 @@ fn debian_sif_mounts_and_runs_python() {
     }
     // unsquashfs reads the same tree.
     let ours = tmp.path().join("ours");
-    unsquash(&g, &s.path, &ours);
+    unsquash_sif(&g, &s.path, &ours);
     assert_tree_is_umoci_plus_layout(&ours, &theirs, &added, "debian via unsquashfs");
 }
 
@@ -333,7 +304,7 @@ fn reproducible_builds_are_byte_identical() {
     );
     // Every time inside is clamped to SOURCE_DATE_EPOCH.
     let dir = tmp.path().join("x");
-    unsquash(&g, &a.path, &dir);
+    unsquash_sif(&g, &a.path, &dir);
     let newest = snapshot(&dir)
         .entries
         .values()

@@ -75,9 +75,10 @@ pub struct PromoteArgs {
     /// Public name in the repository (default gridship.local/promoted/NAME:TAG).
     #[arg(long, value_name = "REG/REPO:TAG")]
     pub cvmfs_name: Option<String>,
-    /// Smoke-test suite: a name in smoke-suites/ or a YAML file.
-    #[arg(long, value_name = "NAME|FILE", default_value = "gpu-basic")]
-    pub suite: String,
+    /// Smoke-test suite: a name in smoke-suites/ or a YAML file (default:
+    /// the session's recipe's own suite, else gpu-basic).
+    #[arg(long, value_name = "NAME|FILE")]
+    pub suite: Option<String>,
     /// How smoke run checks execute the image (when a GPU is visible).
     #[arg(long, value_enum, default_value = "chroot")]
     pub backend: crate::smoke::runtime::Backend,
@@ -114,24 +115,6 @@ fn parse_push(s: &str) -> std::result::Result<RegistryRef, String> {
     parse_registry(s.strip_prefix("docker://").unwrap_or(s))
 }
 
-/// A name for artifacts: lower case, `[a-z0-9._-]`.
-fn artifact_name(s: &str) -> String {
-    let n: String = s
-        .trim_start_matches('/')
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let n = n.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
-    if n.is_empty() { "session".into() } else { n }
-}
-
 pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -139,11 +122,6 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         .unwrap_or(0);
     let epoch = super::sif::source_date_epoch()?;
     let created = epoch.unwrap_or(now);
-    let name = match (&a.name, &a.source) {
-        (Some(n), _) => artifact_name(n),
-        (None, ImageRef::Container(c)) => artifact_name(&crate::engine::inspect_container(c)?.name),
-        (None, other) => artifact_name(&other.to_string().rsplit(['/', ':']).next().unwrap_or("image").to_string()),
-    };
     let tag = match &a.tag {
         Some(t) => t.clone(),
         None => crate::transform::apptainer::rfc3339_utc(created)?
@@ -158,11 +136,7 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         None => None,
         Some(repo) => Some(CvmfsTarget {
             repo: RepoConfig::new(repo, a.cvmfs_backend.clone(), a.cvmfs_root.clone(), None)?,
-            name: PublicName::parse(
-                a.cvmfs_name
-                    .as_deref()
-                    .unwrap_or(&format!("gridship.local/promoted/{name}:{tag}")),
-            )?,
+            name: a.cvmfs_name.as_deref().map(PublicName::parse).transpose()?,
         }),
     };
     let mut squashfs = SquashfsOptions::new(Compression::parse("gzip", None)?);
@@ -186,7 +160,7 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         queue: a.queue.clone(),
         targets: a.to,
         out: a.out.clone(),
-        name,
+        name: a.name.clone(),
         tag,
         keep_base: a.keep_base,
         fail_on_secrets: a.fail_on_secrets,
@@ -227,7 +201,11 @@ pub fn human(r: &PromoteReport) -> String {
     let _ = writeln!(
         s,
         "{} {} for site {} as {}",
-        if r.dry_run { "dry run: would promote" } else { "promoted" },
+        if r.dry_run {
+            "dry run: would promote"
+        } else {
+            "promoted"
+        },
         r.source,
         r.site,
         r.name
@@ -284,7 +262,10 @@ pub fn human(r: &PromoteReport) -> String {
                 "  {:<11} {}{}",
                 a.kind,
                 a.path,
-                a.digest.as_ref().map(|d| format!("  {d}")).unwrap_or_default()
+                a.digest
+                    .as_ref()
+                    .map(|d| format!("  {d}"))
+                    .unwrap_or_default()
             );
         }
     }

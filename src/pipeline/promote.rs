@@ -57,7 +57,10 @@ impl Targets {
             }
         }
         if !(t.sif || t.cvmfs || t.oci) {
-            return Err(Error::bad_input(format!("--to {list}"), "names no artifact"));
+            return Err(Error::bad_input(
+                format!("--to {list}"),
+                "names no artifact",
+            ));
         }
         Ok(t)
     }
@@ -67,7 +70,8 @@ impl Targets {
 #[derive(Debug, Clone)]
 pub struct CvmfsTarget {
     pub repo: RepoConfig,
-    pub name: PublicName,
+    /// Default: gridship.local/promoted/NAME:TAG.
+    pub name: Option<PublicName>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,8 +85,9 @@ pub struct PromoteOptions {
     pub queue: Option<String>,
     pub targets: Targets,
     pub out: PathBuf,
-    /// Artifact base name and tag (store: promoted/NAME:TAG).
-    pub name: String,
+    /// Artifact base name (default: the container's name) and tag
+    /// (store: promoted/NAME:TAG).
+    pub name: Option<String>,
     pub tag: String,
     pub keep_base: bool,
     pub fail_on_secrets: bool,
@@ -95,7 +100,9 @@ pub struct PromoteOptions {
     /// Where the CE fetches the SIF (for the job description of a SIF).
     pub sif_url: Option<String>,
     pub templates_dir: PathBuf,
-    pub smoke_suite: String,
+    /// A suite name or file; default: the recipe's own (label
+    /// gridship.recipe), else gpu-basic.
+    pub smoke_suite: Option<String>,
     pub smoke_suites_dir: PathBuf,
     pub smoke_backend: crate::smoke::runtime::Backend,
     /// Whether a GPU is visible (decided by the caller).
@@ -194,6 +201,12 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     let mut warnings = Vec::new();
     let site = SiteProfile::load(&opts.overlays_dir, &opts.site)?;
     let overlay = SiteOverlay::load(&opts.overlays_dir, &opts.site)?;
+    // Every override is checked before the session is touched.
+    let mut policy = Policy::new()?;
+    policy.apply_file(&site.path)?;
+    for k in &opts.keep {
+        policy.keep(k)?;
+    }
     let store = opts.ctx.store()?;
     let mut work = WorkRefs {
         store: &store,
@@ -203,14 +216,26 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     // Snapshot: commit + read into the store (the container keeps running).
     stages.start("snapshot");
     let snapshot = transport::open(&opts.source, &opts.ctx)?;
-    let base_layers = match &opts.source {
+    let (base_layers, source_name) = match &opts.source {
         ImageRef::Container(c) => {
             let info = crate::engine::inspect_container(c)?;
-            crate::engine::inspect_image(&info.image_id)?.layers
+            (
+                crate::engine::inspect_image(&info.image_id)?.layers,
+                info.name,
+            )
         }
-        _ => snapshot.layers().len().saturating_sub(1),
-    }
-    .min(snapshot.layers().len());
+        other => (
+            snapshot.layers().len().saturating_sub(1),
+            other
+                .to_string()
+                .rsplit(['/', ':'])
+                .next()
+                .unwrap_or("image")
+                .to_string(),
+        ),
+    };
+    let base_layers = base_layers.min(snapshot.layers().len());
+    let name = artifact_name(opts.name.as_deref().unwrap_or(&source_name));
 
     // Site overlay: one more layer, env and labels.
     stages.start("site overlay");
@@ -276,8 +301,6 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
 
     // Rules.
     stages.start("rules");
-    let mut policy = Policy::new()?;
-    policy.apply_file(&site.path)?;
     if let (Some(dir), Some(recipe)) = (
         &opts.recipes_dir,
         config
@@ -289,9 +312,6 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         && !recipe.contains('/')
     {
         policy.apply_file(&dir.join(recipe).join("promote.yaml"))?;
-    }
-    for k in &opts.keep {
-        policy.keep(k)?;
     }
     let mut rules = Vec::new();
     let strip = StripSshd {
@@ -340,7 +360,10 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
     labels.insert("gridship.promoted.from".into(), opts.source.to_string());
     labels.insert("gridship.promoted.site".into(), opts.site.clone());
-    labels.insert("org.opencontainers.image.created".into(), created_rfc.clone());
+    labels.insert(
+        "org.opencontainers.image.created".into(),
+        created_rfc.clone(),
+    );
     config.created = Some(created_rfc.clone());
     let after = index.content_bytes();
     stages.finish();
@@ -348,7 +371,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     let mut report = PromoteReport {
         source: opts.source.to_string(),
         site: opts.site.clone(),
-        name: format!("{}:{}", opts.name, opts.tag),
+        name: format!("{}:{}", name, opts.tag),
         dry_run: opts.dry_run,
         snapshot_digest: snapshot.manifest_desc.digest.to_string(),
         layers: snapshot.layers().len(),
@@ -382,12 +405,12 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     let mut view = image.clone();
     view.config = config.clone();
     view.config_raw = serde_json::to_vec(&config).expect("config serializes");
-    view.name = format!("promoted/{}:{}", opts.name, opts.tag);
+    view.name = format!("promoted/{}:{}", name, opts.tag);
 
     let mut promoted: Option<Image> = None;
     if opts.targets.oci || opts.targets.cvmfs {
         stages.start("oci image");
-        let store_name = format!("promoted/{}:{}", opts.name, opts.tag);
+        let store_name = format!("promoted/{}:{}", name, opts.tag);
         let keep = if opts.keep_base { base_layers } else { 0 };
         let layer_index = match &lower {
             Some(l) => index.diff_from(l),
@@ -445,9 +468,9 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     let mut sif_path = None;
     if opts.targets.sif {
         stages.start("sif");
-        let dest = opts.out.join(format!("{}.sif", opts.name));
+        let dest = opts.out.join(format!("{}.sif", name));
         let build = crate::sink::sif::SifBuild {
-            uri: format!("docker://promoted/{}:{}", opts.name, opts.tag),
+            uri: format!("docker://promoted/{}:{}", name, opts.tag),
             base: None,
             created: opts.created,
             reproducible: opts.reproducible,
@@ -468,20 +491,22 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     if opts.targets.cvmfs {
         stages.start("cvmfs");
         let img = promoted.as_ref().expect("written for cvmfs");
-        let target = match &opts.cvmfs {
-            Some(t) => t.clone(),
-            None => CvmfsTarget {
-                repo: RepoConfig::new(
-                    "promoted.gridship.local",
-                    cvmfs::BackendKind::Dir,
-                    Some(opts.out.join("cvmfs")),
-                    None,
-                )?,
-                name: PublicName::parse(&format!(
-                    "gridship.local/promoted/{}:{}",
-                    opts.name, opts.tag
-                ))?,
-            },
+        let repo_config = match &opts.cvmfs {
+            Some(t) => t.repo.clone(),
+            None => RepoConfig::new(
+                "promoted.gridship.local",
+                cvmfs::BackendKind::Dir,
+                Some(opts.out.join("cvmfs")),
+                None,
+            )?,
+        };
+        let public = match opts.cvmfs.as_ref().and_then(|t| t.name.clone()) {
+            Some(n) => n,
+            None => PublicName::parse(&format!("gridship.local/promoted/{name}:{}", opts.tag))?,
+        };
+        let target = CvmfsTarget {
+            repo: repo_config,
+            name: Some(public.clone()),
         };
         if target.repo.backend == cvmfs::BackendKind::Dir {
             std::fs::create_dir_all(&target.repo.root)
@@ -491,7 +516,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         let mut repo = Repo::open(target.repo.clone())?;
         let r = cvmfs::publish(
             &mut repo,
-            &target.name,
+            &public,
             img,
             &PublishOptions {
                 layers: false,
@@ -503,7 +528,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         let tree = repo.root().join(&r.flat);
         let public = Path::new("/cvmfs")
             .join(&repo_name)
-            .join(target.name.link_path());
+            .join(public.link_path());
         report.artifacts.push(Artifact {
             kind: "cvmfs".into(),
             path: tree.display().to_string(),
@@ -522,7 +547,17 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     // GPU smoke tests: the static checks always; the run checks when a GPU
     // is visible (skipped, never passed, when none is).
     stages.start("smoke");
-    let mut suite = crate::smoke::suite::Suite::find(&opts.smoke_suite, &opts.smoke_suites_dir)?;
+    let mut suite = match &opts.smoke_suite {
+        Some(s) => crate::smoke::suite::Suite::find(s, &opts.smoke_suites_dir)?,
+        None => {
+            crate::smoke::suite::for_image(
+                &view,
+                opts.recipes_dir.as_deref(),
+                &opts.smoke_suites_dir,
+            )?
+            .suite
+        }
+    };
     let mut queues = Vec::new();
     for (n, q) in &site.gpu_queues {
         if opts.queue.as_ref().is_none_or(|w| w == n) {
@@ -607,7 +642,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
                 (crate::jobdesc::Format::Xrsl, "xrsl"),
                 (crate::jobdesc::Format::Adl, "adl"),
             ] {
-                let path = opts.out.join(format!("{}.{ext}", opts.name));
+                let path = opts.out.join(format!("{}.{ext}", name));
                 let text = crate::jobdesc::render(&jobs, format);
                 crate::store::write_atomic(&path, text.as_bytes())?;
                 report.artifacts.push(Artifact {
@@ -624,9 +659,29 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     report.stages = stages.done;
     report.seconds = started.elapsed().as_secs_f64();
     let json = serde_json::to_vec_pretty(&report).expect("report serializes");
-    crate::store::write_atomic(&opts.out.join(format!("{}.promote.json", opts.name)), &json)?;
+    crate::store::write_atomic(&opts.out.join(format!("{}.promote.json", name)), &json)?;
     drop(work);
     Ok(report)
+}
+
+/// A name for artifacts: lower case, `[a-z0-9._-]`.
+pub fn artifact_name(s: &str) -> String {
+    let n: String = s
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let n = n
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
+    if n.is_empty() { "session".into() } else { n }
 }
 
 fn file_sha256(path: &Path) -> Result<String> {

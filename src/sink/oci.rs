@@ -123,7 +123,11 @@ pub fn write_image(
         .iter()
         .map(|d| Descriptor::new(oci_type(&d.media_type), d.digest.clone(), d.size))
         .collect();
-    layers.push(Descriptor::new(media::OCI_LAYER, layer_digest.clone(), layer_size));
+    layers.push(Descriptor::new(
+        media::OCI_LAYER,
+        layer_digest.clone(),
+        layer_size,
+    ));
 
     config.rootfs.kind = "layers".into();
     config.rootfs.diff_ids = base.config.rootfs.diff_ids[..keep].to_vec();
@@ -135,7 +139,11 @@ pub fn write_image(
         if made == keep {
             break;
         }
-        if !h.get("empty_layer").and_then(|e| e.as_bool()).unwrap_or(false) {
+        if !h
+            .get("empty_layer")
+            .and_then(|e| e.as_bool())
+            .unwrap_or(false)
+        {
             made += 1;
         }
         kept_history.push(h.clone());

@@ -131,7 +131,8 @@ pub fn remove_where(
         let Some((id, node)) = index.get(&key) else {
             continue;
         };
-        let Some(reason) = pick(&key, id, node).or_else(|| inherited.last().map(|(_, r)| r.clone()))
+        let Some(reason) =
+            pick(&key, id, node).or_else(|| inherited.last().map(|(_, r)| r.clone()))
         else {
             continue;
         };

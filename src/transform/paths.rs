@@ -20,11 +20,13 @@ impl PathPattern {
     /// Compile `text` (must start with `/` or `**/`); `input` names where
     /// it came from, for the error.
     pub fn new(text: &str, input: &str) -> Result<PathPattern> {
-        let bad = |reason: &str| Error::BadInput {
+        let bad = |reason: &str| {
+            Error::BadInput {
             input: input.to_string(),
             place: format!("pattern {text:?}: "),
             reason: reason.to_string(),
             hint: Some("patterns are absolute image paths with *, ?, [..] and **, e.g. /usr/share/doc/** or **/.cache/pip".into()),
+        }
         };
         let body = if let Some(rest) = text.strip_prefix('/') {
             rest
@@ -196,7 +198,10 @@ mod tests {
         let e = PathPattern::new("usr/share", "site.yaml")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("site.yaml") && e.contains("not an absolute path"), "{e}");
+        assert!(
+            e.contains("site.yaml") && e.contains("not an absolute path"),
+            "{e}"
+        );
         assert!(PathPattern::new("/a/[bc", "x").is_err());
         assert!(PathPattern::new("/a/../b", "x").is_err());
     }

@@ -281,9 +281,15 @@ mod tests {
             })
         );
         let rsa = format!("notes\n{}", KEY.replace("OPENSSH", "RSA"));
-        assert!(matches!(classify(rsa.as_bytes()), Some(Finding::PrivateKey { .. })));
+        assert!(matches!(
+            classify(rsa.as_bytes()),
+            Some(Finding::PrivateKey { .. })
+        ));
         let enc = "-----BEGIN ENCRYPTED PRIVATE KEY-----\r\nMIIFHDBOBgkqhkiG9w0BBQ0wQTApBgkqhkiG\r\n-----END ENCRYPTED PRIVATE KEY-----\r\n";
-        assert!(matches!(classify(enc.as_bytes()), Some(Finding::PrivateKey { .. })));
+        assert!(matches!(
+            classify(enc.as_bytes()),
+            Some(Finding::PrivateKey { .. })
+        ));
         assert_eq!(
             classify(format!("{CERT}{KEY}{CERT}").as_bytes()),
             Some(Finding::X509Proxy)

@@ -86,7 +86,12 @@ fn conda_patterns() -> Vec<String> {
 
 /// The built-in rules, in the order they run.
 fn builtin() -> Result<Vec<SlimRule>> {
-    let paths = |name: &str, description: &str, pats: Vec<String>, except: &[&str], files_only| -> Result<SlimRule> {
+    let paths = |name: &str,
+                 description: &str,
+                 pats: Vec<String>,
+                 except: &[&str],
+                 files_only|
+     -> Result<SlimRule> {
         let input = format!("built-in slim rule {name}");
         Ok(SlimRule {
             name: name.into(),
@@ -116,7 +121,13 @@ fn builtin() -> Result<Vec<SlimRule>> {
             &["/var/lib/apt/lists/lock", "/var/lib/apt/lists/partial"],
             false,
         )?,
-        paths("pip-cache", "pip's download and wheel cache", v(&["**/.cache/pip"]), &[], false)?,
+        paths(
+            "pip-cache",
+            "pip's download and wheel cache",
+            v(&["**/.cache/pip"]),
+            &[],
+            false,
+        )?,
         paths(
             "conda-cache",
             "conda package tarballs and index cache (as `conda clean --tarballs --index-cache`)",
@@ -313,7 +324,9 @@ impl Policy {
             }
         }
         for p in &s.keep {
-            self.slim.keep.push(PathPattern::new(p, &format!("{input}: slim.keep"))?);
+            self.slim
+                .keep
+                .push(PathPattern::new(p, &format!("{input}: slim.keep"))?);
         }
         for p in &s.protect {
             self.slim
@@ -429,7 +442,8 @@ pub fn apply(
                 |key, _, node| {
                     let k = String::from_utf8_lossy(key);
                     let (dir, name) = k.rsplit_once('/')?;
-                    if !matches!(dir, "usr/share/locale" | "usr/lib/locale") || !node.kind.is_dir() {
+                    if !matches!(dir, "usr/share/locale" | "usr/lib/locale") || !node.kind.is_dir()
+                    {
                         return None;
                     }
                     let lang = language(name);
@@ -442,7 +456,10 @@ pub fn apply(
             Picker::CoreDumps => remove_where(
                 index,
                 &mut report,
-                |_, id, _| matches!(findings.get(&id), Some(Finding::CoreDump)).then(|| "ELF core dump".to_string()),
+                |_, id, _| {
+                    matches!(findings.get(&id), Some(Finding::CoreDump))
+                        .then(|| "ELF core dump".to_string())
+                },
                 kept,
             ),
         }
@@ -469,15 +486,31 @@ mod tests {
         std::fs::write(&f, "name: x\nslim:\n  disable: [docs]\n  keep: ['/usr/share/man/man1/**']\n  remove:\n    - name: testdata\n      paths: ['/opt/testdata']\nsecrets:\n  allow_env: [GPG_KEY]\n").unwrap();
         let mut p = Policy::new().unwrap();
         p.apply_file(&f).unwrap();
-        assert!(p.slim.rules.iter().any(|r| r.name == "docs" && r.disabled_by.is_some()));
+        assert!(
+            p.slim
+                .rules
+                .iter()
+                .any(|r| r.name == "docs" && r.disabled_by.is_some())
+        );
         assert!(p.slim.rules.iter().any(|r| r.name == "testdata"));
         assert!(p.secrets.allow_env.contains("GPG_KEY"));
 
         std::fs::write(&f, "slim:\n  disable: [nonesuch]\n").unwrap();
-        let e = Policy::new().unwrap().apply_file(&f).unwrap_err().to_string();
-        assert!(e.contains("slim.disable: nonesuch") && e.contains("no such slim rule"), "{e}");
+        let e = Policy::new()
+            .unwrap()
+            .apply_file(&f)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("slim.disable: nonesuch") && e.contains("no such slim rule"),
+            "{e}"
+        );
         std::fs::write(&f, "slim:\n  kep: []\n").unwrap();
-        let e = Policy::new().unwrap().apply_file(&f).unwrap_err().to_string();
+        let e = Policy::new()
+            .unwrap()
+            .apply_file(&f)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("site.yaml") && e.contains("kep"), "{e}");
     }
 }

@@ -131,7 +131,10 @@ impl Transform for StripSshd<'_> {
             .and_then(|p| p.as_object_mut())
             && ports.remove("22/tcp").is_some()
         {
-            report.change("config:ExposedPorts", "port 22/tcp (sshd) no longer exposed");
+            report.change(
+                "config:ExposedPorts",
+                "port 22/tcp (sshd) no longer exposed",
+            );
         }
         Ok(())
     }

@@ -317,3 +317,36 @@ pub fn list(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The SIF's one squashfs partition (PrimSys): its offset, from sif-info.
+pub fn partition_offset(g: &Gridship, sif: &Path) -> u64 {
+    let i = g
+        .run(&["--json", "sif-info", sif.to_str().unwrap()])
+        .ok()
+        .json();
+    let parts: Vec<&serde_json::Value> = i["descriptors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["data_type"] == 0x4004)
+        .collect();
+    assert_eq!(parts.len(), 1, "exactly one partition");
+    assert_eq!(parts[0]["partition"]["part_type"], 2, "PrimSys");
+    parts[0]["offset"].as_u64().unwrap()
+}
+
+/// The partition extracted by unsquashfs (reading at the SIF offset).
+pub fn unsquash_sif(g: &Gridship, sif: &Path, dir: &Path) {
+    let off = partition_offset(g, sif).to_string();
+    tool(
+        "unsquashfs",
+        &[
+            "-no-progress",
+            "-o",
+            &off,
+            "-d",
+            dir.to_str().unwrap(),
+            sif.to_str().unwrap(),
+        ],
+    );
+}

@@ -1,0 +1,559 @@
+//! `gridship promote` on a real session container (tests/support/make-session:
+//! the Debian fixture with sshd started by its entrypoint, a user project, a
+//! pip cache and planted secrets of every kind), on the real engine; outputs
+//! read back with unsquashfs, chroot and `docker run`, job descriptions with
+//! ARC's own parser.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const CACHE_MB: u64 = 8;
+
+/// Planted secrets: path, the kind promote must report.
+const PLANTED: &[(&str, &str)] = &[
+    ("/root/.ssh/id_ed25519", "private key"),
+    ("/opt/analysis/calib.dat", "private key"),
+    (
+        "/tmp/x509up_u1000",
+        "X.509 proxy (certificate and private key)",
+    ),
+    (
+        "/var/lib/grid/session.pem",
+        "X.509 proxy (certificate and private key)",
+    ),
+    ("/tmp/bt_u1000", "bearer token"),
+    ("/root/.cache/session-state", "bearer token"),
+    ("/root/.netrc", "netrc"),
+    ("/root/.git-credentials", "git credentials"),
+    ("/root/.docker/config.json", "registry credentials"),
+    ("/root/.aws/credentials", "cloud credentials"),
+    ("/root/.bash_history", "shell history"),
+    ("/root/.python_history", "shell history"),
+];
+const PLANTED_ENV: &[&str] = &["GITHUB_TOKEN", "DB_PASSWORD", "AWS_SECRET_ACCESS_KEY"];
+
+/// Text no output may hold: the markers of every planted secret, plain and
+/// as the base64 the PEM bodies carry.
+const FORBIDDEN: &[&str] = &[
+    "GRIDSHIP-PLANTED",
+    "GRIDSHIPPLANTED",
+    "R1JJRFNISVAtUExBTlRF",
+];
+
+/// A real PEM private-key block (binaries such as ssh or libgnutls quote the
+/// marker, never followed by a base64 body). Written here independently of
+/// promote's own scanner.
+fn key_block() -> regex::bytes::Regex {
+    regex::bytes::Regex::new(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----\r?\n[A-Za-z0-9+/=]{16,}")
+        .unwrap()
+}
+
+fn docker(args: &[&str]) -> String {
+    tool(&env("GRIDSHIP_DOCKER"), args)
+}
+
+/// A running session container, removed on drop.
+struct Session {
+    name: String,
+}
+
+impl Session {
+    fn start(prefix: &str) -> Session {
+        let name = unique(prefix);
+        let out = Command::new(repo_root().join("tests/support/make-session"))
+            .args([&name, &CACHE_MB.to_string()])
+            .output()
+            .expect("make-session runs");
+        assert!(
+            out.status.success(),
+            "make-session: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Session { name }
+    }
+
+    fn exec(&self, script: &str) -> String {
+        docker(&["exec", &self.name, "/bin/sh", "-c", script])
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = Command::new(env("GRIDSHIP_DOCKER"))
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// sha256 of every file below `dir` in the container, by relative path.
+fn project_hashes_in(s: &Session, dir: &str) -> BTreeMap<String, String> {
+    s.exec(&format!(
+        "cd {dir} && find . -type f -exec sha256sum {{}} + | sort -k2"
+    ))
+    .lines()
+    .map(|l| {
+        let (h, p) = l.split_once("  ").unwrap();
+        (p.trim_start_matches("./").to_string(), h.to_string())
+    })
+    .collect()
+}
+
+fn project_hashes_at(root: &Path) -> BTreeMap<String, String> {
+    let base = root.join("work/project");
+    walkdir::WalkDir::new(&base)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            (
+                e.path().strip_prefix(&base).unwrap().display().to_string(),
+                sha256_file(e.path()),
+            )
+        })
+        .collect()
+}
+
+/// Every regular file below `root` holding forbidden text, and the bytes
+/// of all regular files.
+fn scan_tree(root: &Path) -> (Vec<String>, u64) {
+    let mut hits = Vec::new();
+    let mut bytes = 0;
+    let key = key_block();
+    for e in walkdir::WalkDir::new(root).follow_links(false) {
+        let e = e.unwrap();
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let data = std::fs::read(e.path()).unwrap();
+        bytes += data.len() as u64;
+        for f in FORBIDDEN {
+            if memmem(&data, f.as_bytes()) {
+                hits.push(format!("{} holds {f:?}", e.path().display()));
+            }
+        }
+        // ELF objects are left out: libgnutls carries its self-test keys (public
+        // test vectors) as PEM text, and no one reads a key file out of a binary.
+        if !data.starts_with(b"\x7fELF") && key.is_match(&data) {
+            hits.push(format!("{} holds a private key", e.path().display()));
+        }
+    }
+    (hits, bytes)
+}
+
+fn memmem(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn removed_paths(report: &serde_json::Value, rule: &str) -> BTreeMap<String, String> {
+    report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == rule)
+        .unwrap_or_else(|| panic!("no rule {rule} in the report"))["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn artifact(report: &serde_json::Value, kind: &str) -> String {
+    report["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} artifact: {report:#}"))["path"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn run_in(dir: &Path, cmd: &str) -> String {
+    let out = Command::new("chroot")
+        .arg(dir)
+        .args(["/bin/sh", "-c", cmd])
+        .output()
+        .expect("chroot runs");
+    assert!(
+        out.status.success(),
+        "chroot {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn session_promoted_without_sshd_or_secrets_runs_the_project() {
+    let s = Session::start("gs-promote");
+    assert!(
+        s.exec("pgrep -x sshd || true").trim().len() > 0,
+        "sshd runs in the session"
+    );
+    let want_project = project_hashes_in(&s, "/work/project");
+    let want_output = s.exec("cd /work && python3 project/main.py");
+    assert!(want_output.starts_with("events=500"), "{want_output}");
+
+    let g = Gridship::new();
+    let out = tempfile::tempdir().unwrap();
+    let r = g
+        .run(&[
+            "--json",
+            "promote",
+            &s.name,
+            "--site",
+            "glasgow",
+            "--to",
+            "sif,cvmfs,oci",
+            "--out",
+            out.path().to_str().unwrap(),
+            "--tag",
+            "t1",
+        ])
+        .ok();
+    let report = r.json();
+    // The report names secrets, never their values.
+    for f in FORBIDDEN {
+        assert!(!r.stdout.contains(f), "the report holds {f:?}");
+    }
+
+    // strip-sshd
+    let sshd = removed_paths(&report, "strip-sshd");
+    for p in [
+        "/usr/sbin/sshd",
+        "/etc/ssh/sshd_config",
+        "/etc/ssh/ssh_host_ed25519_key",
+        "/etc/ssh/ssh_host_rsa_key",
+        "/root/.ssh/authorized_keys",
+        "/run/sshd",
+        "/usr/lib/systemd/system/ssh.service",
+    ] {
+        assert!(
+            sshd.contains_key(p),
+            "strip-sshd did not remove {p}: {sshd:?}"
+        );
+    }
+    let changed = report["rules"][0]["changed"].to_string();
+    assert!(
+        changed.contains("/usr/local/bin/start-session starts sshd (line 5)"),
+        "{changed}"
+    );
+
+    // scrub-secrets: each planted secret with its kind, and the Env values.
+    let secrets = removed_paths(&report, "scrub-secrets");
+    for (p, kind) in PLANTED {
+        assert_eq!(
+            secrets.get(*p).map(String::as_str),
+            Some(*kind),
+            "{p}: {secrets:?}"
+        );
+    }
+    for n in PLANTED_ENV {
+        assert!(
+            secrets.contains_key(&format!("config:Env {n}")),
+            "{n}: {secrets:?}"
+        );
+    }
+
+    // Slim: at least the pip cache went, and the size says so.
+    let pip = removed_paths(&report, "slim:pip-cache");
+    assert!(pip.contains_key("/root/.cache/pip"), "{pip:?}");
+    let before = report["sizes"]["before"].as_u64().unwrap();
+    let after = report["sizes"]["after"].as_u64().unwrap();
+    assert!(before - after >= CACHE_MB << 20, "{before} -> {after}");
+
+    // The SIF, read back with unsquashfs, and the CVMFS tree.
+    let sif = PathBuf::from(artifact(&report, "sif"));
+    let raw = std::fs::read(&sif).unwrap();
+    for f in FORBIDDEN {
+        assert!(!memmem(&raw, f.as_bytes()), "the SIF file holds {f:?}");
+    }
+    let sif_tree = tempfile::tempdir().unwrap();
+    let sif_root = sif_tree.path().join("root");
+    unsquash_sif(&g, &sif, &sif_root);
+    let cvmfs_root = PathBuf::from(artifact(&report, "cvmfs"));
+    for (what, root) in [("SIF", &sif_root), ("CVMFS tree", &cvmfs_root)] {
+        let (hits, bytes) = scan_tree(root);
+        assert!(hits.is_empty(), "{what}: secrets left: {hits:#?}");
+        assert!(
+            bytes + (CACHE_MB << 20) <= before,
+            "{what}: {bytes} bytes, the session had {before}"
+        );
+        for p in [
+            "usr/sbin/sshd",
+            "etc/ssh/ssh_host_ed25519_key",
+            "root/.ssh/authorized_keys",
+        ] {
+            assert!(!root.join(p).exists(), "{what}: {p} is still there");
+        }
+        for (p, _) in PLANTED {
+            assert!(!root.join(&p[1..]).exists(), "{what}: {p} is still there");
+        }
+        assert!(
+            root.join("usr/bin/ssh").exists(),
+            "{what}: the ssh client must stay"
+        );
+        assert_eq!(
+            project_hashes_at(root),
+            want_project,
+            "{what}: the project differs"
+        );
+        let runscript = std::fs::read_to_string(root.join(".singularity.d/runscript")).unwrap();
+        assert!(
+            !runscript.contains("sshd") && !runscript.contains("start-session"),
+            "{what}: runscript {runscript}"
+        );
+        let env = std::fs::read_to_string(root.join(".singularity.d/env/10-docker2singularity.sh"))
+            .unwrap();
+        assert!(
+            env.contains("ANALYSIS_MODE") && !env.contains("GITHUB_TOKEN"),
+            "{what}: {env}"
+        );
+    }
+
+    // The project runs from the unpacked tree (chroot) ...
+    assert_eq!(
+        run_in(&cvmfs_root, "cd /work && python3 project/main.py"),
+        want_output
+    );
+    // ... and through the engine, with no entrypoint left to start sshd.
+    let tag = format!("gridship-test/promoted:{}", s.name);
+    g.run(&[
+        "copy",
+        &format!("store:{}", "promoted/".to_string() + &s.name + ":t1"),
+        &format!("docker-daemon:{tag}"),
+    ])
+    .ok();
+    let entry = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Entrypoint}}|{{json .Config.Cmd}}",
+        &tag,
+    ]);
+    assert_eq!(entry.trim(), "null|[\"/bin/bash\"]");
+    let engine_out = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &tag,
+        "python3",
+        "project/main.py",
+    ]);
+    let _ = Command::new(env("GRIDSHIP_DOCKER"))
+        .args(["rmi", "-f", &tag])
+        .output();
+    assert_eq!(engine_out, want_output);
+
+    // Job descriptions: ARC's parser reads both, for the site's GPU queue,
+    // with the CVMFS path of the tree.
+    let link = artifact(&report, "cvmfs-link");
+    assert!(link.starts_with("/cvmfs/"), "{link}");
+    let xrsl = std::fs::read_to_string(artifact(&report, "xrsl")).unwrap();
+    let adl = std::fs::read_to_string(artifact(&report, "adl")).unwrap();
+    let parsed = common::arc::arc_parse(&[(xrsl, "nordugrid:xrsl"), (adl, "emies:adl")]);
+    for p in &parsed {
+        assert!(p.ok, "ARC could not parse: {}", p.error);
+        let job = &p.jobs[0];
+        assert_eq!(job["queue"], "gpu", "{job:#}");
+        assert!(job.to_string().contains(&link), "{job:#}");
+    }
+
+    // The smoke tests ran: static checks passed, GPU checks honest.
+    let smoke = &report["smoke"];
+    for c in smoke["checks"].as_array().unwrap() {
+        assert_ne!(c["status"], "fail", "{c:#}");
+        if c["kind"] == "run" && !Path::new("/dev/nvidia0").exists() {
+            assert_eq!(c["status"], "skip", "{c:#}");
+        }
+    }
+
+    // --keep-base: the base image's layers and one change layer; merged, the
+    // same tree as the flattened image.
+    let r2 = g
+        .run(&[
+            "--json",
+            "promote",
+            &s.name,
+            "--site",
+            "glasgow",
+            "--to",
+            "oci",
+            "--keep-base",
+            "--out",
+            out.path().to_str().unwrap(),
+            "--tag",
+            "t2",
+        ])
+        .ok()
+        .json();
+    let base_layers = r2["base_layers"].as_u64().unwrap();
+    let flat_name = format!("store:promoted/{}:t1", s.name);
+    let kept_name = format!("store:promoted/{}:t2", s.name);
+    let kept = g.run(&["--json", "inspect", &kept_name]).ok().json();
+    assert_eq!(
+        kept["layers"].as_array().unwrap().len() as u64,
+        base_layers + 1,
+        "{kept:#}"
+    );
+    let warnings = r2["warnings"].to_string();
+    assert!(
+        warnings.contains("/etc/ssh/ssh_host_ed25519_key"),
+        "host keys of the base: {warnings}"
+    );
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    g.run(&["unpack", &flat_name, a.path().join("t").to_str().unwrap()])
+        .ok();
+    g.run(&["unpack", &kept_name, b.path().join("t").to_str().unwrap()])
+        .ok();
+    assert_same_tree(
+        &b.path().join("t"),
+        &a.path().join("t"),
+        "keep-base vs flattened",
+    );
+
+    // The raw snapshot is not left named in the store.
+    let refs = std::fs::read_to_string(g.store.path().join("index.json")).unwrap();
+    assert!(
+        !refs.contains("container:") && !refs.contains("gridship-promote/work"),
+        "{refs}"
+    );
+}
+
+#[test]
+fn fail_on_secrets_and_dry_run_write_nothing() {
+    let s = Session::start("gs-refuse");
+    // A protected project directory in a home, holding a cache-looking tree.
+    s.exec("mkdir -p /root/results/.cache/pip && echo keep > /root/results/.cache/pip/notes.txt");
+    let g = Gridship::new();
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("out");
+
+    let r = g.run(&[
+        "promote",
+        &s.name,
+        "--site",
+        "glasgow",
+        "--fail-on-secrets",
+        "--out",
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("refusing to publish (--fail-on-secrets)"),
+        "{}",
+        r.stderr
+    );
+    for (p, kind) in PLANTED {
+        assert!(
+            r.stderr.contains(&format!("{p} ({kind})")),
+            "{p} missing: {}",
+            r.stderr
+        );
+    }
+    for f in FORBIDDEN {
+        assert!(!r.stderr.contains(f), "the error shows a secret: {f:?}");
+    }
+    assert!(!dest.exists(), "nothing may be written");
+
+    // Overrides: a site that keeps locales, and --keep.
+    let overlays = tempfile::tempdir().unwrap();
+    let site = overlays.path().join("glasgow");
+    std::fs::create_dir_all(&site).unwrap();
+    let mut yaml =
+        std::fs::read_to_string(repo_root().join("site-overlays/glasgow/site.yaml")).unwrap();
+    yaml.push_str("slim:\n  disable: [locales]\n  protect: ['/opt/analysis']\n");
+    std::fs::write(site.join("site.yaml"), yaml).unwrap();
+    let r = g
+        .run(&[
+            "--json",
+            "promote",
+            &s.name,
+            "--site",
+            "glasgow",
+            "--dry-run",
+            "--site-overlays",
+            overlays.path().to_str().unwrap(),
+            "--keep",
+            "/usr/share/doc/**",
+            "--out",
+            dest.to_str().unwrap(),
+        ])
+        .ok();
+    let report = r.json();
+    assert_eq!(report["dry_run"], true);
+    assert!(!dest.exists(), "a dry run writes nothing");
+    let rules: BTreeMap<String, &serde_json::Value> = report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["rule"].as_str().unwrap().to_string(), r))
+        .collect();
+    assert!(
+        rules["slim:locales"]["warnings"]
+            .to_string()
+            .contains("disabled by"),
+        "{:#}",
+        rules["slim:locales"]
+    );
+    let docs = removed_paths(&report, "slim:docs");
+    assert!(!docs.is_empty(), "docs outside the kept pattern still go");
+    assert!(
+        docs.keys().all(|p| !p.starts_with("/usr/share/doc/")),
+        "{docs:?}"
+    );
+    // Protected paths are never slimmed, but secrets in them are scrubbed.
+    assert!(
+        !rules["slim:pip-cache"]
+            .to_string()
+            .contains("/root/results")
+    );
+    assert!(removed_paths(&report, "scrub-secrets").contains_key("/opt/analysis/calib.dat"));
+    // A dry run leaves no promoted image either.
+    let refs = std::fs::read_to_string(g.store.path().join("index.json")).unwrap_or_default();
+    assert!(!refs.contains("promoted/"), "{refs}");
+}
+
+#[test]
+fn bad_input_is_named() {
+    let g = Gridship::new();
+    let r = g.run(&["promote", "x", "--site", "glasgow", "--to", "sif,tarball"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("tarball") && r.stderr.contains("not an artifact kind"),
+        "{}",
+        r.stderr
+    );
+    let r = g.run(&["promote", "x", "--site", "nowhere"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("no site profile for 'nowhere'"),
+        "{}",
+        r.stderr
+    );
+    let r = g.run(&["promote", "x", "--site", "glasgow", "--keep", "usr/share"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("--keep usr/share") && r.stderr.contains("not an absolute path"),
+        "{}",
+        r.stderr
+    );
+}
