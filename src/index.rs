@@ -857,6 +857,56 @@ mod tests {
     }
 
     #[test]
+    fn diff_from_lists_changes_and_whiteouts() {
+        let file = |b: &[u8]| Node {
+            kind: Kind::File {
+                size: b.len() as u64,
+                data: Data::Bytes(b.into()),
+            },
+            meta: Meta {
+                mode: 0o644,
+                ..Meta::default()
+            },
+        };
+        let mut lower = FsIndex::new();
+        for p in [
+            "/etc/a",
+            "/etc/ssh/host_key",
+            "/etc/ssh/config",
+            "/opt/d/x",
+            "/same",
+        ] {
+            lower.put(p, file(p.as_bytes())).unwrap();
+        }
+        let mut upper = lower.clone();
+        upper.put("/etc/a", file(b"changed")).unwrap();
+        upper.put("/new/file", file(b"n")).unwrap();
+        upper.remove("/etc/ssh/host_key");
+        upper.remove("/opt/d");
+        let diff = upper.diff_from(&lower);
+        let keys: Vec<String> = diff.iter().map(|(k, _, _)| display_path(k)).collect();
+        assert_eq!(
+            keys,
+            [
+                "/",
+                "/etc",
+                "/etc/a",
+                "/etc/ssh",
+                "/etc/ssh/.wh.host_key",
+                "/new",
+                "/new/file",
+                "/opt",
+                "/opt/.wh.d"
+            ]
+        );
+        // Applied to lower, the whiteouts and entries give upper.
+        assert_eq!(
+            diff.get(b"etc/a").unwrap().1,
+            upper.get(b"etc/a").unwrap().1
+        );
+    }
+
+    #[test]
     fn under() {
         assert!(is_under(b"a/b", b"a"));
         assert!(!is_under(b"ab", b"a"));

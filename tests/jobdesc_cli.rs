@@ -304,7 +304,7 @@ fn help_lists_only_working_commands() {
         cmds,
         [
             "copy", "inspect", "unpack", "export", "sif", "sif-info", "cvmfs", "build", "snapshot",
-            "nightly", "smoke", "jobdesc", "submit", "status", "kill", "clean", "help"
+            "nightly", "promote", "smoke", "jobdesc", "submit", "status", "kill", "clean", "help"
         ]
     );
     for c in &cmds[..cmds.len() - 1] {

@@ -203,7 +203,7 @@ fn run_in(dir: &Path, cmd: &str) -> String {
 fn session_promoted_without_sshd_or_secrets_runs_the_project() {
     let s = Session::start("gs-promote");
     assert!(
-        s.exec("pgrep -x sshd || true").trim().len() > 0,
+        !s.exec("pgrep -x sshd || true").trim().is_empty(),
         "sshd runs in the session"
     );
     let want_project = project_hashes_in(&s, "/work/project");

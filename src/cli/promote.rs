@@ -294,12 +294,3 @@ pub fn human(r: &PromoteReport) -> String {
     );
     s
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn names() {
-        assert_eq!(super::artifact_name("/My Session_1"), "my-session_1");
-        assert_eq!(super::artifact_name("///"), "session");
-    }
-}

@@ -690,3 +690,19 @@ fn file_sha256(path: &Path) -> Result<String> {
     std::io::copy(&mut f, &mut h).map_err(|e| Error::io_path(path, "reading", e))?;
     Ok(h.finish().1.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_targets() {
+        assert_eq!(artifact_name("/My Session_1"), "my-session_1");
+        assert_eq!(artifact_name("///"), "session");
+        let t = Targets::parse("sif, oci").unwrap();
+        assert!(t.sif && t.oci && !t.cvmfs);
+        let e = Targets::parse("sif,tar").unwrap_err().to_string();
+        assert!(e.contains("--to sif,tar") && e.contains("\"tar\""), "{e}");
+        assert!(Targets::parse(",").is_err());
+    }
+}
