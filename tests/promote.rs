@@ -64,9 +64,15 @@ struct Session {
 
 impl Session {
     fn start(prefix: &str) -> Session {
+        Session::start_from(prefix, "")
+    }
+
+    /// A session whose image says it came from `recipe` (label gridship.recipe).
+    fn start_from(prefix: &str, recipe: &str) -> Session {
         let name = unique(prefix);
         let out = Command::new(repo_root().join("tests/support/make-session"))
             .args([&name, &CACHE_MB.to_string()])
+            .env("GRIDSHIP_SESSION_RECIPE", recipe)
             .output()
             .expect("make-session runs");
         assert!(
@@ -159,7 +165,7 @@ fn removed_paths(report: &serde_json::Value, rule: &str) -> BTreeMap<String, Str
         .unwrap()
         .iter()
         .find(|r| r["rule"] == rule)
-        .unwrap_or_else(|| panic!("no rule {rule} in the report"))["removed"]
+        .unwrap_or_else(|| panic!("no rule {rule} in the report: {:#}", report["warnings"]))["removed"]
         .as_array()
         .unwrap()
         .iter()
@@ -440,9 +446,11 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
 
 #[test]
 fn fail_on_secrets_and_dry_run_write_nothing() {
-    let s = Session::start("gs-refuse");
+    let s = Session::start_from("gs-refuse", "slimtest");
     // A protected project directory in a home, holding a cache-looking tree.
     s.exec("mkdir -p /root/results/.cache/pip && echo keep > /root/results/.cache/pip/notes.txt");
+    // One the recipe protects (protected_paths: /opt/analysis).
+    s.exec("mkdir -p /opt/analysis/.cache/pip && echo keep > /opt/analysis/.cache/pip/notes.txt");
     let g = Gridship::new();
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("out");
@@ -480,8 +488,22 @@ fn fail_on_secrets_and_dry_run_write_nothing() {
     std::fs::create_dir_all(&site).unwrap();
     let mut yaml =
         std::fs::read_to_string(repo_root().join("site-overlays/glasgow/site.yaml")).unwrap();
-    yaml.push_str("slim:\n  disable: [locales]\n  protect: ['/opt/analysis']\n");
+    yaml.push_str("slim:\n  disable: [locales]\n");
     std::fs::write(site.join("site.yaml"), yaml).unwrap();
+    // The session's recipe: protected paths and slim overrides in recipe.yaml.
+    let recipes = tempfile::tempdir().unwrap();
+    let rdir = recipes.path().join("slimtest");
+    std::fs::create_dir_all(&rdir).unwrap();
+    std::fs::write(
+        rdir.join("Dockerfile"),
+        "ARG BASE=debian:bookworm\nFROM ${BASE}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rdir.join("recipe.yaml"),
+        "base: {image: debian:bookworm}\nprotected_paths: ['/opt/analysis']\nslim: {remove: ['/usr/share/zoneinfo']}\n",
+    )
+    .unwrap();
     let r = g
         .run(&[
             "--json",
@@ -492,6 +514,8 @@ fn fail_on_secrets_and_dry_run_write_nothing() {
             "--dry-run",
             "--site-overlays",
             overlays.path().to_str().unwrap(),
+            "--recipes",
+            recipes.path().to_str().unwrap(),
             "--keep",
             "/usr/share/doc/**",
             "--out",
@@ -520,6 +544,8 @@ fn fail_on_secrets_and_dry_run_write_nothing() {
         docs.keys().all(|p| !p.starts_with("/usr/share/doc/")),
         "{docs:?}"
     );
+    let zoneinfo = removed_paths(&report, "slim:recipe-remove");
+    assert!(zoneinfo.contains_key("/usr/share/zoneinfo"), "{zoneinfo:?}");
     // Protected paths are never slimmed, but secrets in them are scrubbed.
     assert!(
         !rules["slim:pip-cache"]

@@ -80,7 +80,7 @@ pub struct PromoteOptions {
     pub site: String,
     pub overlays_dir: PathBuf,
     /// Recipes directory: the session's recipe (label gridship.recipe)
-    /// may carry slim and secrets overrides in promote.yaml.
+    /// gives protected paths, slim overrides and its smoke suite.
     pub recipes_dir: Option<PathBuf>,
     pub queue: Option<String>,
     pub targets: Targets,
@@ -301,17 +301,21 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
 
     // Rules.
     stages.start("rules");
-    if let (Some(dir), Some(recipe)) = (
-        &opts.recipes_dir,
-        config
-            .config
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("gridship.recipe")),
-    ) && !recipe.is_empty()
-        && !recipe.contains('/')
-    {
-        policy.apply_file(&dir.join(recipe).join("promote.yaml"))?;
+    let recipe_label = config
+        .config
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("gridship.recipe"))
+        .cloned();
+    if let (Some(dir), Some(name)) = (&opts.recipes_dir, recipe_label) {
+        // A session from a recipe gridship built: that recipe's protected
+        // paths and slim overrides, when this checkout has it.
+        match crate::recipe::Recipe::load(dir, &name) {
+            Ok(recipe) => policy.apply_recipe(&recipe)?,
+            Err(e) => warnings.push(format!(
+                "the session's image comes from recipe {name}, whose overrides were not applied: {e}"
+            )),
+        }
     }
     let mut rules = Vec::new();
     let strip = StripSshd {

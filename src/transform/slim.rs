@@ -1,7 +1,7 @@
 //! Slim: remove what a batch job never reads. Every rule is named and has
 //! its own report line, so a site can see and tune what went; overrides
-//! come from the site (`slim:` in site.yaml), the recipe
-//! (`recipes/NAME/promote.yaml`) and the command line (`--keep`).
+//! come from the site (`slim:` in site.yaml), the recipe (`protected_paths`
+//! and `slim:` in recipe.yaml) and the command line (`--keep`).
 //!
 //! Never removed: protected paths (the user's projects: /work, the visible
 //! entries of home directories; configurable), `--keep` patterns, and
@@ -214,8 +214,7 @@ fn builtin() -> Result<Vec<SlimRule>> {
     ])
 }
 
-/// The `slim:` and `secrets:` sections of site.yaml and a recipe's
-/// promote.yaml.
+/// The `slim:` and `secrets:` sections of site.yaml.
 #[derive(Debug, Default, Deserialize)]
 struct OverrideFile {
     #[serde(default)]
@@ -365,6 +364,39 @@ impl Policy {
                 .push(PathPattern::new(p, &format!("{input}: secrets.allow"))?);
         }
         self.secrets.allow_env.extend(f.secrets.allow_env);
+        self.sources.push(input);
+        Ok(())
+    }
+
+    /// A recipe's `protected_paths` and `slim: {keep, remove}` (recipe.yaml),
+    /// for sessions started from an image built from it.
+    pub fn apply_recipe(&mut self, recipe: &crate::recipe::Recipe) -> Result<()> {
+        let input = recipe.dir.join("recipe.yaml").display().to_string();
+        for p in &recipe.spec.protected_paths {
+            self.slim
+                .protect
+                .push(PathPattern::new(p, &format!("{input}: protected_paths"))?);
+        }
+        for p in &recipe.spec.slim.keep {
+            self.slim
+                .keep
+                .push(PathPattern::new(p, &format!("{input}: slim.keep"))?);
+        }
+        if !recipe.spec.slim.remove.is_empty() {
+            self.slim.rules.push(SlimRule {
+                name: "recipe-remove".into(),
+                description: format!("slim.remove of recipe {}", recipe.name),
+                picker: Picker::Paths {
+                    patterns: PatternSet::compile(
+                        &recipe.spec.slim.remove,
+                        &format!("{input}: slim.remove"),
+                    )?,
+                    except: PatternSet::default(),
+                    files_only: false,
+                },
+                disabled_by: None,
+            });
+        }
         self.sources.push(input);
         Ok(())
     }
