@@ -1265,17 +1265,39 @@ pub mod cache {
                 dir.display()
             );
         }
-        for i in start..n {
-            idx.merge_layer(image, i)?;
-            // A state that cannot be written only costs time later.
-            if let Err(e) = save(&idx, dir, &image.config.rootfs.diff_ids[..=i]) {
-                tracing::warn!("could not keep the merge state: {e}");
-            }
-        }
+        merge_saving(&mut idx, image, dir, start..n)?;
         if start < n {
             prune(dir, KEEP);
         }
         Ok((idx, start))
+    }
+
+    /// Merge layers `range` onto `idx`, keeping the state after each one.
+    /// States are written by a second thread while the next layer merges
+    /// (serializing a state takes about as long as merging a layer).
+    fn merge_saving(
+        idx: &mut FsIndex,
+        image: &Image,
+        dir: &Path,
+        range: std::ops::Range<usize>,
+    ) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<(FsIndex, usize)>();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for (state, i) in rx {
+                    // A state that cannot be written only costs time later.
+                    if let Err(e) = save(&state, dir, &image.config.rootfs.diff_ids[..=i]) {
+                        tracing::warn!("could not keep the merge state: {e}");
+                    }
+                }
+            });
+            for i in range {
+                idx.merge_layer(image, i)?;
+                let _ = tx.send((idx.clone(), i));
+            }
+            drop(tx);
+            Ok(())
+        })
     }
 
     /// The tree of the first `lower` layers and the whole tree, for a
@@ -1287,12 +1309,12 @@ pub mod cache {
     ) -> Result<(FsIndex, FsIndex, usize)> {
         let (base, cached) = from_image_upto(image, dir, lower)?;
         let mut idx = base.clone();
-        for i in lower.min(image.layers().len())..image.layers().len() {
-            idx.merge_layer(image, i)?;
-            if let Err(e) = save(&idx, dir, &image.config.rootfs.diff_ids[..=i]) {
-                tracing::warn!("could not keep the merge state: {e}");
-            }
-        }
+        merge_saving(
+            &mut idx,
+            image,
+            dir,
+            lower.min(image.layers().len())..image.layers().len(),
+        )?;
         Ok((base, idx, cached))
     }
 
