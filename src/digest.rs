@@ -39,6 +39,14 @@ impl Digest {
         }
     }
 
+    /// The sha256 of a file's bytes.
+    pub fn of_file(path: &std::path::Path) -> Result<Self> {
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io_path(path, "reading", e))?;
+        let mut h = HashingWriter::new(io::sink());
+        io::copy(&mut f, &mut h).map_err(|e| Error::io_path(path, "reading", e))?;
+        Ok(h.finish().1)
+    }
+
     pub fn hex(&self) -> &str {
         &self.hex
     }

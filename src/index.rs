@@ -578,6 +578,29 @@ impl FsIndex {
         }
     }
 
+    /// What an absolute image path names at the end, symlinks followed
+    /// inside the image (at most 40, as Linux's path walk): its key and node.
+    pub fn follow(&self, path: &str) -> Option<(Vec<u8>, NodeId)> {
+        let mut p = normalize(path);
+        for _ in 0..40 {
+            let (key, id, node) = self.lookup(&p)?;
+            match &node.kind {
+                Kind::Symlink { target } => {
+                    let t = String::from_utf8_lossy(target);
+                    let shown = display_path(&key);
+                    let parent = shown.rsplit_once('/').map_or("/", |(a, _)| a);
+                    p = if t.starts_with('/') {
+                        normalize(&t)
+                    } else {
+                        normalize(&format!("{parent}/{t}"))
+                    };
+                }
+                _ => return Some((key, id)),
+            }
+        }
+        None
+    }
+
     /// Keys directly or indirectly below `key`, in key order.
     pub fn subtree(&self, key: &[u8]) -> Vec<Vec<u8>> {
         self.descendants(key)
@@ -810,7 +833,24 @@ impl FsIndex {
     }
 }
 
-fn is_under(key: &[u8], ancestor: &[u8]) -> bool {
+/// Normalize an absolute path: `.` and empty parts dropped, `..` pops
+/// (stopping at the root).
+pub(crate) fn normalize(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// Whether `key` is strictly below `ancestor` (everything is below the root).
+pub(crate) fn is_under(key: &[u8], ancestor: &[u8]) -> bool {
     ancestor.is_empty() && !key.is_empty()
         || key.len() > ancestor.len() && key.starts_with(ancestor) && key[ancestor.len()] == b'/'
 }
@@ -856,9 +896,9 @@ mod tests {
         assert!(components(b"./").unwrap().is_empty());
     }
 
-    #[test]
-    fn diff_from_lists_changes_and_whiteouts() {
-        let file = |b: &[u8]| Node {
+    /// A 0644 regular file holding `b`, as a transform adds one.
+    fn file(b: &[u8]) -> Node {
+        Node {
             kind: Kind::File {
                 size: b.len() as u64,
                 data: Data::Bytes(b.into()),
@@ -867,7 +907,11 @@ mod tests {
                 mode: 0o644,
                 ..Meta::default()
             },
-        };
+        }
+    }
+
+    #[test]
+    fn diff_from_lists_changes_and_whiteouts() {
         let mut lower = FsIndex::new();
         for p in [
             "/etc/a",
@@ -921,16 +965,6 @@ mod tests {
             kind: Kind::Dir,
             meta: Meta {
                 mode,
-                ..Meta::default()
-            },
-        };
-        let file = |b: &[u8]| Node {
-            kind: Kind::File {
-                size: b.len() as u64,
-                data: Data::Bytes(b.into()),
-            },
-            meta: Meta {
-                mode: 0o644,
                 ..Meta::default()
             },
         };

@@ -121,12 +121,7 @@ pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
         squashfs: opts,
     };
     let report = sif::build_sif(&image, index, &args.output, &build)?;
-    let sha256 = {
-        let mut f = std::fs::File::open(&args.output)?;
-        let mut h = crate::digest::HashingWriter::new(std::io::sink());
-        std::io::copy(&mut f, &mut h)?;
-        h.finish().1
-    };
+    let sha256 = crate::digest::Digest::of_file(&args.output)?;
     let view = SifView {
         image: image.name.clone(),
         output: args.output.clone(),

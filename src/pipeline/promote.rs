@@ -26,7 +26,7 @@ use crate::transform::scan::{self, ScanOptions, ScanStats};
 use crate::transform::secrets::{self, ScrubSecrets};
 use crate::transform::slim::{self, Policy};
 use crate::transform::sshd::{self, StripSshd};
-use crate::transform::{RuleReport, Transform, overlay::SiteOverlay};
+use crate::transform::{RuleReport, overlay::SiteOverlay};
 use crate::transport::{self, Context};
 use crate::{Error, Result};
 
@@ -317,7 +317,6 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             )),
         }
     }
-    let mut rules = Vec::new();
     let strip = StripSshd {
         scripts: &script_texts,
     };
@@ -325,42 +324,32 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         findings: &scan.findings,
         policy: &policy.secrets,
     };
-    for t in [&strip as &dyn Transform, &scrub] {
-        let mut r = RuleReport::new(t.name(), t.description());
-        t.apply(&mut index, &mut config, &mut r)?;
-        rules.push(r);
+    let mut reports = crate::transform::apply_all(&[&strip, &scrub], &mut index, &mut config)?;
+    if opts.fail_on_secrets && !reports[1].removed.is_empty() {
+        return Err(secrets::refuse(
+            &reports[1].removed,
+            &opts.source.to_string(),
+        ));
     }
-    let found: Vec<secrets::Found> = rules[1]
-        .removed
-        .iter()
-        .map(|c| secrets::Found {
-            path: c.path.clone(),
-            kind: c.reason.clone(),
-        })
-        .collect();
-    if opts.fail_on_secrets && !found.is_empty() {
-        return Err(secrets::refuse(&found, &opts.source.to_string()));
+    if let Some(lower) = &lower {
+        // Kept base layers still carry what was removed from them.
+        for c in reports.iter().flat_map(|r| &r.removed) {
+            if c.path.starts_with('/') && lower.lookup(&c.path).is_some() {
+                warnings.push(format!(
+                    "--keep-base: {} ({}) is removed from the tree but stays in a base layer of the OCI image; the SIF and CVMFS trees do not carry it",
+                    c.path, c.reason
+                ));
+            }
+        }
     }
-    rules.extend(slim::apply(
+    reports.extend(slim::apply(
         &mut index,
         &config,
         &policy.slim,
         &scan.findings,
         &overlay_paths,
     ));
-    if let Some(lower) = &lower {
-        // Kept base layers still carry what was removed from them.
-        for r in &rules[..2] {
-            for c in &r.removed {
-                if c.path.starts_with('/') && lower.lookup(&c.path).is_some() {
-                    warnings.push(format!(
-                        "--keep-base: {} ({}) is removed from the tree but stays in a base layer of the OCI image; the SIF and CVMFS trees do not carry it",
-                        c.path, c.reason
-                    ));
-                }
-            }
-        }
-    }
+    let rules = reports;
     let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
     labels.insert("gridship.promoted.from".into(), opts.source.to_string());
     labels.insert("gridship.promoted.site".into(), opts.site.clone());
@@ -416,9 +405,13 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         stages.start("oci image");
         let store_name = format!("promoted/{}:{}", name, opts.tag);
         let keep = if opts.keep_base { base_layers } else { 0 };
+        let diff;
         let layer_index = match &lower {
-            Some(l) => index.diff_from(l),
-            None => index.clone(),
+            Some(l) => {
+                diff = index.diff_from(l);
+                &diff
+            }
+            None => &index,
         };
         let history = serde_json::json!({
             "created": created_rfc,
@@ -437,7 +430,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             history,
             |w| {
                 crate::sink::tar::write_tar(
-                    &layer_index,
+                    layer_index,
                     &image,
                     w,
                     &crate::sink::tar::TarOptions::default(),
@@ -485,7 +478,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         report.artifacts.push(Artifact {
             kind: "sif".into(),
             path: dest.display().to_string(),
-            digest: Some(file_sha256(&dest)?),
+            digest: Some(crate::digest::Digest::of_file(&dest)?.to_string()),
             bytes: std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0),
         });
         sif_path = Some(dest);
@@ -508,16 +501,12 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             Some(n) => n,
             None => PublicName::parse(&format!("gridship.local/promoted/{name}:{}", opts.tag))?,
         };
-        let target = CvmfsTarget {
-            repo: repo_config,
-            name: Some(public.clone()),
-        };
-        if target.repo.backend == cvmfs::BackendKind::Dir {
-            std::fs::create_dir_all(&target.repo.root)
-                .map_err(|e| Error::io_path(&target.repo.root, "creating", e))?;
+        if repo_config.backend == cvmfs::BackendKind::Dir {
+            std::fs::create_dir_all(&repo_config.root)
+                .map_err(|e| Error::io_path(&repo_config.root, "creating", e))?;
         }
-        let repo_name = target.repo.name.clone();
-        let mut repo = Repo::open(target.repo.clone())?;
+        let repo_name = repo_config.name.clone();
+        let mut repo = Repo::open(repo_config)?;
         let r = cvmfs::publish(
             &mut repo,
             &public,
@@ -686,13 +675,6 @@ pub fn artifact_name(s: &str) -> String {
         .trim_matches(|c: char| !c.is_ascii_alphanumeric())
         .to_string();
     if n.is_empty() { "session".into() } else { n }
-}
-
-fn file_sha256(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io_path(path, "reading", e))?;
-    let mut h = crate::digest::HashingWriter::new(std::io::sink());
-    std::io::copy(&mut f, &mut h).map_err(|e| Error::io_path(path, "reading", e))?;
-    Ok(h.finish().1.to_string())
 }
 
 #[cfg(test)]

@@ -64,32 +64,46 @@ pub fn append_layer(
     config.history.push(history);
     config.created = Some(created.to_string());
     edit(&mut config);
-    let config_raw = serde_json::to_vec(&config).expect("config serializes");
-    let (config_digest, config_size) = store.put_blob(&config_raw)?;
+    let layers = image
+        .manifest
+        .layers
+        .iter()
+        .cloned()
+        .chain(std::iter::once(layer_desc))
+        .collect();
+    put_image(
+        store,
+        name,
+        &config,
+        &image.manifest.config.media_type,
+        |config| Manifest {
+            config,
+            layers,
+            ..image.manifest.clone()
+        },
+        &image.manifest_desc.media_type,
+        image.manifest_desc.platform.clone(),
+    )
+}
 
-    let manifest = Manifest {
-        config: Descriptor::new(
-            image.manifest.config.media_type.clone(),
-            config_digest,
-            config_size,
-        ),
-        layers: image
-            .manifest
-            .layers
-            .iter()
-            .cloned()
-            .chain(std::iter::once(layer_desc))
-            .collect(),
-        ..image.manifest.clone()
-    };
+/// The last steps of writing an image: the config blob, the manifest
+/// `manifest` builds around the config's descriptor, then its name.
+fn put_image(
+    store: &Layout,
+    name: &str,
+    config: &ImageConfig,
+    config_type: &str,
+    manifest: impl FnOnce(Descriptor) -> Manifest,
+    manifest_type: &str,
+    platform: Option<crate::store::Platform>,
+) -> Result<Image> {
+    let config_raw = serde_json::to_vec(config).expect("config serializes");
+    let (config_digest, config_size) = store.put_blob(&config_raw)?;
+    let manifest = manifest(Descriptor::new(config_type, config_digest, config_size));
     let manifest_raw = serde_json::to_vec(&manifest).expect("manifest serializes");
-    let (manifest_digest, manifest_size) = store.put_blob(&manifest_raw)?;
-    let mut desc = Descriptor::new(
-        image.manifest_desc.media_type.clone(),
-        manifest_digest,
-        manifest_size,
-    );
-    desc.platform = image.manifest_desc.platform.clone();
+    let (digest, size) = store.put_blob(&manifest_raw)?;
+    let mut desc = Descriptor::new(manifest_type, digest, size);
+    desc.platform = platform;
     store.set_ref(name, &desc)?;
     Image::load(store.clone(), desc, name, &PlatformWanted::host())
 }
@@ -150,18 +164,20 @@ pub fn write_image(
     }
     kept_history.push(history);
     config.history = kept_history;
-    let config_raw = serde_json::to_vec(&config).expect("config serializes");
-    let (config_digest, config_size) = store.put_blob(&config_raw)?;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": media::OCI_MANIFEST,
-        "config": Descriptor::new(media::OCI_CONFIG, config_digest, config_size),
-        "layers": layers,
-    });
-    let manifest_raw = serde_json::to_vec(&manifest).expect("manifest serializes");
-    let (digest, size) = store.put_blob(&manifest_raw)?;
-    let mut desc = Descriptor::new(media::OCI_MANIFEST, digest, size);
-    desc.platform = base.manifest_desc.platform.clone();
-    store.set_ref(name, &desc)?;
-    Image::load(store.clone(), desc, name, &PlatformWanted::host())
+    put_image(
+        store,
+        name,
+        &config,
+        media::OCI_CONFIG,
+        |config| Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.into()),
+            config,
+            layers,
+            annotations: Default::default(),
+            extra: Default::default(),
+        },
+        media::OCI_MANIFEST,
+        base.manifest_desc.platform.clone(),
+    )
 }

@@ -168,45 +168,8 @@ impl ImageFacts {
     }
 }
 
-/// Normalize an absolute path: `.` and empty parts dropped, `..` pops.
-fn normalize(path: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    format!("/{}", out.join("/"))
-}
-
-/// Follow symlinks (inside the image) to what a path names at the end.
-fn follow(index: &FsIndex, path: &str) -> Option<(Vec<u8>, NodeId)> {
-    let mut p = normalize(path);
-    for _ in 0..40 {
-        let (key, id, node) = index.lookup(&p)?;
-        match &node.kind {
-            Kind::Symlink { target } => {
-                let t = String::from_utf8_lossy(target);
-                let shown = display_path(&key);
-                let parent = shown.rsplit_once('/').map_or("/", |(a, _)| a);
-                p = if t.starts_with('/') {
-                    normalize(&t)
-                } else {
-                    normalize(&format!("{parent}/{t}"))
-                };
-            }
-            _ => return Some((key, id)),
-        }
-    }
-    None
-}
-
 fn dir_key(index: &FsIndex, path: &str) -> Option<Vec<u8>> {
-    let (key, id) = follow(index, path)?;
+    let (key, id) = index.follow(path)?;
     index.node(id).kind.is_dir().then_some(key)
 }
 
@@ -248,7 +211,7 @@ fn read_files(
 ) -> Result<HashMap<String, Vec<u8>>> {
     let mut want: HashMap<NodeId, Vec<String>> = HashMap::new();
     for p in paths {
-        if let Some((_, id)) = follow(index, p)
+        if let Some((_, id)) = index.follow(p)
             && matches!(index.node(id).kind, Kind::File { .. })
         {
             want.entry(id).or_default().push(p.clone());
@@ -419,7 +382,7 @@ pub fn gather(index: &FsIndex, image: &Image) -> Result<ImageFacts> {
             .filter(|p| index.lookup(p).is_some())
             .collect();
         for c in &candidates {
-            if let Some((key, _)) = follow(index, c) {
+            if let Some((key, _)) = index.follow(c) {
                 let shown = display_path(&key);
                 if let Some(v) = libc_version_from_name(shown.rsplit('/').next().unwrap_or("")) {
                     facts.glibc = Some(Found {
@@ -692,6 +655,9 @@ mod tests {
         assert_eq!(glibc_version_in(b), Some((2, 36)));
         assert_eq!(libc_version_from_name("libc-2.31.so"), Some((2, 31)));
         assert_eq!(libc_version_from_name("libc.so.6"), None);
-        assert_eq!(normalize("/usr/lib/../lib64/./x"), "/usr/lib64/x");
+        assert_eq!(
+            crate::index::normalize("/usr/lib/../lib64/./x"),
+            "/usr/lib64/x"
+        );
     }
 }

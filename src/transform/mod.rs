@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use crate::Result;
 use crate::image::ImageConfig;
-use crate::index::{FsIndex, Kind, Node, NodeId, display_path};
+use crate::index::{FsIndex, Kind, Node, NodeId, display_path, is_under};
 
 /// One change a rule made.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -122,10 +122,10 @@ pub fn remove_where(
         if key.is_empty() {
             continue;
         }
-        if removed.as_deref().is_some_and(|r| is_below(&key, r)) {
+        if removed.as_deref().is_some_and(|r| is_under(&key, r)) {
             continue;
         }
-        while inherited.last().is_some_and(|(d, _)| !is_below(&key, d)) {
+        while inherited.last().is_some_and(|(d, _)| !is_under(&key, d)) {
             inherited.pop();
         }
         let Some((id, node)) = index.get(&key) else {
@@ -158,8 +158,4 @@ pub fn remove_where(
         report.remove(display_path(&key), bytes, reason);
         removed = Some(key);
     }
-}
-
-fn is_below(key: &[u8], dir: &[u8]) -> bool {
-    key.len() > dir.len() && key.starts_with(dir) && key[dir.len()] == b'/'
 }

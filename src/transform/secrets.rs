@@ -13,8 +13,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use serde::Serialize;
-
 use super::paths::{PathPattern, PatternSet};
 use super::scan::Finding;
 use super::{RuleReport, Transform, remove_where};
@@ -135,13 +133,6 @@ pub struct SecretsPolicy {
     pub allow_env: BTreeSet<String>,
 }
 
-/// One secret found (for `--fail-on-secrets` and the report).
-#[derive(Debug, Clone, Serialize)]
-pub struct Found {
-    pub path: String,
-    pub kind: String,
-}
-
 pub struct ScrubSecrets<'a> {
     pub findings: &'a HashMap<NodeId, Finding>,
     pub policy: &'a SecretsPolicy,
@@ -212,11 +203,11 @@ pub fn is_secret_env(name: &str) -> bool {
 
 /// `--fail-on-secrets`: the error that refuses to publish, listing what
 /// the scrub would remove (paths and kinds only).
-pub fn refuse(found: &[Found], source: &str) -> Error {
+pub fn refuse(found: &[super::Change], source: &str) -> Error {
     let mut list: Vec<String> = found
         .iter()
         .take(50)
-        .map(|f| format!("  {} ({})", f.path, f.kind))
+        .map(|f| format!("  {} ({})", f.path, f.reason))
         .collect();
     if found.len() > 50 {
         list.push(format!("  ... and {} more", found.len() - 50));

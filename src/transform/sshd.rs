@@ -212,7 +212,8 @@ pub fn entry_scripts(index: &FsIndex, config: &ImageConfig) -> Vec<(String, Node
             continue;
         };
         for cand in candidates {
-            if let Some(id) = follow(index, &cand)
+            if let Some((_, id)) = index.follow(&cand)
+                && matches!(index.node(id).kind, Kind::File { .. })
                 && !out.iter().any(|(_, i)| *i == id)
             {
                 out.push((cand, id));
@@ -221,31 +222,6 @@ pub fn entry_scripts(index: &FsIndex, config: &ImageConfig) -> Vec<(String, Node
         }
     }
     out
-}
-
-/// The regular file at `path`, symlinks followed (at most 40).
-fn follow(index: &FsIndex, path: &str) -> Option<NodeId> {
-    let mut path = path.to_string();
-    for _ in 0..40 {
-        let (key, id, node) = index.lookup(&path)?;
-        match &node.kind {
-            Kind::File { .. } => return Some(id),
-            Kind::Symlink { target } => {
-                let t = String::from_utf8_lossy(target).into_owned();
-                path = if t.starts_with('/') {
-                    t
-                } else {
-                    let parent = String::from_utf8_lossy(&key)
-                        .rsplit_once('/')
-                        .map(|(p, _)| p.to_string())
-                        .unwrap_or_default();
-                    format!("/{parent}/{t}")
-                };
-            }
-            _ => return None,
-        }
-    }
-    None
 }
 
 #[cfg(test)]
