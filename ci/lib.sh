@@ -164,6 +164,64 @@ write_if_changed() {
 # sha256_of FILE...: hash of the files' contents (one hex string).
 sha256_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 
+# ---------------------------------------------------------------- debootstrap
+
+# apt_mirror SUITE: the first deb URI apt uses for SUITE (deb822 .sources or one-line .list).
+apt_mirror() {
+	local suite=$1 f uri=
+	if [[ -n ${GRIDSHIP_DEBIAN_MIRROR:-} ]]; then
+		printf '%s\n' "${GRIDSHIP_DEBIAN_MIRROR%/}"
+		return 0
+	fi
+	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+		[[ -r $f ]] || continue
+		if [[ $f == *.sources ]]; then
+			uri=$(awk -v want="$suite" '
+				function flush(   n, i, s, u) {
+					if (!found && types ~ /(^|[ \t])deb([ \t]|$)/ && enabled != "no") {
+						n = split(suites, s, /[ \t]+/)
+						for (i = 1; i <= n; i++) if (s[i] == want) { split(uris, u, /[ \t]+/); print u[1]; found = 1; break }
+					}
+					types = uris = suites = ""; enabled = "yes"
+				}
+				BEGIN { enabled = "yes" }
+				/^[ \t]*#/ { next }
+				/^[ \t]*$/ { flush(); next }
+				/^[A-Za-z-]+:/ {
+					key = tolower($0); sub(/:.*/, "", key)
+					val = $0; sub(/^[^:]*:[ \t]*/, "", val); sub(/[ \t]+$/, "", val)
+					if (key == "types") types = val
+					else if (key == "uris") uris = val
+					else if (key == "suites") suites = val
+					else if (key == "enabled") enabled = tolower(val)
+				}
+				END { flush() }' "$f")
+		else
+			uri=$(awk -v want="$suite" '
+				$1 == "deb" {
+					i = 2
+					if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+					if ($(i + 1) == want) { print $i; exit }
+				}' "$f")
+		fi
+		if [[ -n $uri ]]; then
+			printf '%s\n' "${uri%/}"
+			return 0
+		fi
+	done
+	printf '%s\n' http://deb.debian.org/debian
+}
+
+# cleanup_build_dir DIR: unmount what debootstrap may have left below DIR, then remove it.
+cleanup_build_dir() {
+	local dir=$1 m
+	[[ -d $dir ]] || return 0
+	while read -r m; do
+		umount -l "$m" 2>/dev/null || true
+	done < <(awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r)
+	rm -rf --one-file-system "$dir"
+}
+
 # ---------------------------------------------------------------- docker
 
 # docker_client_for HOST: print the docker client that talks to the engine on HOST.
