@@ -1,28 +1,139 @@
-//! Site profiles: `site-overlays/SITE/site.yaml`.
+//! Site profiles: `SITE/site.yaml` (+ `SITE/files/`), found on the sites
+//! search path ([`crate::config::search`]): a user's or an admin's profile
+//! shadows the built-in one of the same name.
 //!
-//! This module owns two sections of that file, `ce:` (how to reach the
-//! site's ARC CE) and `gpu_queues:` (how a GPU job is expressed there: ARC
-//! has no GPU attribute, so it goes by queue name, cores and site RTEs).
-//! Other top-level keys belong to other parts of gridship (image overlay
-//! files, env, labels) and are left alone here; unknown keys *inside* these
-//! two sections are errors, because a misspelt key would silently change jobs.
+//! A profile can extend others (`extends: common` or a list); the chain is
+//! resolved here, once, and every section is merged by the module that owns
+//! it, in the order parents first (see site-overlays/README.md):
+//! - `ce:` the last profile that has one;
+//! - `gpu_queues:` by queue name, a later queue replaces an earlier one whole;
+//! - `overlay:` env and labels by name, `files/` by path (transform::overlay);
+//! - `slim:` and `secrets:` applied in order (transform::slim).
+//!
+//! This module owns `ce:` and `gpu_queues:`; unknown keys inside them are
+//! errors, because a misspelt key would silently change jobs, and so are
+//! unknown top-level keys.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::search::{Found, SearchPath};
 use crate::error::{Error, Result};
+
+/// One site.yaml of a chain.
+#[derive(Debug, Clone)]
+pub struct SiteDoc {
+    pub found: Found,
+    /// How messages name it: its path, or `<built-in>/site-overlays/NAME/site.yaml`.
+    pub input: PathBuf,
+    pub text: String,
+}
+
+/// A site and the profiles it extends: parents first, the site itself last.
+#[derive(Debug, Clone, Default)]
+pub struct SiteChain {
+    pub docs: Vec<SiteDoc>,
+}
+
+/// The top level of a site.yaml: which sections exist (each is read by its
+/// owner); anything else is a typo.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // the sections are only checked for presence here
+struct TopLevel {
+    #[serde(default)]
+    extends: Option<OneOrMany>,
+    /// Informational: the site's name.
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    ce: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    gpu_queues: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    overlay: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    slim: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    secrets: Option<serde::de::IgnoredAny>,
+}
+
+const TOP_HINT: &str = "site.yaml has extends, name, ce, gpu_queues, overlay, slim, secrets (see site-overlays/README.md)";
+
+impl SiteChain {
+    /// Find `site` on `search` and every profile it extends.
+    pub fn resolve(search: &SearchPath, site: &str) -> Result<SiteChain> {
+        let found = search.require(site, &format!("--site {site}"))?;
+        let mut chain = SiteChain::default();
+        let mut stack = Vec::new();
+        chain.add(search, found, &mut stack)?;
+        Ok(chain)
+    }
+
+    fn add(&mut self, search: &SearchPath, found: Found, stack: &mut Vec<PathBuf>) -> Result<()> {
+        let input = found.display_path();
+        if stack.contains(&input) {
+            let cycle: Vec<String> = stack
+                .iter()
+                .chain(std::iter::once(&input))
+                .map(|p| p.display().to_string())
+                .collect();
+            return Err(bad(
+                stack.last().unwrap_or(&input),
+                "extends: ",
+                format!("a cycle: {}", cycle.join(" -> ")),
+                "a profile cannot extend itself through others",
+            ));
+        }
+        if self.docs.iter().any(|d| d.input == input) {
+            return Ok(()); // two parents share a grandparent: merged once
+        }
+        let text = found.text()?;
+        let top: TopLevel =
+            serde_saphyr::from_str(&text).map_err(|e| bad(&input, "", e.to_string(), TOP_HINT))?;
+        stack.push(input.clone());
+        for parent in top.extends.map(|e| e.values()).unwrap_or_default() {
+            // A profile that extends its own name builds on the one it shadows.
+            let pf = if parent == found.name {
+                search.find_from(&parent, found.place_index + 1)
+            } else {
+                search.find(&parent)
+            };
+            let Some(pf) = pf else {
+                return Err(bad(
+                    &input,
+                    "extends: ",
+                    format!("no site profile '{parent}' to extend"),
+                    format!("searched {}", search.describe()),
+                ));
+            };
+            self.add(search, pf, stack)?;
+        }
+        stack.pop();
+        self.docs.push(SiteDoc { found, input, text });
+        Ok(())
+    }
+
+    /// The site's own profile (the last of the chain).
+    pub fn own(&self) -> Option<&SiteDoc> {
+        self.docs.last()
+    }
+}
 
 /// The parts of site.yaml this module reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SiteProfile {
-    /// Directory name under site-overlays/ (filled in on load).
+    /// The site's name (filled in on load).
     #[serde(skip)]
     pub name: String,
-    /// Where it was read from (filled in on load).
+    /// Its own site.yaml, as messages name it (filled in on load).
     #[serde(skip)]
     pub path: PathBuf,
+    /// The profiles it was merged from (filled in on load).
+    #[serde(skip)]
+    pub chain: SiteChain,
     #[serde(default)]
     pub ce: Option<CeProfile>,
     #[serde(default)]
@@ -151,12 +262,6 @@ impl GpuQueue {
     }
 }
 
-/// Where site overlays live: `$GRIDSHIP_SITE_OVERLAYS`, else ./site-overlays.
-pub fn default_overlays_dir() -> PathBuf {
-    std::env::var_os("GRIDSHIP_SITE_OVERLAYS")
-        .map_or_else(|| PathBuf::from("site-overlays"), PathBuf::from)
-}
-
 fn bad(
     path: &Path,
     place: impl Into<String>,
@@ -172,47 +277,47 @@ fn bad(
 }
 
 impl SiteProfile {
-    /// Load `DIR/SITE/site.yaml`.
-    pub fn load(overlays: &Path, site: &str) -> Result<SiteProfile> {
-        if site.is_empty() || site.contains('/') || site.starts_with('.') {
-            return Err(Error::bad_input(
-                format!("--site {site}"),
-                "a site is a directory name under site-overlays/",
-            ));
-        }
-        let path = overlays.join(site).join("site.yaml");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let known = list_sites(overlays);
-                return Err(bad(
-                    &path,
-                    "",
-                    format!("no site profile for '{site}'"),
-                    if known.is_empty() {
-                        format!(
-                            "create {} or point GRIDSHIP_SITE_OVERLAYS at the site-overlays directory",
-                            path.display()
-                        )
-                    } else {
-                        format!("known sites: {}", known.join(", "))
-                    },
-                ));
-            }
-            Err(e) => return Err(Error::io_path(&path, "reading site profile", e)),
-        };
-        Self::parse(&path, site, &text)
+    /// Find `site` on the sites search path and merge its chain.
+    pub fn load(search: &SearchPath, site: &str) -> Result<SiteProfile> {
+        SiteProfile::from_chain(site, SiteChain::resolve(search, site)?)
     }
 
-    pub fn parse(path: &Path, site: &str, text: &str) -> Result<SiteProfile> {
-        let mut p: SiteProfile = serde_saphyr::from_str(text).map_err(|e| {
+    /// Merge the `ce:` and `gpu_queues:` sections of a chain, then check them.
+    pub fn from_chain(site: &str, chain: SiteChain) -> Result<SiteProfile> {
+        let mut merged = SiteProfile {
+            name: site.to_string(),
+            path: PathBuf::new(),
+            chain: SiteChain::default(),
+            ce: None,
+            gpu_queues: BTreeMap::new(),
+        };
+        for doc in &chain.docs {
+            let p = Self::parse_unchecked(&doc.input, &doc.text)?;
+            if p.ce.is_some() {
+                merged.ce = p.ce;
+            }
+            merged.gpu_queues.extend(p.gpu_queues);
+        }
+        merged.path = chain.own().map(|d| d.input.clone()).unwrap_or_default();
+        merged.chain = chain;
+        merged.check()?;
+        Ok(merged)
+    }
+
+    fn parse_unchecked(path: &Path, text: &str) -> Result<SiteProfile> {
+        serde_saphyr::from_str(text).map_err(|e| {
             bad(
                 path,
                 "",
                 format!("{e}"),
                 "see site-overlays/README.md for the ce: and gpu_queues: keys",
             )
-        })?;
+        })
+    }
+
+    /// One profile's text on its own (no `extends:`), checked.
+    pub fn parse(path: &Path, site: &str, text: &str) -> Result<SiteProfile> {
+        let mut p = Self::parse_unchecked(path, text)?;
         p.name = site.to_string();
         p.path = path.to_path_buf();
         p.check()?;
@@ -325,26 +430,13 @@ impl SiteProfile {
     }
 }
 
-/// Site directories that contain a site.yaml.
-pub fn list_sites(overlays: &Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(overlays)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("site.yaml").is_file())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    out.sort();
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const OK: &str = r#"
 name: example
-files: [ignored-by-this-module]
+overlay: {env: {A: "1"}}
 ce:
   endpoint: https://ce.example.org:443/arex
   auth: [token, x509]
@@ -361,7 +453,7 @@ gpu_queues:
 "#;
 
     #[test]
-    fn parses_and_keeps_other_sections_alone() {
+    fn parses_and_leaves_other_sections_to_their_owners() {
         let p = SiteProfile::parse(Path::new("s.yaml"), "example", OK).unwrap();
         assert_eq!(p.ce.unwrap().auth, vec![CeAuth::Token, CeAuth::X509]);
         let q = &p.gpu_queues["gpu"];

@@ -196,10 +196,13 @@ fn one_recipe_two_sites_pushed_with_auth() {
             .iter()
             .map(|v| v.as_str().unwrap().to_string())
             .collect();
-        let site_yaml: serde_json::Value = site_overlay_env(site);
-        for (k, v) in site_yaml.as_object().unwrap() {
-            let want = format!("{k}={}", v.as_str().unwrap());
-            assert!(env.contains(&want), "{site}: {want} not in {env:?}");
+        // The site extends common: both profiles' env is in the image.
+        for part in ["common", site] {
+            let site_yaml: serde_json::Value = site_overlay_env(part);
+            for (k, v) in site_yaml.as_object().unwrap() {
+                let want = format!("{k}={}", v.as_str().unwrap());
+                assert!(env.contains(&want), "{site}: {want} not in {env:?}");
+            }
         }
         // The overlay's files are in the image, byte for byte, root-owned.
         let root = tmp.path().join(format!("unpacked-{site}"));
@@ -213,9 +216,12 @@ fn one_recipe_two_sites_pushed_with_auth() {
             access[3],
         ])
         .ok();
-        let files = project().join("site-overlays").join(site).join("files");
         let mut compared = 0;
-        for (key, want) in snapshot(&files).entries {
+        let trees = ["common", site].map(|p| project().join("site-overlays").join(p).join("files"));
+        for (files, (key, want)) in trees
+            .iter()
+            .flat_map(|t| snapshot(t).entries.into_iter().map(move |e| (t, e)))
+        {
             let rel = key.trim_start_matches('/');
             if rel.is_empty() {
                 continue;

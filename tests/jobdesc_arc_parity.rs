@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::arc::{arc_parse, assert_same, key, repo};
+use gridship::config::{Kind, SearchPath};
 use gridship::jobdesc::{
     self, EnvVar, InputFile, JobSpec, Notify, NotifyState, OutputFile, Request, RuntimeEnv,
     Template, adl, xrsl,
@@ -64,8 +65,8 @@ fn check_batch(specs: &[JobSpec]) {
 
 #[test]
 fn every_site_and_template_parses_identically_in_arc() {
-    let overlays = repo().join("site-overlays");
-    let tdir = repo().join("xrsl-templates");
+    let overlays = SearchPath::new(Kind::Sites, Some(&repo().join("site-overlays")));
+    let tdir = SearchPath::new(Kind::Templates, Some(&repo().join("xrsl-templates")));
     let mut specs = Vec::new();
     let mut multi = Vec::new();
     for site in ["glasgow", "manchester", "qmul", "bonn"] {

@@ -125,7 +125,7 @@ fn gpu_requests_a_site_cannot_express() {
     assert_eq!(r.code, 2);
     assert!(
         r.stderr
-            .contains("known sites: bonn, glasgow, manchester, qmul"),
+            .contains("known: bonn, common, glasgow, manchester, qmul"),
         "{}",
         r.stderr
     );
@@ -303,8 +303,30 @@ fn help_lists_only_working_commands() {
     assert_eq!(
         cmds,
         [
-            "copy", "inspect", "unpack", "export", "sif", "sif-info", "cvmfs", "build", "snapshot",
-            "nightly", "promote", "smoke", "jobdesc", "submit", "status", "kill", "clean", "help"
+            "copy",
+            "inspect",
+            "unpack",
+            "export",
+            "sif",
+            "sif-info",
+            "cvmfs",
+            "build",
+            "snapshot",
+            "nightly",
+            "promote",
+            "smoke",
+            "jobdesc",
+            "submit",
+            "status",
+            "kill",
+            "clean",
+            "sites",
+            "templates",
+            "suites",
+            "config",
+            "completions",
+            "man",
+            "help"
         ]
     );
     for c in &cmds[..cmds.len() - 1] {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use gridship::config::{Kind, SearchPath};
 use gridship::recipe::{Recipe, Review, ReviewPolicy, check_review, unreviewed_labels};
 
 const DOCKERFILE: &str =
@@ -625,7 +626,11 @@ fn shipped_recipes_load_and_target_known_sites() {
     assert_eq!(Recipe::list(&recipes), ["debian12-dev", "gpu-dev"]);
     for name in Recipe::list(&recipes) {
         let r = Recipe::load(&recipes, &name).unwrap();
-        r.check_sites(&root.join("site-overlays")).unwrap();
+        r.check_sites(&SearchPath::new(
+            Kind::Sites,
+            Some(&root.join("site-overlays")),
+        ))
+        .unwrap();
         assert_eq!(r.spec.base.arg, "BASE");
         assert!(
             r.spec.protected_paths.iter().any(|p| p == "/work"),
@@ -659,7 +664,10 @@ fn shipped_recipes_load_and_target_known_sites() {
     let mut bad = Recipe::load(&recipes, "debian12-dev").unwrap();
     bad.spec.sites.push("atlantis".into());
     let e = bad
-        .check_sites(&root.join("site-overlays"))
+        .check_sites(&SearchPath::new(
+            Kind::Sites,
+            Some(&root.join("site-overlays")),
+        ))
         .unwrap_err()
         .to_string();
     has(
@@ -667,8 +675,8 @@ fn shipped_recipes_load_and_target_known_sites() {
         &[
             "debian12-dev/recipe.yaml",
             "sites: ",
-            "no site 'atlantis'",
-            "known sites: bonn, glasgow",
+            "no site profile 'atlantis'",
+            "known sites: bonn, common, glasgow",
         ],
     );
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gridship::site::{SiteProfile, list_sites};
+use gridship::config::{Kind, SearchPath};
+use gridship::site::SiteProfile;
+use gridship::transform::overlay::SiteOverlay;
 
 const SITES: [&str; 4] = ["bonn", "glasgow", "manchester", "qmul"];
 const THREADS: &str = "files/etc/profile.d/gridship-site-threads.sh";
@@ -23,72 +25,86 @@ fn overlays() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("site-overlays")
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Overlay {
-    env: BTreeMap<String, String>,
-    labels: BTreeMap<String, String>,
+fn sites() -> SearchPath {
+    SearchPath::new(Kind::Sites, Some(&overlays()))
 }
 
-#[derive(serde::Deserialize)]
-struct WithOverlay {
-    overlay: Overlay,
+/// The overlay layer's entries: path -> (mode, bytes).
+fn layer_entries(o: &SiteOverlay) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let mut ar = tar::Archive::new(&o.layer[..]);
+    ar.entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().display().to_string();
+            let mode = e.header().mode().unwrap();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            (path, (mode, data))
+        })
+        .collect()
 }
+
+const SHARED: [&str; 4] = [
+    THREADS,
+    "files/etc/profile.d/gridship-site-grid.sh",
+    "files/.singularity.d/env/92-gridship-site.sh",
+    "files/etc/grid-security/README.gridship",
+];
 
 #[test]
 fn every_site_has_overlay_section_and_files() {
-    assert_eq!(list_sites(&overlays()), SITES);
-    let threads = std::fs::read(overlays().join("bonn").join(THREADS)).unwrap();
+    let listed: Vec<String> = sites()
+        .list()
+        .into_iter()
+        .filter(|l| l.found.place.dir.is_some())
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(listed, ["bonn", "common", "glasgow", "manchester", "qmul"]);
+    let common = overlays().join("common");
     for site in SITES {
-        let dir = overlays().join(site);
         // The ARC sections still load.
-        let p = SiteProfile::load(&overlays(), site).unwrap();
+        let p = SiteProfile::load(&sites(), site).unwrap();
         assert!(p.ce.is_some() && !p.gpu_queues.is_empty(), "{site}");
-        let text = std::fs::read_to_string(dir.join("site.yaml")).unwrap();
-        let o: WithOverlay = serde_saphyr::from_str(&text).unwrap();
-        let env = &o.overlay.env;
+        let chain: Vec<&str> = p.chain.docs.iter().map(|d| d.found.name.as_str()).collect();
+        assert_eq!(chain, ["common", site]);
+        let o = SiteOverlay::from_profile(&p).unwrap();
+        let env = &o.env;
         assert_eq!(env["X509_CERT_DIR"], "/etc/grid-security/certificates");
         assert_eq!(env["X509_VOMS_DIR"], "/etc/grid-security/vomsdir");
         assert_eq!(env["VOMS_USERCONF"], "/etc/vomses");
         assert_eq!(env["GRIDSHIP_SITE"], site);
-        assert_eq!(o.overlay.labels["gridship.site"], site);
-        // One snippet for all sites.
-        assert_eq!(std::fs::read(dir.join(THREADS)).unwrap(), threads, "{site}");
-        let json: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(dir.join("files/etc/gridship/site.json")).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(json["site"], site);
-        assert_eq!(
-            json["gocdb"],
-            o.overlay.labels["gridship.site.gocdb"].as_str()
-        );
-        // Only plain files and directories, sourced snippets not executable.
-        for f in [
-            THREADS,
-            "files/etc/profile.d/gridship-site-grid.sh",
-            "files/.singularity.d/env/92-gridship-site.sh",
-            "files/etc/grid-security/README.gridship",
-        ] {
-            let md = std::fs::symlink_metadata(dir.join(f)).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            assert!(
-                md.is_file() && md.permissions().mode() & 0o111 == 0,
-                "{site}/{f}"
-            );
+        assert_eq!(o.labels["gridship.site"], site);
+        // The shared snippets come from common, byte for byte, as 0644;
+        // site.json is the site's own.
+        let layer = layer_entries(&o);
+        for f in SHARED {
+            let in_image = f.strip_prefix("files/").unwrap();
+            let (mode, data) = &layer[in_image];
+            assert_eq!(*mode, 0o644, "{site}/{f}");
+            assert_eq!(data, &std::fs::read(common.join(f)).unwrap(), "{site}/{f}");
         }
-        // Every snippet is valid POSIX sh.
-        for f in [
-            THREADS,
-            "files/etc/profile.d/gridship-site-grid.sh",
-            "files/.singularity.d/env/92-gridship-site.sh",
-        ] {
+        let json: serde_json::Value =
+            serde_json::from_slice(&layer["etc/gridship/site.json"].1).unwrap();
+        assert_eq!(json["site"], site);
+        assert_eq!(json["gocdb"], o.labels["gridship.site.gocdb"].as_str());
+        // No copy of a shared file is left in the site's own tree.
+        for f in SHARED {
+            assert!(!overlays().join(site).join(f).exists(), "{site}/{f}");
+        }
+    }
+    // Only plain files, sourced snippets not executable, valid POSIX sh.
+    for f in SHARED {
+        let md = std::fs::symlink_metadata(common.join(f)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert!(md.is_file() && md.permissions().mode() & 0o111 == 0, "{f}");
+        if f.ends_with(".sh") {
             let st = Command::new("dash")
                 .arg("-n")
-                .arg(dir.join(f))
+                .arg(common.join(f))
                 .status()
                 .unwrap();
-            assert!(st.success(), "{site}/{f}");
+            assert!(st.success(), "{f}");
         }
     }
 }
@@ -96,7 +112,7 @@ fn every_site_has_overlay_section_and_files() {
 /// Source the snippet with dash under `set -eu`, in a clean environment plus
 /// `env`; returns the six variables, GRIDSHIP_JOB_CPUS_FROM and leftovers.
 fn threads(env: &[(&str, &str)]) -> (Vec<String>, String, String) {
-    let file = overlays().join("glasgow").join(THREADS);
+    let file = overlays().join("common").join(THREADS);
     let script = format!(
         ". '{}'; echo {}; echo \"$GRIDSHIP_JOB_CPUS_FROM\"; set | grep '^_gs' || true; command -v _gs_try || true",
         file.display(),
@@ -190,7 +206,7 @@ fn thread_counts_per_batch_system() {
 #[test]
 fn grid_snippet_leaves_bound_dirs_alone() {
     // No /cvmfs here: the variables keep what the image config says.
-    let file = overlays().join("qmul/files/etc/profile.d/gridship-site-grid.sh");
+    let file = overlays().join("common/files/etc/profile.d/gridship-site-grid.sh");
     let out = Command::new("dash")
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
@@ -210,5 +226,154 @@ fn grid_snippet_leaves_bound_dirs_alone() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "/etc/grid-security/certificates\n"
+    );
+}
+
+/// The merge rules of site-overlays/README.md ("Sites that share: extends"),
+/// one by one, on profiles made here.
+#[test]
+fn extends_merges_as_the_readme_says() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let write = |rel: &str, text: &str| {
+        let p = d.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    let queue = |model: &str| {
+        format!(
+            "    gpu_model: {model}\n    gpu_request: fixed\n    gpus_per_job: 1\n    cores_per_gpu: 4\n    memory_per_gpu_mb: 16000\n"
+        )
+    };
+    write(
+        "base/site.yaml",
+        &format!(
+            "ce: {{endpoint: https://base.example.org/arex}}\ngpu_queues:\n  gpu:\n{}  old:\n{}overlay:\n  env: {{A: base, B: base}}\n  labels: {{l1: base}}\nslim:\n  keep: ['/opt/base/**']\n",
+            queue("base-gpu"),
+            queue("base-old")
+        ),
+    );
+    write("base/files/etc/a.conf", "base a\n");
+    write("base/files/etc/b.conf", "base b\n");
+    write("base/files/opt/tool/bin/run", "#!/bin/sh\n");
+    std::fs::set_permissions(
+        d.join("base/files/opt/tool/bin/run"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    write(
+        "extra/site.yaml",
+        "overlay:\n  env: {B: extra, C: extra}\nslim:\n  keep: ['/opt/extra/**']\n",
+    );
+    write("extra/files/etc/b.conf", "extra b\n");
+    write(
+        "child/site.yaml",
+        &format!(
+            "extends: [base, extra]\nce: {{endpoint: https://child.example.org/arex}}\ngpu_queues:\n  gpu:\n{}overlay:\n  env: {{C: child}}\n  labels: {{l2: child}}\n",
+            queue("child-gpu")
+        ),
+    );
+    write("child/files/etc/c.conf", "child c\n");
+    // A file over the parent's directory replaces the directory whole.
+    write("child/files/opt/tool", "now a file\n");
+
+    let search = SearchPath::new(Kind::Sites, Some(d));
+    let p = SiteProfile::load(&search, "child").unwrap();
+    let order: Vec<&str> = p.chain.docs.iter().map(|x| x.found.name.as_str()).collect();
+    assert_eq!(order, ["base", "extra", "child"]);
+    // ce: the last profile that has one; gpu_queues: by name, replaced whole.
+    assert_eq!(
+        p.ce.as_ref().unwrap().endpoint,
+        "https://child.example.org/arex"
+    );
+    assert_eq!(p.gpu_queues["gpu"].gpu_model, "child-gpu");
+    assert_eq!(p.gpu_queues["old"].gpu_model, "base-old");
+    // env and labels: by name, later wins.
+    let o = SiteOverlay::from_profile(&p).unwrap();
+    let env: Vec<(&str, &str)> = o
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(env, [("A", "base"), ("B", "extra"), ("C", "child")]);
+    assert_eq!(o.labels["l1"], "base");
+    assert_eq!(o.labels["l2"], "child");
+    // files: by path, later wins; the file replaced the directory and all below it.
+    let layer = layer_entries(&o);
+    let names: Vec<&str> = layer.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "etc",
+            "etc/a.conf",
+            "etc/b.conf",
+            "etc/c.conf",
+            "opt",
+            "opt/tool"
+        ]
+    );
+    assert_eq!(layer["etc/a.conf"].1, b"base a\n");
+    assert_eq!(layer["etc/b.conf"].1, b"extra b\n");
+    assert_eq!(layer["opt/tool"], (0o644, b"now a file\n".to_vec()));
+    // slim: applied in order, parents first (both keeps hold).
+    let mut policy = gridship::transform::slim::Policy::new().unwrap();
+    policy.apply_site(&p.chain).unwrap();
+    let sources = policy.sources.join(" ");
+    assert!(
+        sources.contains("base/site.yaml") && sources.contains("extra/site.yaml"),
+        "{sources}"
+    );
+
+    // A profile that extends its own name builds on the one it shadows:
+    // a user's glasgow on top of the shipped one.
+    let user = tmp.path().join("user");
+    std::fs::create_dir_all(user.join("glasgow/files/etc")).unwrap();
+    std::fs::write(
+        user.join("glasgow/site.yaml"),
+        "extends: glasgow\noverlay:\n  env: {GRIDSHIP_SITE: glasgow-mine}\n",
+    )
+    .unwrap();
+    std::fs::write(user.join("glasgow/files/etc/mine"), "x\n").unwrap();
+    let search = SearchPath::new(Kind::Sites, Some(&user));
+    let g = SiteProfile::load(&search, "glasgow").unwrap();
+    let order: Vec<String> = g
+        .chain
+        .docs
+        .iter()
+        .map(|x| format!("{}@{}", x.found.name, x.found.place.origin))
+        .collect();
+    assert_eq!(order[1..], ["glasgow@built-in", "glasgow@option"]);
+    assert_eq!(order[0], "common@built-in");
+    assert!(!g.gpu_queues.is_empty());
+    let o = SiteOverlay::from_profile(&g).unwrap();
+    assert_eq!(o.env["GRIDSHIP_SITE"], "glasgow-mine");
+    let layer = layer_entries(&o);
+    assert!(layer.contains_key("etc/mine") && layer.contains_key("etc/gridship/site.json"));
+
+    // Errors name the file and the key: a cycle, a missing parent, a typo.
+    write("c1/site.yaml", "extends: c2\n");
+    write("c2/site.yaml", "extends: c1\n");
+    let search = SearchPath::new(Kind::Sites, Some(d));
+    let e = SiteProfile::load(&search, "c1").unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    let m = e.to_string();
+    assert!(
+        m.contains("extends: a cycle") && m.contains("c1/site.yaml"),
+        "{m}"
+    );
+    write("orphan/site.yaml", "extends: nowhere\n");
+    let m = SiteProfile::load(&search, "orphan")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        m.contains("orphan/site.yaml: extends: no site profile 'nowhere'"),
+        "{m}"
+    );
+    write("typo/site.yaml", "name: typo\noverlays:\n  env: {A: b}\n");
+    let m = SiteProfile::load(&search, "typo").unwrap_err().to_string();
+    assert!(
+        m.contains("typo/site.yaml") && m.contains("overlays"),
+        "{m}"
     );
 }

@@ -17,16 +17,18 @@ use crate::site::SiteProfile;
 
 #[derive(Debug, Args)]
 pub struct JobdescArgs {
-    /// Site profile: a directory under site-overlays/ (e.g. glasgow).
+    /// Site profile (e.g. glasgow; `gridship sites` lists them). Default:
+    /// site: of config.yaml.
     #[arg(long)]
-    pub site: String,
-    /// GPU queue of that site (see gpu_queues: in its site.yaml).
+    pub site: Option<String>,
+    /// GPU queue of that site (see gpu_queues: in its site.yaml). Default:
+    /// queue: of config.yaml, else the site's only GPU queue.
     #[arg(long)]
-    pub queue: String,
+    pub queue: Option<String>,
     /// The image as the site sees it: a /cvmfs/ path, or a SIF URL for a staged template.
     #[arg(long, value_name = "REF")]
     pub image: String,
-    /// Template name in xrsl-templates/ or a path to an .xrsl file.
+    /// Template name (`gridship templates` lists them) or a path to an .xrsl file.
     /// Default: gpu-cvmfs for /cvmfs/ images, else gpu-sif-staged.
     #[arg(long, value_name = "T")]
     pub template: Option<String>,
@@ -40,17 +42,17 @@ pub struct JobdescArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub overlays: super::SiteOverlaysOpt,
-    /// Directory of templates.
-    #[arg(long, env = "GRIDSHIP_XRSL_TEMPLATES", value_name = "DIR")]
-    pub templates: Option<PathBuf>,
+    #[command(flatten)]
+    pub templates: super::TemplatesOpt,
 }
 
 /// Credentials and trust for talking to a CE.
 #[derive(Debug, Clone, Args)]
 pub struct CeAuthArgs {
-    /// Credential to present: a bearer token if found (auto), X.509, or token.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub auth: AuthMode,
+    /// Credential to present: a bearer token if found (auto), X.509, or
+    /// token. Default: auth: of config.yaml, else auto.
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMode>,
     /// X.509 proxy file (default: $X509_USER_PROXY, then /tmp/x509up_u$UID).
     #[arg(long, value_name = "FILE")]
     pub proxy: Option<PathBuf>,
@@ -74,16 +76,25 @@ pub struct CeAuthArgs {
 }
 
 impl CeAuthArgs {
-    fn config(&self) -> AuthConfig {
-        AuthConfig {
-            mode: self.auth,
+    fn config(&self) -> anyhow::Result<AuthConfig> {
+        let mode = match (self.auth, &super::defaults()?.auth) {
+            (Some(m), _) => m,
+            (None, Some(s)) => {
+                <AuthMode as clap::ValueEnum>::from_str(&s.value, true).map_err(|_| {
+                    Error::bad_input(s.from.display().to_string(), format!("auth: {}", s.value))
+                })?
+            }
+            (None, None) => AuthMode::Auto,
+        };
+        Ok(AuthConfig {
+            mode,
             ca_file: self.ca_file.clone(),
             ca_dir: self.ca_dir.clone(),
             proxy: self.proxy.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),
             timeout: Some(Duration::from_secs(self.timeout)),
-        }
+        })
     }
 
     fn jobs_file(&self) -> PathBuf {
@@ -97,8 +108,9 @@ impl CeAuthArgs {
 pub struct SubmitArgs {
     /// Job description: xRSL, ADL or gridship JSON (checked before sending).
     pub file: PathBuf,
-    /// CE: https://HOST[:PORT]/arex (or a host name).
-    #[arg(long, value_name = "URL", required_unless_present = "site")]
+    /// CE: https://HOST[:PORT]/arex (or a host name). Default: ce: of
+    /// config.yaml, else the CE of the config's site.
+    #[arg(long, value_name = "URL")]
     pub ce: Option<String>,
     /// Take the CE from this site's profile instead of --ce.
     #[arg(long, conflicts_with = "ce")]
@@ -155,13 +167,41 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--queue`, else queue: of config.yaml, else the site's only GPU queue.
+fn pick_queue(given: Option<&str>, profile: &SiteProfile) -> anyhow::Result<String> {
+    if let Some(q) = super::or_config(given, &super::defaults()?.queue) {
+        return Ok(q);
+    }
+    let mut names = profile.gpu_queues.keys();
+    match (names.next(), names.next()) {
+        (Some(only), None) => Ok(only.clone()),
+        _ => Err(Error::BadInput {
+            input: "--queue".into(),
+            place: String::new(),
+            reason: format!(
+                "no queue given and site '{}' has {} GPU queues",
+                profile.name,
+                profile.gpu_queues.len()
+            ),
+            hint: Some(format!(
+                "pass --queue ({}) or set queue: in config.yaml",
+                profile
+                    .gpu_queues
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+        .into()),
+    }
+}
+
 pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
-    let overlays = a.overlays.dir();
-    let profile = SiteProfile::load(&overlays, &a.site)?;
-    let tdir = a
-        .templates
-        .clone()
-        .unwrap_or_else(jobdesc::template::default_templates_dir);
+    let site = super::require_site(a.site.as_deref())?;
+    let profile = SiteProfile::load(&a.overlays.search(), &site)?;
+    let queue = pick_queue(a.queue.as_deref(), &profile)?;
+    let tsearch = a.templates.search();
     let tname = a.template.clone().unwrap_or_else(|| {
         if a.image.starts_with("/cvmfs/") {
             "gpu-cvmfs".into()
@@ -169,10 +209,10 @@ pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
             "gpu-sif-staged".into()
         }
     });
-    let template = Template::load(&tdir, &tname)?;
+    let template = Template::load(&tsearch, &tname)?;
     let jobs = jobdesc::for_image(
         &profile,
-        &a.queue,
+        &queue,
         &a.image,
         &template,
         &Request { gpus: a.gpus },
@@ -183,7 +223,7 @@ pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
     }
     if g.json {
         let doc = serde_json::json!({
-            "site": a.site, "queue": a.queue, "image": a.image,
+            "site": site, "queue": queue, "image": a.image,
             "template": template.input, "format": format!("{:?}", a.format).to_lowercase(),
             "output": a.output, "description": text, "jobs": jobs,
         });
@@ -202,11 +242,17 @@ pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
 
 pub fn submit(g: &GlobalOpts, a: SubmitArgs) -> anyhow::Result<()> {
     let jobs = jobdesc::load(&a.file)?;
-    let ce = match (&a.ce, &a.site) {
-        (Some(ce), _) => ce.clone(),
-        (None, Some(s)) => {
-            let overlays = a.overlays.dir();
-            let p = SiteProfile::load(&overlays, s)?;
+    // --ce, --site, then config.yaml's ce:, then its site:.
+    let d = super::defaults()?;
+    let site = a.site.clone().or_else(|| {
+        d.ce.is_none()
+            .then(|| d.site.as_ref().map(|s| s.value.clone()))
+            .flatten()
+    });
+    let ce = match (super::or_config(a.ce.as_deref(), &d.ce), &site) {
+        (Some(ce), _) if a.site.is_none() => ce,
+        (_, Some(s)) => {
+            let p = SiteProfile::load(&a.overlays.search(), s)?;
             p.ce.map(|c| c.endpoint).ok_or_else(|| Error::BadInput {
                 input: p.path.display().to_string(),
                 place: String::new(),
@@ -214,9 +260,19 @@ pub fn submit(g: &GlobalOpts, a: SubmitArgs) -> anyhow::Result<()> {
                 hint: Some("add ce: endpoint: https://HOST/arex, or pass --ce".into()),
             })?
         }
-        (None, None) => unreachable!("clap requires one"),
+        _ => {
+            return Err(Error::BadInput {
+                input: "--ce".into(),
+                place: String::new(),
+                reason: "no CE given".into(),
+                hint: Some(
+                    "pass --ce URL or --site SITE, or set ce: or site: in config.yaml".into(),
+                ),
+            }
+            .into());
+        }
     };
-    let client = ArcRest::connect(&ce, &a.auth.config())?;
+    let client = ArcRest::connect(&ce, &a.auth.config()?)?;
     let base_dir = a
         .file
         .parent()
@@ -280,9 +336,9 @@ fn resolve(
                 .push(id.trim_end_matches('/').to_string());
         } else if let Some(r) = list.find(j) {
             by_ce.entry(r.ce.clone()).or_default().push(j.clone());
-        } else if let Some(ce) = &a.ce {
+        } else if let Some(ce) = super::or_config(a.ce.as_deref(), &super::defaults()?.ce) {
             by_ce
-                .entry(submit::ce_base(ce)?)
+                .entry(submit::ce_base(&ce)?)
                 .or_default()
                 .push(j.clone());
         } else {
@@ -312,7 +368,7 @@ fn run_action(
     let rt = runtime()?;
     let mut out = Vec::new();
     for (ce, ids) in by_ce {
-        let client = ArcRest::connect(&ce, &a.auth.config())?;
+        let client = ArcRest::connect(&ce, &a.auth.config()?)?;
         for r in rt.block_on(client.action(action, &ids))? {
             out.push((ce.clone(), r));
         }

@@ -111,7 +111,7 @@ pub struct NightlyArgs {
     /// Only these sites (repeatable or comma-separated) of each recipe's list.
     #[arg(long = "site", value_delimiter = ',', value_name = "SITE")]
     pub only_sites: Vec<String>,
-    /// Push to docker://REG/PREFIX/RECIPE:TAG-SITE.
+    /// Push to docker://REG/PREFIX/RECIPE:TAG-SITE (default: push: of config.yaml).
     #[arg(long, value_name = "REF", value_parser = parse_push)]
     pub push_prefix: Option<RegistryRef>,
     /// When the engine fetches base images (a nightly wants the newest).
@@ -154,7 +154,7 @@ fn build_options(
             .recipes
             .clone()
             .unwrap_or_else(crate::recipe::default_recipes_dir),
-        overlays_dir: dirs.overlays.dir(),
+        sites_path: dirs.overlays.search(),
         sites: Vec::new(),
         base: None,
         build_args: r.build_args.iter().cloned().collect::<BTreeMap<_, _>>(),
@@ -226,7 +226,13 @@ pub fn nightly(global: &GlobalOpts, a: &NightlyArgs) -> anyhow::Result<()> {
     let opts = NightlyOptions {
         recipes: a.only_recipes.clone(),
         sites: a.only_sites.clone(),
-        push_prefix: a.push_prefix.clone(),
+        push_prefix: match (&a.push_prefix, &super::defaults()?.push) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(s)) => Some(parse_push(&s.value).map_err(|e| {
+                Error::bad_input(s.from.display().to_string(), format!("push: {e}"))
+            })?),
+            (None, None) => None,
+        },
         keep: a.keep,
         keep_days: a.keep_days,
         state_dir: build.ctx.store.join("gridship-cache"),

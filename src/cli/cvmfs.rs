@@ -25,16 +25,19 @@ pub enum CvmfsCommand {
 /// Which repository and how to write it; flattened into every cvmfs command.
 #[derive(Debug, Clone, Args)]
 pub struct RepoArgs {
-    /// Repository name, e.g. unpacked.example.org (or from the wishlist).
+    /// Repository name, e.g. unpacked.example.org (or from the wishlist;
+    /// default: cvmfs.repo of config.yaml).
     #[arg(long)]
     pub repo: Option<String>,
-    /// The repository's tree (required for --backend dir; default MOUNT/REPO).
+    /// The repository's tree (required for --backend dir; default
+    /// cvmfs.root of config.yaml, else MOUNT/REPO).
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// dir (a plain directory), cvmfs-server (transaction/publish on a
-    /// publisher), ingest (cvmfs_server ingest of tar streams).
-    #[arg(long, default_value = "dir", value_parser = clap::value_parser!(BackendKind))]
-    pub backend: BackendKind,
+    /// publisher), ingest (cvmfs_server ingest of tar streams). Default:
+    /// cvmfs.backend of config.yaml, else dir.
+    #[arg(long, value_parser = clap::value_parser!(BackendKind))]
+    pub backend: Option<BackendKind>,
     /// Where repositories are mounted (cvmfs-server and ingest backends).
     #[arg(long, value_name = "DIR")]
     pub cvmfs_mount: Option<PathBuf>,
@@ -42,7 +45,26 @@ pub struct RepoArgs {
 
 impl RepoArgs {
     fn open(&self, repo: Option<&str>) -> Result<Repo> {
-        let name = match (self.repo.as_deref(), repo) {
+        let d = super::defaults()?;
+        // The config's repository only when neither option nor wishlist names one.
+        let given = self.repo.clone().or_else(|| {
+            repo.is_none()
+                .then(|| d.cvmfs_repo.as_ref().map(|s| s.value.clone()))
+                .flatten()
+        });
+        let backend = match (&self.backend, &d.cvmfs_backend) {
+            (Some(b), _) => b.clone(),
+            (None, Some(s)) => s
+                .value
+                .parse()
+                .map_err(|e: String| Error::bad_input(s.from.display().to_string(), e))?,
+            (None, None) => BackendKind::Dir,
+        };
+        let root = self
+            .root
+            .clone()
+            .or_else(|| d.cvmfs_root.as_ref().map(|s| s.value.clone()));
+        let name = match (given.as_deref(), repo) {
             (Some(a), Some(b)) if a != b => {
                 return Err(Error::bad_input(
                     format!("--repo {a}"),
@@ -61,8 +83,8 @@ impl RepoArgs {
         };
         Repo::open(RepoConfig::new(
             name,
-            self.backend.clone(),
-            self.root.clone(),
+            backend,
+            root,
             self.cvmfs_mount.clone(),
         )?)
     }

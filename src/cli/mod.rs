@@ -5,8 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{Defaults, Kind, SearchPath};
+
 pub mod arc;
 pub mod build;
+pub mod config;
 pub mod cvmfs;
 pub mod export;
 pub mod image;
@@ -35,26 +38,93 @@ pub struct GlobalOpts {
     pub quiet: bool,
 }
 
-/// Where site profiles and overlays are (site-overlays/SITE/{site.yaml,files/}).
+/// Where site profiles and overlays are looked up first (SITE/{site.yaml,files/}).
 #[derive(Debug, Clone, Args)]
 pub struct SiteOverlaysOpt {
-    /// Directory of site profiles and overlays (default ./site-overlays).
-    #[arg(long, env = "GRIDSHIP_SITE_OVERLAYS", value_name = "DIR")]
+    /// Directory of site profiles searched first; then $GRIDSHIP_SITE_OVERLAYS,
+    /// ~/.config/gridship/sites, /etc/gridship/sites, the built-in ones.
+    #[arg(long, value_name = "DIR")]
     pub site_overlays: Option<PathBuf>,
 }
 
 impl SiteOverlaysOpt {
-    pub fn dir(&self) -> PathBuf {
-        self.site_overlays
-            .clone()
-            .unwrap_or_else(crate::site::default_overlays_dir)
+    pub fn search(&self) -> SearchPath {
+        SearchPath::new(Kind::Sites, self.site_overlays.as_deref())
     }
+}
+
+/// Where xRSL templates are looked up first (NAME.xrsl).
+#[derive(Debug, Clone, Args)]
+pub struct TemplatesOpt {
+    /// Directory of xRSL templates searched first; then $GRIDSHIP_XRSL_TEMPLATES,
+    /// ~/.config/gridship/templates, /etc/gridship/templates, the built-in ones.
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+}
+
+impl TemplatesOpt {
+    pub fn search(&self) -> SearchPath {
+        SearchPath::new(Kind::Templates, self.templates.as_deref())
+    }
+}
+
+/// Where smoke-test suites are looked up first (NAME.yaml).
+#[derive(Debug, Clone, Args)]
+pub struct SuitesOpt {
+    /// Directory of smoke-test suites searched first; then $GRIDSHIP_SMOKE_SUITES,
+    /// ~/.config/gridship/smoke-suites, /etc/gridship/smoke-suites, the built-in ones.
+    #[arg(long, value_name = "DIR")]
+    pub suites: Option<PathBuf>,
+}
+
+impl SuitesOpt {
+    pub fn search(&self) -> SearchPath {
+        SearchPath::new(Kind::Suites, self.suites.as_deref())
+    }
+}
+
+/// The config files' defaults, read once per run.
+pub fn defaults() -> crate::Result<&'static Defaults> {
+    static DEFAULTS: std::sync::OnceLock<Defaults> = std::sync::OnceLock::new();
+    if let Some(d) = DEFAULTS.get() {
+        return Ok(d);
+    }
+    let d = Defaults::load()?;
+    Ok(DEFAULTS.get_or_init(|| d))
+}
+
+/// An option's value: the command line's, else the config file's.
+pub fn or_config(
+    given: Option<&str>,
+    setting: &Option<crate::config::file::Setting<String>>,
+) -> Option<String> {
+    given
+        .map(str::to_string)
+        .or_else(|| setting.as_ref().map(|s| s.value.clone()))
+}
+
+/// `--site`, else `site:` of a config file, else an error that says both.
+pub fn require_site(given: Option<&str>) -> crate::Result<String> {
+    let d = defaults()?;
+    or_config(given, &d.site).ok_or_else(|| crate::Error::BadInput {
+        input: "--site".into(),
+        place: String::new(),
+        reason: "no site given".into(),
+        hint: Some(format!(
+            "pass --site SITE (gridship sites lists them), or set site: in {}",
+            crate::config::file::config_files()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )),
+    })
 }
 
 #[derive(Debug, Parser)]
 #[command(
     name = "gridship",
-    version,
+    version = crate::config::builtin::VERSION,
     about = "Take development containers and reviewed recipes to the grid"
 )]
 pub struct Cli {
@@ -102,6 +172,18 @@ pub enum Command {
     Kill(arc::JobsArgs),
     /// Remove finished ARC jobs from the CE (and from the local list).
     Clean(arc::JobsArgs),
+    /// List the site profiles and where each comes from; `sites show NAME` prints one, resolved.
+    Sites(config::SitesArgs),
+    /// List the xRSL templates; `templates show NAME` prints one.
+    Templates(config::TemplatesArgs),
+    /// List the smoke-test suites; `suites show NAME` prints one, includes resolved.
+    Suites(config::SuitesArgs),
+    /// Show the effective defaults (config.yaml) and the search paths, and where each comes from.
+    Config,
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    Completions(config::CompletionsArgs),
+    /// Print the manual page (roff) for gridship and its commands.
+    Man(config::ManArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -125,6 +207,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => arc::status(global, a),
         Command::Kill(a) => arc::kill(global, a),
         Command::Clean(a) => arc::clean(global, a),
+        Command::Sites(a) => config::sites(global, &a),
+        Command::Templates(a) => config::templates(global, &a),
+        Command::Suites(a) => config::suites(global, &a),
+        Command::Config => config::show_config(global),
+        Command::Completions(a) => config::completions(&a),
+        Command::Man(a) => config::man(&a),
     }
 }
 

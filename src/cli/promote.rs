@@ -19,15 +19,15 @@ pub struct PromoteArgs {
     /// image reference (docker://..., oci:DIR:TAG, ...).
     #[arg(value_name = "CONTAINER", value_parser = parse_source)]
     pub source: ImageRef,
-    /// The site (a directory under site-overlays/): overlay, slim and
-    /// secrets overrides, GPU queues.
+    /// The site (`gridship sites` lists them): overlay, slim and secrets
+    /// overrides, GPU queues. Default: site: of config.yaml.
     #[arg(long)]
-    pub site: String,
+    pub site: Option<String>,
     /// Artifacts to make: sif, cvmfs, oci (comma-separated).
     #[arg(long, default_value = "sif,cvmfs", value_parser = parse_targets)]
     pub to: Targets,
     /// The site's GPU queue for the job description and the CUDA check
-    /// (default: its first).
+    /// (default: queue: of config.yaml, else the site's first).
     #[arg(long, value_name = "QUEUE")]
     pub queue: Option<String>,
     /// Where the SIF, the job descriptions, the report and (by default)
@@ -58,25 +58,28 @@ pub struct PromoteArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub scan_limit: usize,
     /// Push the OCI image to this registry reference (with --to oci).
+    /// Default with --to oci: push: of config.yaml + /NAME:TAG.
     #[arg(long, value_name = "REG/REPO:TAG", value_parser = parse_push)]
     pub push: Option<RegistryRef>,
     /// Where the CE fetches the SIF, for a SIF job description.
     #[arg(long, value_name = "URL")]
     pub sif_url: Option<String>,
-    /// CVMFS repository to publish into (default: a directory tree under
-    /// --out); with --cvmfs-backend and --cvmfs-root.
+    /// CVMFS repository to publish into (default: cvmfs.repo of
+    /// config.yaml, else a directory tree under --out); with
+    /// --cvmfs-backend and --cvmfs-root.
     #[arg(long, value_name = "NAME")]
     pub cvmfs_repo: Option<String>,
-    /// dir, cvmfs-server or ingest (see `gridship cvmfs publish`).
-    #[arg(long, default_value = "dir", value_parser = clap::value_parser!(BackendKind))]
-    pub cvmfs_backend: BackendKind,
+    /// dir, cvmfs-server or ingest (see `gridship cvmfs publish`; default:
+    /// cvmfs.backend of config.yaml, else dir).
+    #[arg(long, value_parser = clap::value_parser!(BackendKind))]
+    pub cvmfs_backend: Option<BackendKind>,
     #[arg(long, value_name = "DIR")]
     pub cvmfs_root: Option<PathBuf>,
     /// Public name in the repository (default gridship.local/promoted/NAME:TAG).
     #[arg(long, value_name = "REG/REPO:TAG")]
     pub cvmfs_name: Option<String>,
-    /// Smoke-test suite: a name in smoke-suites/ or a YAML file (default:
-    /// the session's recipe's own suite, else gpu-basic).
+    /// Smoke-test suite: a name (`gridship suites`) or a YAML file
+    /// (default: the session's recipe's own suite, else gpu-basic).
     #[arg(long, value_name = "NAME|FILE")]
     pub suite: Option<String>,
     /// How smoke run checks execute the image (when a GPU is visible).
@@ -84,6 +87,10 @@ pub struct PromoteArgs {
     pub backend: crate::smoke::runtime::Backend,
     #[command(flatten)]
     pub dirs: ProjectDirs,
+    #[command(flatten)]
+    pub templates: super::TemplatesOpt,
+    #[command(flatten)]
+    pub suites: super::SuitesOpt,
     #[command(flatten)]
     pub access: AccessOpts,
 }
@@ -132,10 +139,31 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
     if a.push.is_some() && !a.to.oci {
         return Err(Error::bad_input("--push", "needs oci in --to").into());
     }
-    let cvmfs = match &a.cvmfs_repo {
+    let d = super::defaults()?;
+    let site = super::require_site(a.site.as_deref())?;
+    let queue = super::or_config(a.queue.as_deref(), &d.queue);
+    // A push prefix from config.yaml: PREFIX/NAME:TAG, when an OCI image is made.
+    let push_prefix = match (&a.push, &d.push) {
+        (None, Some(prefix)) if a.to.oci => Some(prefix.value.clone()),
+        _ => None,
+    };
+    let cvmfs_repo = super::or_config(a.cvmfs_repo.as_deref(), &d.cvmfs_repo);
+    let backend = match (&a.cvmfs_backend, &d.cvmfs_backend) {
+        (Some(b), _) => b.clone(),
+        (None, Some(s)) => s
+            .value
+            .parse()
+            .map_err(|e: String| Error::bad_input(s.from.display().to_string(), e))?,
+        (None, None) => BackendKind::Dir,
+    };
+    let cvmfs_root = a
+        .cvmfs_root
+        .clone()
+        .or_else(|| d.cvmfs_root.as_ref().map(|s| s.value.clone()));
+    let cvmfs = match &cvmfs_repo {
         None => None,
         Some(repo) => Some(CvmfsTarget {
-            repo: RepoConfig::new(repo, a.cvmfs_backend.clone(), a.cvmfs_root.clone(), None)?,
+            repo: RepoConfig::new(repo, backend, cvmfs_root, None)?,
             name: a.cvmfs_name.as_deref().map(PublicName::parse).transpose()?,
         }),
     };
@@ -149,15 +177,15 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
     ctx.pause_containers = a.access.pause;
     let opts = PromoteOptions {
         source: a.source.clone(),
-        site: a.site.clone(),
-        overlays_dir: a.dirs.overlays.dir(),
+        site,
+        sites: a.dirs.overlays.search(),
         recipes_dir: Some(
             a.dirs
                 .recipes
                 .clone()
                 .unwrap_or_else(crate::recipe::default_recipes_dir),
         ),
-        queue: a.queue.clone(),
+        queue,
         targets: a.to,
         out: a.out.clone(),
         name: a.name.clone(),
@@ -169,10 +197,11 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         scan_limit: a.scan_limit,
         cvmfs,
         push: a.push.clone(),
+        push_prefix,
         sif_url: a.sif_url.clone(),
-        templates_dir: crate::jobdesc::template::default_templates_dir(),
+        templates: a.templates.search(),
         smoke_suite: a.suite.clone(),
-        smoke_suites_dir: crate::smoke::suite::default_suites_dir(),
+        suites: a.suites.search(),
         smoke_backend: a.backend,
         gpu: crate::smoke::runtime::gpu_visible(),
         created,

@@ -7,12 +7,13 @@ use clap::Args;
 use super::build::ProjectDirs;
 use super::image::{AccessOpts, parse_ref};
 use super::{GlobalOpts, print_json};
+use crate::config::SearchPath;
 use crate::index::FsIndex;
 use crate::recipe::{Recipe, default_recipes_dir};
 use crate::reference::ImageRef;
 use crate::site::SiteProfile;
 use crate::smoke::runtime::{self, Backend};
-use crate::smoke::suite::{self, DEFAULT_SUITE, Picked, Suite, default_suites_dir};
+use crate::smoke::suite::{self, DEFAULT_SUITE, Picked, Suite};
 use crate::smoke::{self, report};
 use crate::{Error, transport};
 
@@ -24,10 +25,9 @@ pub struct SmokeArgs {
     /// How run checks execute the image.
     #[arg(long, value_enum, default_value = "chroot")]
     pub backend: Backend,
-    /// Suite: a name in the smoke-suites directory ($GRIDSHIP_SMOKE_SUITES,
-    /// default ./smoke-suites) or a YAML file. Wins over --recipe and the
-    /// image's gridship.recipe label. Default: the recipe's suite, else
-    /// gpu-basic.
+    /// Suite: a name (`gridship suites` lists them) or a YAML file. Wins
+    /// over --recipe and the image's gridship.recipe label. Default: the
+    /// recipe's suite, else gpu-basic.
     #[arg(long, value_name = "NAME|FILE")]
     pub suite: Option<String>,
     /// Run this recipe's suite (recipe.yaml `smoke_suite:`). Without it,
@@ -51,6 +51,8 @@ pub struct SmokeArgs {
     #[command(flatten)]
     pub dirs: ProjectDirs,
     #[command(flatten)]
+    pub suites: super::SuitesOpt,
+    #[command(flatten)]
     pub access: AccessOpts,
 }
 
@@ -63,7 +65,7 @@ impl SmokeArgs {
     }
 
     /// The suite named on the command line (--suite, then --recipe), if any.
-    fn named_suite(&self, suites_dir: &std::path::Path) -> anyhow::Result<Option<Picked>> {
+    fn named_suite(&self, suites_dir: &SearchPath) -> anyhow::Result<Option<Picked>> {
         if let Some(s) = &self.suite {
             return Ok(Some(Picked {
                 suite: Suite::find(s, suites_dir)?,
@@ -88,12 +90,12 @@ impl SmokeArgs {
 }
 
 pub fn smoke(global: &GlobalOpts, args: &SmokeArgs) -> anyhow::Result<()> {
-    let suites_dir = default_suites_dir();
+    let suites_dir = args.suites.search();
     // A suite named on the command line is checked before the image is read.
     let named = args.named_suite(&suites_dir)?;
     let mut queues = Vec::new();
     if let Some(site) = &args.site {
-        let p = SiteProfile::load(&args.dirs.overlays.dir(), site)?;
+        let p = SiteProfile::load(&args.dirs.overlays.search(), site)?;
         match &args.queue {
             Some(q) => queues.push((site.clone(), q.clone(), p.queue(q)?.clone())),
             None => {

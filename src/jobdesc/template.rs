@@ -12,10 +12,11 @@
 //! error with the template's line:column.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::xrsl::{self, ParsedJob};
 use super::{Place, Problem, Problems, validate};
+use crate::config::search::SearchPath;
 use crate::error::{Error, Result};
 
 /// Placeholder types.
@@ -119,46 +120,27 @@ pub struct Template {
     pub placeholders: Vec<Placeholder>,
 }
 
-/// Where templates live: `$GRIDSHIP_XRSL_TEMPLATES`, else ./xrsl-templates.
-pub fn default_templates_dir() -> PathBuf {
-    std::env::var_os("GRIDSHIP_XRSL_TEMPLATES")
-        .map_or_else(|| PathBuf::from("xrsl-templates"), PathBuf::from)
-}
-
 impl Template {
-    /// `name_or_path`: a file, or a name in `dir` (with or without .xrsl).
-    pub fn load(dir: &Path, name_or_path: &str) -> Result<Template> {
+    /// `name_or_path`: a file (a value with `/` or ending in .xrsl that is
+    /// one), else a name on the templates search path.
+    pub fn load(search: &SearchPath, name_or_path: &str) -> Result<Template> {
         let direct = PathBuf::from(name_or_path);
-        let path = if direct.is_file() {
-            direct
-        } else {
-            let n = name_or_path.strip_suffix(".xrsl").unwrap_or(name_or_path);
-            let p = dir.join(format!("{n}.xrsl"));
-            if !p.is_file() {
-                let mut known: Vec<String> = std::fs::read_dir(dir)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter_map(|n| n.strip_suffix(".xrsl").map(str::to_string))
-                    .collect();
-                known.sort();
-                return Err(Error::BadInput {
-                    input: format!("--template {name_or_path}"),
-                    place: String::new(),
-                    reason: format!("no such file, and no {n}.xrsl in {}", dir.display()),
-                    hint: Some(if known.is_empty() {
-                        "give a path to an .xrsl file, or set GRIDSHIP_XRSL_TEMPLATES".into()
-                    } else {
-                        format!("templates: {}", known.join(", "))
-                    }),
-                });
-            }
-            p
-        };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::io_path(&path, "reading template", e))?;
-        Self::from_text(&path.display().to_string(), Some(path.clone()), text)
+        if (name_or_path.contains('/') || name_or_path.ends_with(".xrsl")) && direct.is_file() {
+            let text = std::fs::read_to_string(&direct)
+                .map_err(|e| Error::io_path(&direct, "reading template", e))?;
+            return Self::from_text(&direct.display().to_string(), Some(direct.clone()), text);
+        }
+        if name_or_path.contains('/') {
+            return Err(Error::bad_input(
+                format!("--template {name_or_path}"),
+                "no such template file",
+            ));
+        }
+        let name = name_or_path.strip_suffix(".xrsl").unwrap_or(name_or_path);
+        let found = search.require(name, &format!("--template {name_or_path}"))?;
+        let path = found.display_path();
+        let on_disk = found.place.dir.as_ref().map(|_| path.clone());
+        Self::from_text(&path.display().to_string(), on_disk, found.text()?)
     }
 
     pub fn from_text(input: &str, path: Option<PathBuf>, text: String) -> Result<Template> {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::config::search::SearchPath;
 use crate::digest::Digest;
 use crate::engine::{self, BuildRequest};
 use crate::image::Image;
@@ -32,7 +33,8 @@ pub enum PullPolicy {
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub recipes_dir: PathBuf,
-    pub overlays_dir: PathBuf,
+    /// The sites search path.
+    pub sites_path: SearchPath,
     /// Sites to build for; empty: the recipe's own list.
     pub sites: Vec<String>,
     /// Base image instead of the recipe's (an engine image name).
@@ -175,7 +177,7 @@ pub fn prepare(recipe: &Recipe, opts: &BuildOptions) -> Result<Prepared> {
     }
     let overlays = sites
         .iter()
-        .map(|s| SiteOverlay::load(&opts.overlays_dir, s))
+        .map(|s| SiteOverlay::load(&opts.sites_path, s))
         .collect::<Result<Vec<_>>>()?;
     Ok(Prepared {
         labels,

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::config::search::SearchPath;
 use crate::image::Image;
 use crate::index::{FsIndex, cache};
 use crate::reference::{ImageRef, RegistryRef};
@@ -78,7 +79,8 @@ pub struct CvmfsTarget {
 pub struct PromoteOptions {
     pub source: ImageRef,
     pub site: String,
-    pub overlays_dir: PathBuf,
+    /// The sites search path.
+    pub sites: SearchPath,
     /// Recipes directory: the session's recipe (label gridship.recipe)
     /// gives protected paths, slim overrides and its smoke suite.
     pub recipes_dir: Option<PathBuf>,
@@ -97,13 +99,15 @@ pub struct PromoteOptions {
     /// Default: a dir backend under OUT/cvmfs.
     pub cvmfs: Option<CvmfsTarget>,
     pub push: Option<RegistryRef>,
+    /// Without `push`: push to PREFIX/NAME:TAG (config.yaml's push:).
+    pub push_prefix: Option<String>,
     /// Where the CE fetches the SIF (for the job description of a SIF).
     pub sif_url: Option<String>,
-    pub templates_dir: PathBuf,
+    pub templates: SearchPath,
     /// A suite name or file; default: the recipe's own (label
     /// gridship.recipe), else gpu-basic.
     pub smoke_suite: Option<String>,
-    pub smoke_suites_dir: PathBuf,
+    pub suites: SearchPath,
     pub smoke_backend: crate::smoke::runtime::Backend,
     /// Whether a GPU is visible (decided by the caller).
     pub gpu: std::result::Result<String, String>,
@@ -199,11 +203,11 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         current: None,
     };
     let mut warnings = Vec::new();
-    let site = SiteProfile::load(&opts.overlays_dir, &opts.site)?;
-    let overlay = SiteOverlay::load(&opts.overlays_dir, &opts.site)?;
+    let site = SiteProfile::load(&opts.sites, &opts.site)?;
+    let overlay = SiteOverlay::from_profile(&site)?;
     // Every override is checked before the session is touched.
     let mut policy = Policy::new()?;
-    policy.apply_file(&site.path)?;
+    policy.apply_site(&site.chain)?;
     for k in &opts.keep {
         policy.keep(k)?;
     }
@@ -236,6 +240,18 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     };
     let base_layers = base_layers.min(snapshot.layers().len());
     let name = artifact_name(opts.name.as_deref().unwrap_or(&source_name));
+    let push_dest = match (&opts.push, &opts.push_prefix) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(prefix)) => Some(
+            crate::reference::parse_registry(&format!(
+                "{}/{name}:{}",
+                prefix.trim_end_matches('/'),
+                opts.tag
+            ))
+            .map_err(|e| Error::bad_input(format!("push prefix {prefix}"), e))?,
+        ),
+        (None, None) => None,
+    };
 
     // Site overlay: one more layer, env and labels.
     stages.start("site overlay");
@@ -445,7 +461,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             digest: Some(img.manifest_desc.digest.to_string()),
             bytes: img.layers().iter().map(|l| l.size).sum(),
         });
-        if let Some(dest) = &opts.push {
+        if let Some(dest) = &push_dest {
             stages.start("push");
             transport::copy(
                 &ImageRef::Store(store_name.clone()),
@@ -541,14 +557,9 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     // is visible (skipped, never passed, when none is).
     stages.start("smoke");
     let mut suite = match &opts.smoke_suite {
-        Some(s) => crate::smoke::suite::Suite::find(s, &opts.smoke_suites_dir)?,
+        Some(s) => crate::smoke::suite::Suite::find(s, &opts.suites)?,
         None => {
-            crate::smoke::suite::for_image(
-                &view,
-                opts.recipes_dir.as_deref(),
-                &opts.smoke_suites_dir,
-            )?
-            .suite
+            crate::smoke::suite::for_image(&view, opts.recipes_dir.as_deref(), &opts.suites)?.suite
         }
     };
     let mut queues = Vec::new();
@@ -623,7 +634,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             } else {
                 "gpu-sif-staged"
             };
-            let template = crate::jobdesc::template::Template::load(&opts.templates_dir, tname)?;
+            let template = crate::jobdesc::template::Template::load(&opts.templates, tname)?;
             let jobs = crate::jobdesc::for_image(
                 &site,
                 &q,

@@ -44,7 +44,7 @@ pub struct RecipeSpec {
     /// Tags the build gets (the nightly adds a date tag itself).
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Target sites: directory names under site-overlays/.
+    /// Target sites: names on the sites search path (`gridship sites`).
     #[serde(default)]
     pub sites: Vec<String>,
     /// Smoke-test suite to run on the result: a name in the smoke-suites
@@ -206,7 +206,7 @@ impl RecipeSpec {
                 path,
                 "sites: ",
                 format!("'{s}' is not a site name"),
-                "list directory names under site-overlays/, e.g. sites: [glasgow, bonn]",
+                "list site names (`gridship sites`), e.g. sites: [glasgow, bonn]",
             ));
         }
         if let Some(s) = self.smoke_suite.as_deref().filter(|s| !is_plain_name(s)) {
@@ -337,14 +337,15 @@ impl Recipe {
         out
     }
 
-    /// Check that every site the recipe targets has a profile under `overlays`.
-    pub fn check_sites(&self, overlays: &Path) -> Result<()> {
-        let known = crate::site::list_sites(overlays);
-        if let Some(s) = self.spec.sites.iter().find(|s| !known.contains(s)) {
+    /// Check that every site the recipe targets has a profile on the sites
+    /// search path.
+    pub fn check_sites(&self, sites: &crate::config::search::SearchPath) -> Result<()> {
+        if let Some(s) = self.spec.sites.iter().find(|s| sites.find(s).is_none()) {
+            let known: Vec<String> = sites.list().into_iter().map(|l| l.name).collect();
             return Err(bad(
                 &self.dir.join("recipe.yaml"),
                 "sites: ",
-                format!("no site '{s}' under {}", overlays.display()),
+                format!("no site profile '{s}'; searched {}", sites.describe()),
                 format!("known sites: {}", known.join(", ")),
             ));
         }

@@ -15,12 +15,13 @@
 //!     needs_gpu: true
 //! ```
 //!
-//! Suites are found by name in the smoke-suites directory
-//! (`$GRIDSHIP_SMOKE_SUITES`, else ./smoke-suites): `NAME.yaml`. A value
+//! Suites are found by name (`NAME.yaml`) on the suites search path
+//! (`--suites`, `$GRIDSHIP_SMOKE_SUITES`, `~/.config/gridship/smoke-suites`,
+//! `/etc/gridship/smoke-suites`, built-in; see config::search). A value
 //! with a `/` or ending in `.yaml`/`.yml` is a file.
 //!
 //! `include:` lists suites whose checks run first, in order, then the
-//! suite's own: a name is looked up in the smoke-suites directory, a file
+//! suite's own: a name is looked up on the search path, a file
 //! is relative to the including suite. Includes nest; a cycle, an unknown
 //! include or a check name used twice across them is an error naming the
 //! file and the key.
@@ -35,6 +36,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::search::{Kind, SearchPath};
 use crate::image::Image;
 use crate::recipe::Recipe;
 use crate::{Error, Result};
@@ -138,12 +140,6 @@ fn default_timeout() -> u64 {
     60
 }
 
-/// Directory of shipped suites: `$GRIDSHIP_SMOKE_SUITES`, else ./smoke-suites.
-pub fn default_suites_dir() -> PathBuf {
-    std::env::var_os("GRIDSHIP_SMOKE_SUITES")
-        .map_or_else(|| PathBuf::from("smoke-suites"), PathBuf::from)
-}
-
 fn bad(path: &Path, place: impl Into<String>, reason: impl Into<String>, hint: &str) -> Error {
     Error::BadInput {
         input: path.display().to_string(),
@@ -160,65 +156,51 @@ fn names_file(v: &str) -> bool {
     v.contains('/') || v.ends_with(".yaml") || v.ends_with(".yml")
 }
 
-fn not_found_hint(dir: &Path) -> String {
-    let known = list_suites(dir);
-    if known.is_empty() {
-        format!(
-            "give a suite file, or point GRIDSHIP_SMOKE_SUITES at the smoke-suites directory (looked in {})",
-            dir.display()
-        )
-    } else {
-        format!("suites in {}: {}", dir.display(), known.join(", "))
-    }
-}
-
 impl Suite {
     /// Find a suite: a file (a value with `/` or a .yaml/.yml ending), else
-    /// `DIR/NAME.yaml`. Includes by name are looked up in `dir` too.
-    pub fn find(name_or_file: &str, dir: &Path) -> Result<Suite> {
-        let path = if names_file(name_or_file) {
-            PathBuf::from(name_or_file)
-        } else {
-            dir.join(format!("{name_or_file}.yaml"))
-        };
-        let text = match std::fs::read_to_string(&path) {
+    /// a name on the suites search path. Includes by name are looked up
+    /// there too.
+    pub fn find(name_or_file: &str, search: &SearchPath) -> Result<Suite> {
+        if names_file(name_or_file) {
+            return Suite::load(Path::new(name_or_file), search);
+        }
+        let found = search.require(name_or_file, &format!("--suite {name_or_file}"))?;
+        Suite::parse_in(&found.display_path(), &found.text()?, search)
+    }
+
+    /// Load the suite file `path`; includes by name come from `search`.
+    pub fn load(path: &Path, search: &SearchPath) -> Result<Suite> {
+        let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(bad(
-                    &path,
+                    path,
                     "",
-                    format!("no smoke-test suite '{name_or_file}'"),
-                    &not_found_hint(dir),
+                    "no such smoke-test suite file",
+                    "give a suite file, or a suite name (gridship suites lists them)",
                 ));
             }
-            Err(e) => return Err(Error::io_path(&path, "reading smoke-test suite", e)),
+            Err(e) => return Err(Error::io_path(path, "reading smoke-test suite", e)),
         };
-        Suite::parse_in(&path, &text, dir)
-    }
-
-    /// Load the suite file `path`; includes by name come from `dir`.
-    pub fn load(path: &Path, dir: &Path) -> Result<Suite> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io_path(path, "reading smoke-test suite", e))?;
-        Suite::parse_in(path, &text, dir)
+        Suite::parse_in(path, &text, search)
     }
 
     /// Parse suite text; `path` names it in errors, includes by name come
-    /// from [`default_suites_dir`].
+    /// from the default suites search path.
     pub fn parse(path: &Path, text: &str) -> Result<Suite> {
-        Suite::parse_in(path, text, &default_suites_dir())
+        Suite::parse_in(path, text, &SearchPath::new(Kind::Suites, None))
     }
 
-    /// Parse suite text, resolving includes by name in `dir`.
-    pub fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Suite> {
+    /// Parse suite text, resolving includes by name on `search`.
+    pub fn parse_in(path: &Path, text: &str, search: &SearchPath) -> Result<Suite> {
         let mut stack = Vec::new();
-        Suite::parse_nested(path, text, dir, &mut stack)
+        Suite::parse_nested(path, text, search, &mut stack)
     }
 
     fn parse_nested(
         path: &Path,
         text: &str,
-        dir: &Path,
+        search: &SearchPath,
         stack: &mut Vec<PathBuf>,
     ) -> Result<Suite> {
         let mut s: Suite =
@@ -232,32 +214,43 @@ impl Suite {
         let mut checks = Vec::new();
         for (i, inc) in s.include.iter().enumerate() {
             let place = format!("include[{i}]: ");
-            let inc_path = if names_file(inc) {
-                path.parent().unwrap_or(Path::new(".")).join(inc)
+            let (inc_path, text) = if names_file(inc) {
+                let p = path.parent().unwrap_or(Path::new(".")).join(inc);
+                match std::fs::read_to_string(&p) {
+                    Ok(t) => (p, t),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(bad(
+                            path,
+                            place,
+                            format!(
+                                "no smoke-test suite file '{inc}' (looked for {})",
+                                p.display()
+                            ),
+                            "a file include is relative to the including suite",
+                        ));
+                    }
+                    Err(e) => return Err(Error::io_path(&p, "reading smoke-test suite", e)),
+                }
             } else if inc.is_empty() || inc.starts_with('.') {
                 return Err(bad(
                     path,
                     place,
                     format!("'{inc}' is not a suite name"),
-                    "include a suite of the smoke-suites directory by name (gpu-basic), or a file (other.yaml)",
+                    "include a suite by name (gpu-basic), or a file (other.yaml)",
                 ));
             } else {
-                dir.join(format!("{inc}.yaml"))
-            };
-            let text = match std::fs::read_to_string(&inc_path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let Some(found) = search.find(inc) else {
                     return Err(bad(
                         path,
                         place,
                         format!(
-                            "no smoke-test suite '{inc}' (looked for {})",
-                            inc_path.display()
+                            "no smoke-test suite '{inc}'; searched {}",
+                            search.describe()
                         ),
-                        &not_found_hint(dir),
+                        "gridship suites lists the suites there are",
                     ));
-                }
-                Err(e) => return Err(Error::io_path(&inc_path, "reading smoke-test suite", e)),
+                };
+                (found.display_path(), found.text()?)
             };
             let key = std::fs::canonicalize(&inc_path).unwrap_or_else(|_| inc_path.clone());
             if let Some(at) = stack.iter().position(|p| *p == key) {
@@ -273,7 +266,7 @@ impl Suite {
                     "a suite may not include itself, directly or through others",
                 ));
             }
-            let sub = Suite::parse_nested(&inc_path, &text, dir, stack)?;
+            let sub = Suite::parse_nested(&inc_path, &text, search, stack)?;
             checks.extend(sub.checks);
         }
         stack.pop();
@@ -432,11 +425,11 @@ pub struct Picked {
 }
 
 /// The suite a recipe names with `smoke_suite:` (a file of the recipe
-/// directory, or a name in `suites_dir`); `None` when it names none.
-pub fn for_recipe(recipe: &Recipe, suites_dir: &Path) -> Result<Option<Suite>> {
+/// directory, or a name on the suites search path); `None` when it names none.
+pub fn for_recipe(recipe: &Recipe, suites: &SearchPath) -> Result<Option<Suite>> {
     match (&recipe.spec.smoke_suite, recipe.smoke_suite_file()) {
-        (_, Some(file)) => Suite::load(&file, suites_dir).map(Some),
-        (Some(name), None) => Suite::find(name, suites_dir).map(Some),
+        (_, Some(file)) => Suite::load(&file, suites).map(Some),
+        (Some(name), None) => Suite::find(name, suites).map(Some),
         (None, None) => Ok(None),
     }
 }
@@ -446,10 +439,10 @@ pub fn for_recipe(recipe: &Recipe, suites_dir: &Path) -> Result<Option<Suite>> {
 /// When the image's config carries the label `gridship.recipe` and
 /// `recipes_dir` holds that recipe, the recipe's suite ([`for_recipe`]);
 /// otherwise (no label, no recipes directory, the recipe is not there or
-/// names no suite) the shipped [`DEFAULT_SUITE`] from `suites_dir`. A
+/// names no suite) the [`DEFAULT_SUITE`] from `suites`. A
 /// recipe that is there but broken, or whose suite is, is an error: the
 /// image asked for it.
-pub fn for_image(image: &Image, recipes_dir: Option<&Path>, suites_dir: &Path) -> Result<Picked> {
+pub fn for_image(image: &Image, recipes_dir: Option<&Path>, suites: &SearchPath) -> Result<Picked> {
     let label = image
         .config
         .config
@@ -466,7 +459,7 @@ pub fn for_image(image: &Image, recipes_dir: Option<&Path>, suites_dir: &Path) -
         (Some(name), Some(dir)) => {
             if Recipe::list(dir).iter().any(|r| r == name) {
                 let recipe = Recipe::load(dir, name)?;
-                if let Some(suite) = for_recipe(&recipe, suites_dir)? {
+                if let Some(suite) = for_recipe(&recipe, suites)? {
                     return Ok(Picked {
                         suite,
                         why: format!("recipe {name} (label {RECIPE_LABEL})"),
@@ -483,7 +476,7 @@ pub fn for_image(image: &Image, recipes_dir: Option<&Path>, suites_dir: &Path) -
     };
     tracing::info!("smoke suite: {why_default}");
     Ok(Picked {
-        suite: Suite::find(DEFAULT_SUITE, suites_dir)?,
+        suite: Suite::find(DEFAULT_SUITE, suites)?,
         why: why_default,
     })
 }
@@ -491,6 +484,10 @@ pub fn for_image(image: &Image, recipes_dir: Option<&Path>, suites_dir: &Path) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sp(dir: &Path) -> SearchPath {
+        SearchPath::new(Kind::Suites, Some(dir))
+    }
 
     const OK: &str = r#"
 name: t
@@ -555,15 +552,15 @@ checks:
     fn smoke_suite_found_by_name_or_file() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("mine.yaml"), OK).unwrap();
-        assert_eq!(Suite::find("mine", d.path()).unwrap().name, "t");
+        assert_eq!(Suite::find("mine", &sp(d.path())).unwrap().name, "t");
         let f = d.path().join("mine.yaml");
         assert_eq!(
-            Suite::find(f.to_str().unwrap(), Path::new("/nonexistent"))
+            Suite::find(f.to_str().unwrap(), &sp(Path::new("/nonexistent")))
                 .unwrap()
                 .name,
             "t"
         );
-        let e = Suite::find("other", d.path()).unwrap_err().to_string();
+        let e = Suite::find("other", &sp(d.path())).unwrap_err().to_string();
         assert!(
             e.contains("no smoke-test suite 'other'") && e.contains("mine"),
             "{e}"
@@ -598,7 +595,7 @@ checks:
             "name: top\ninclude: [mid, extra.yaml]\nchecks:\n  - {name: cuda-driver-compat, kind: static}\n",
         )
         .unwrap();
-        let s = Suite::load(&top, dir).unwrap();
+        let s = Suite::load(&top, &sp(dir)).unwrap();
         let names: Vec<&str> = s.checks.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
@@ -613,7 +610,7 @@ checks:
         assert_eq!((s.name.as_str(), s.include.len()), ("top", 2));
         // Only includes, no own checks: fine.
         std::fs::write(&top, "name: top\ninclude: [mid]\n").unwrap();
-        assert_eq!(Suite::load(&top, dir).unwrap().checks.len(), 2);
+        assert_eq!(Suite::load(&top, &sp(dir)).unwrap().checks.len(), 2);
     }
 
     #[test]
@@ -623,7 +620,7 @@ checks:
         let a = dir.join("a.yaml");
         let e = |text: &str| {
             std::fs::write(&a, text).unwrap();
-            Suite::load(&a, dir).unwrap_err()
+            Suite::load(&a, &sp(dir)).unwrap_err()
         };
         let err = e("name: a\ninclude: [nope]\n");
         assert_eq!(err.exit_code(), 2);
@@ -665,7 +662,7 @@ checks:
     #[test]
     fn smoke_suite_of_the_gpu_dev_recipe() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let suites = root.join("smoke-suites");
+        let suites = sp(&root.join("smoke-suites"));
         let recipe = Recipe::load(&root.join("recipes"), "gpu-dev").unwrap();
         assert_eq!(
             recipe.smoke_suite_file(),

@@ -1,11 +1,14 @@
 //! Site overlays: what a site adds to every image built for it.
 //!
-//! `site-overlays/SITE/site.yaml` has an `overlay:` section (env and labels
-//! merged into the image config) and `site-overlays/SITE/files/` is a tree
-//! copied into the image root. The files become ONE layer that depends on
-//! nothing but their names, bytes and executable bits: owner root:root,
-//! modes 0644/0755, mtime 0, sorted, so the same overlay always has the
-//! same digest (and a nightly with unchanged inputs builds nothing).
+//! `SITE/site.yaml` has an `overlay:` section (env and labels merged into
+//! the image config) and `SITE/files/` is a tree copied into the image root.
+//! With `extends:`, the chain's overlays merge parents first: env and labels
+//! by name, files by path (a later file replaces an earlier one; a file or
+//! link over a directory replaces the directory and what is below it).
+//! The files become ONE layer that depends on nothing but their names,
+//! bytes and executable bits: owner root:root, modes 0644/0755, mtime 0,
+//! sorted, so the same overlay always has the same digest (and a nightly
+//! with unchanged inputs builds nothing).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -14,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::config::search::{SearchPath, TreeData, TreeEntry};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::ImageConfig;
@@ -38,8 +42,8 @@ struct OverlaySpec {
 #[derive(Debug, Clone)]
 pub struct SiteOverlay {
     pub site: String,
-    /// `site-overlays/SITE`.
-    pub dir: PathBuf,
+    /// The site.yaml files it was merged from, parents first.
+    pub sources: Vec<PathBuf>,
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     /// The layer: a tar, and its sha256 (the diff_id).
@@ -53,38 +57,59 @@ pub struct SiteOverlay {
 const MTIME: u64 = 0;
 
 impl SiteOverlay {
-    pub fn load(overlays: &Path, site: &str) -> Result<SiteOverlay> {
+    /// Find `site` on the sites search path and build its overlay.
+    pub fn load(search: &SearchPath, site: &str) -> Result<SiteOverlay> {
         // The same validation (and the same "known sites" error) as the
         // job-description code.
-        let profile = SiteProfile::load(overlays, site)?;
-        let text = std::fs::read_to_string(&profile.path)
-            .map_err(|e| Error::io_path(&profile.path, "reading site profile", e))?;
-        let file: OverlayFile = serde_saphyr::from_str(&text).map_err(|e| Error::BadInput {
-            input: profile.path.display().to_string(),
-            place: "overlay: ".into(),
-            reason: e.to_string(),
-            hint: Some("overlay: takes env: {NAME: value} and labels: {key: value}".into()),
-        })?;
-        for name in file.overlay.env.keys() {
-            if name.is_empty() || name.contains('=') || name.contains('\0') {
-                return Err(Error::BadInput {
-                    input: profile.path.display().to_string(),
-                    place: format!("overlay.env.{name}: "),
-                    reason: "not an environment variable name".into(),
-                    hint: None,
-                });
+        SiteOverlay::from_profile(&SiteProfile::load(search, site)?)
+    }
+
+    /// The overlay of a loaded profile: its chain's `overlay:` sections and
+    /// `files/` trees, merged parents first.
+    pub fn from_profile(profile: &SiteProfile) -> Result<SiteOverlay> {
+        let mut env = BTreeMap::new();
+        let mut labels = BTreeMap::new();
+        let mut files: BTreeMap<PathBuf, TreeData> = BTreeMap::new();
+        for doc in &profile.chain.docs {
+            let file: OverlayFile =
+                serde_saphyr::from_str(&doc.text).map_err(|e| Error::BadInput {
+                    input: doc.input.display().to_string(),
+                    place: "overlay: ".into(),
+                    reason: e.to_string(),
+                    hint: Some("overlay: takes env: {NAME: value} and labels: {key: value}".into()),
+                })?;
+            for name in file.overlay.env.keys() {
+                if name.is_empty() || name.contains('=') || name.contains('\0') {
+                    return Err(Error::BadInput {
+                        input: doc.input.display().to_string(),
+                        place: format!("overlay.env.{name}: "),
+                        reason: "not an environment variable name".into(),
+                        hint: None,
+                    });
+                }
+            }
+            env.extend(file.overlay.env);
+            labels.extend(file.overlay.labels);
+            for e in doc.found.tree("files")? {
+                if !matches!(e.data, TreeData::Dir) {
+                    files.retain(|p, _| p == &e.path || !p.starts_with(&e.path));
+                }
+                files.insert(e.path, e.data);
             }
         }
-        let dir = overlays.join(site);
-        let (layer, entries) = layer_tar(&dir.join("files"))?;
+        let entries: Vec<TreeEntry> = files
+            .into_iter()
+            .map(|(path, data)| TreeEntry { path, data })
+            .collect();
+        let layer = tar_of_entries(&entries)?;
         Ok(SiteOverlay {
-            site: site.to_string(),
+            site: profile.name.clone(),
             diff_id: Digest::of_bytes(&layer),
-            dir,
-            env: file.overlay.env,
-            labels: file.overlay.labels,
+            sources: profile.chain.docs.iter().map(|d| d.input.clone()).collect(),
+            env,
+            labels,
             layer,
-            entries,
+            entries: entries.len(),
         })
     }
 
@@ -121,54 +146,29 @@ impl SiteOverlay {
     }
 }
 
-/// The deterministic tar of `root` (a missing root gives an empty layer).
-fn layer_tar(root: &Path) -> Result<(Vec<u8>, usize)> {
-    let mut paths = Vec::new();
-    if root.exists() {
-        walk(root, Path::new(""), &mut paths)?;
-    }
-    Ok((deterministic_tar(root, &paths)?, paths.len()))
-}
-
 /// A tar of `paths` (relative to `root`, in this order) that depends only
 /// on names, bytes, link targets and executable bits: root:root, modes
-/// 0644/0755, mtime 0. Used for overlay layers and build contexts.
+/// 0644/0755, mtime 0. Used for build contexts.
 pub fn deterministic_tar(root: &Path, paths: &[PathBuf]) -> Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.mode(tar::HeaderMode::Deterministic);
+    let mut entries = Vec::with_capacity(paths.len());
     for rel in paths {
         let abs = root.join(rel);
         let meta =
             std::fs::symlink_metadata(&abs).map_err(|e| Error::io_path(&abs, "reading", e))?;
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(MTIME);
-        let _ = h.set_username("root");
-        let _ = h.set_groupname("root");
         let ft = meta.file_type();
-        let io = |e: std::io::Error| Error::io_path(&abs, "adding to the overlay layer", e);
-        if ft.is_dir() {
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
-            h.set_size(0);
-            builder
-                .append_data(&mut h, rel, std::io::empty())
-                .map_err(io)?;
+        let data = if ft.is_dir() {
+            TreeData::Dir
         } else if ft.is_symlink() {
-            let target =
-                std::fs::read_link(&abs).map_err(|e| Error::io_path(&abs, "reading link", e))?;
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_mode(0o777);
-            h.set_size(0);
-            builder.append_link(&mut h, rel, &target).map_err(io)?;
+            TreeData::Symlink(
+                std::fs::read_link(&abs).map_err(|e| Error::io_path(&abs, "reading link", e))?,
+            )
         } else if ft.is_file() {
-            let exec = meta.permissions().mode() & 0o111 != 0;
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(if exec { 0o755 } else { 0o644 });
-            h.set_size(meta.len());
-            let f = std::fs::File::open(&abs).map_err(|e| Error::io_path(&abs, "opening", e))?;
-            builder.append_data(&mut h, rel, f).map_err(io)?;
+            TreeData::File {
+                bytes: std::fs::read(&abs)
+                    .map_err(|e| Error::io_path(&abs, "reading", e))?
+                    .into(),
+                exec: meta.permissions().mode() & 0o111 != 0,
+            }
         } else {
             return Err(Error::BadInput {
                 input: abs.display().to_string(),
@@ -176,40 +176,66 @@ pub fn deterministic_tar(root: &Path, paths: &[PathBuf]) -> Result<Vec<u8>> {
                 reason: "an overlay holds files, directories and symlinks only".into(),
                 hint: None,
             });
+        };
+        entries.push(TreeEntry {
+            path: rel.clone(),
+            data,
+        });
+    }
+    tar_of_entries(&entries)
+}
+
+/// The deterministic tar of `entries`, in their order.
+pub fn tar_of_entries(entries: &[TreeEntry]) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.mode(tar::HeaderMode::Deterministic);
+    for e in entries {
+        let rel = &e.path;
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(MTIME);
+        let _ = h.set_username("root");
+        let _ = h.set_groupname("root");
+        let io = |err: std::io::Error| Error::io_path(rel, "adding to the overlay layer", err);
+        match &e.data {
+            TreeData::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                builder
+                    .append_data(&mut h, rel, std::io::empty())
+                    .map_err(io)?;
+            }
+            TreeData::Symlink(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                builder.append_link(&mut h, rel, target).map_err(io)?;
+            }
+            TreeData::File { bytes, exec } => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(if *exec { 0o755 } else { 0o644 });
+                h.set_size(bytes.len() as u64);
+                builder.append_data(&mut h, rel, &bytes[..]).map_err(io)?;
+            }
         }
     }
     let mut data = builder
         .into_inner()
-        .map_err(|e| Error::io_path(root, "writing a tar of", e))?;
+        .map_err(|e| Error::io("writing an overlay tar", e))?;
     data.flush().ok();
     Ok(data)
-}
-
-/// Every path below `root`, relative, parents before children, sorted by
-/// name (bytes) so the order never depends on the filesystem.
-fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let dir = root.join(rel);
-    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::io_path(&dir, "reading", e))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| Error::io_path(&dir, "reading", e))?;
-    names.sort();
-    for name in names {
-        let child = rel.join(&name);
-        out.push(child.clone());
-        let meta = std::fs::symlink_metadata(root.join(&child))
-            .map_err(|e| Error::io_path(&root.join(&child), "reading", e))?;
-        if meta.is_dir() {
-            walk(root, &child, out)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::search::Kind;
+
+    fn sites(dir: &Path) -> SearchPath {
+        SearchPath::new(Kind::Sites, Some(dir))
+    }
 
     fn site_dir(tmp: &Path, yaml: &str) -> PathBuf {
         let d = tmp.join("s1");
@@ -229,7 +255,7 @@ mod tests {
     fn same_files_same_layer_whatever_their_times_and_owners() {
         let tmp = tempfile::tempdir().unwrap();
         let d = site_dir(tmp.path(), "overlay:\n  env: {A: '1'}\n");
-        let a = SiteOverlay::load(tmp.path(), "s1").unwrap();
+        let a = SiteOverlay::load(&sites(tmp.path()), "s1").unwrap();
         // Touch a file: another mtime, same bytes.
         let f = std::fs::File::options()
             .write(true)
@@ -237,7 +263,7 @@ mod tests {
             .unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(99))
             .unwrap();
-        let b = SiteOverlay::load(tmp.path(), "s1").unwrap();
+        let b = SiteOverlay::load(&sites(tmp.path()), "s1").unwrap();
         assert_eq!(a.diff_id, b.diff_id);
         assert_eq!(a.digest(), b.digest());
         let mut ar = tar::Archive::new(&a.layer[..]);
@@ -265,11 +291,11 @@ mod tests {
         );
         // Content changes the layer; env changes the overlay digest only.
         std::fs::write(d.join("files/etc/site.conf"), "y\n").unwrap();
-        let c = SiteOverlay::load(tmp.path(), "s1").unwrap();
+        let c = SiteOverlay::load(&sites(tmp.path()), "s1").unwrap();
         assert_ne!(a.diff_id, c.diff_id);
         std::fs::write(d.join("files/etc/site.conf"), "x\n").unwrap();
         std::fs::write(d.join("site.yaml"), "overlay:\n  env: {A: '2'}\n").unwrap();
-        let e = SiteOverlay::load(tmp.path(), "s1").unwrap();
+        let e = SiteOverlay::load(&sites(tmp.path()), "s1").unwrap();
         assert_eq!(a.diff_id, e.diff_id);
         assert_ne!(a.digest(), e.digest());
     }
@@ -281,7 +307,7 @@ mod tests {
             tmp.path(),
             "overlay:\n  env: {PATH: /site/bin, X509_CERT_DIR: /etc/grid-security/certificates}\n  labels: {site.contact: ops@example.org}\n",
         );
-        let o = SiteOverlay::load(tmp.path(), "s1").unwrap();
+        let o = SiteOverlay::load(&sites(tmp.path()), "s1").unwrap();
         let mut config = ImageConfig::default();
         config.config.env = Some(vec!["PATH=/usr/bin".into(), "LANG=C.UTF-8".into()]);
         o.apply_config(&mut config);
@@ -303,13 +329,17 @@ mod tests {
     fn bad_overlay_sections_name_the_file_and_key() {
         let tmp = tempfile::tempdir().unwrap();
         site_dir(tmp.path(), "overlay:\n  enviroment: {A: '1'}\n");
-        let e = SiteOverlay::load(tmp.path(), "s1").unwrap_err().to_string();
+        let e = SiteOverlay::load(&sites(tmp.path()), "s1")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("s1/site.yaml") && e.contains("enviroment"),
             "{e}"
         );
         site_dir(tmp.path(), "overlay:\n  env: {'A=B': '1'}\n");
-        let e = SiteOverlay::load(tmp.path(), "s1").unwrap_err().to_string();
+        let e = SiteOverlay::load(&sites(tmp.path()), "s1")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("overlay.env.A=B") && e.contains("not an environment variable name"),
             "{e}"

@@ -301,8 +301,22 @@ impl Policy {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io_path(path, "reading", e)),
         };
-        let input = path.display().to_string();
-        let f: OverrideFile = serde_saphyr::from_str(&text).map_err(|e| Error::BadInput {
+        self.apply_text(&path.display().to_string(), &text)
+    }
+
+    /// Apply a site's chain of profiles, parents first.
+    pub fn apply_site(&mut self, chain: &crate::site::SiteChain) -> Result<()> {
+        for doc in &chain.docs {
+            self.apply_text(&doc.input.display().to_string(), &doc.text)?;
+        }
+        Ok(())
+    }
+
+    /// Apply the `slim:`/`secrets:` sections of one file's text; `input`
+    /// names it in messages and reports.
+    pub fn apply_text(&mut self, input: &str, text: &str) -> Result<()> {
+        let input = input.to_string();
+        let f: OverrideFile = serde_saphyr::from_str(text).map_err(|e| Error::BadInput {
             input: input.clone(),
             place: String::new(),
             reason: e.to_string(),
