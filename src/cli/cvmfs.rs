@@ -52,18 +52,8 @@ impl RepoArgs {
                 .then(|| d.cvmfs_repo.as_ref().map(|s| s.value.clone()))
                 .flatten()
         });
-        let backend = match (&self.backend, &d.cvmfs_backend) {
-            (Some(b), _) => b.clone(),
-            (None, Some(s)) => s
-                .value
-                .parse()
-                .map_err(|e: String| Error::bad_input(s.from.display().to_string(), e))?,
-            (None, None) => BackendKind::Dir,
-        };
-        let root = self
-            .root
-            .clone()
-            .or_else(|| d.cvmfs_root.as_ref().map(|s| s.value.clone()));
+        let backend = d.cvmfs_backend(self.backend.as_ref())?;
+        let root = d.cvmfs_root(self.root.as_deref());
         let name = match (given.as_deref(), repo) {
             (Some(a), Some(b)) if a != b => {
                 return Err(Error::bad_input(

@@ -148,18 +148,8 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let cvmfs_repo = super::or_config(a.cvmfs_repo.as_deref(), &d.cvmfs_repo);
-    let backend = match (&a.cvmfs_backend, &d.cvmfs_backend) {
-        (Some(b), _) => b.clone(),
-        (None, Some(s)) => s
-            .value
-            .parse()
-            .map_err(|e: String| Error::bad_input(s.from.display().to_string(), e))?,
-        (None, None) => BackendKind::Dir,
-    };
-    let cvmfs_root = a
-        .cvmfs_root
-        .clone()
-        .or_else(|| d.cvmfs_root.as_ref().map(|s| s.value.clone()));
+    let backend = d.cvmfs_backend(a.cvmfs_backend.as_ref())?;
+    let cvmfs_root = d.cvmfs_root(a.cvmfs_root.as_deref());
     let cvmfs = match &cvmfs_repo {
         None => None,
         Some(repo) => Some(CvmfsTarget {

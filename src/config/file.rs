@@ -61,6 +61,30 @@ pub struct Defaults {
     pub searched: Vec<(PathBuf, bool)>,
 }
 
+impl Defaults {
+    /// `--backend`/`--cvmfs-backend`, else cvmfs.backend, else dir.
+    pub fn cvmfs_backend(
+        &self,
+        given: Option<&crate::sink::cvmfs::BackendKind>,
+    ) -> Result<crate::sink::cvmfs::BackendKind> {
+        match (given, &self.cvmfs_backend) {
+            (Some(b), _) => Ok(b.clone()),
+            (None, Some(s)) => s
+                .value
+                .parse()
+                .map_err(|e: String| bad(&s.from, "cvmfs.backend: ", e)),
+            (None, None) => Ok(crate::sink::cvmfs::BackendKind::Dir),
+        }
+    }
+
+    /// `--root`/`--cvmfs-root`, else cvmfs.root.
+    pub fn cvmfs_root(&self, given: Option<&Path>) -> Option<PathBuf> {
+        given
+            .map(Path::to_path_buf)
+            .or_else(|| self.cvmfs_root.as_ref().map(|s| s.value.clone()))
+    }
+}
+
 /// The config files, in order of precedence.
 pub fn config_files() -> Vec<PathBuf> {
     let mut v = Vec::new();

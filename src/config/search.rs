@@ -467,7 +467,6 @@ impl Found {
 
 /// Read a directory tree into entries: files, directories and symlinks only.
 fn walk_dir(root: &Path, rel: &Path, out: &mut Vec<TreeEntry>) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let dir = root.join(rel);
     let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&dir)
         .map_err(|e| Error::io_path(&dir, "reading", e))?
@@ -476,33 +475,39 @@ fn walk_dir(root: &Path, rel: &Path, out: &mut Vec<TreeEntry>) -> Result<()> {
         .map_err(|e| Error::io_path(&dir, "reading", e))?;
     names.sort();
     for name in names {
-        let child = rel.join(&name);
-        let abs = root.join(&child);
+        let entry = TreeEntry::read(root, &rel.join(&name))?;
+        let is_dir = matches!(entry.data, TreeData::Dir);
+        let child = entry.path.clone();
+        out.push(entry);
+        if is_dir {
+            walk_dir(root, &child, out)?;
+        }
+    }
+    Ok(())
+}
+
+impl TreeEntry {
+    /// The entry `rel` below `root` on disk (not following a symlink):
+    /// a directory, a file with its bytes and executable bit, or a link.
+    pub fn read(root: &Path, rel: &Path) -> Result<TreeEntry> {
+        use std::os::unix::fs::PermissionsExt;
+        let abs = root.join(rel);
         let meta =
             std::fs::symlink_metadata(&abs).map_err(|e| Error::io_path(&abs, "reading", e))?;
         let ft = meta.file_type();
-        if ft.is_dir() {
-            out.push(TreeEntry {
-                path: child.clone(),
-                data: TreeData::Dir,
-            });
-            walk_dir(root, &child, out)?;
+        let data = if ft.is_dir() {
+            TreeData::Dir
         } else if ft.is_symlink() {
-            let target =
-                std::fs::read_link(&abs).map_err(|e| Error::io_path(&abs, "reading link", e))?;
-            out.push(TreeEntry {
-                path: child,
-                data: TreeData::Symlink(target),
-            });
+            TreeData::Symlink(
+                std::fs::read_link(&abs).map_err(|e| Error::io_path(&abs, "reading link", e))?,
+            )
         } else if ft.is_file() {
-            let bytes = std::fs::read(&abs).map_err(|e| Error::io_path(&abs, "reading", e))?;
-            out.push(TreeEntry {
-                path: child,
-                data: TreeData::File {
-                    bytes: Cow::Owned(bytes),
-                    exec: meta.permissions().mode() & 0o111 != 0,
-                },
-            });
+            TreeData::File {
+                bytes: Cow::Owned(
+                    std::fs::read(&abs).map_err(|e| Error::io_path(&abs, "reading", e))?,
+                ),
+                exec: meta.permissions().mode() & 0o111 != 0,
+            }
         } else {
             return Err(Error::BadInput {
                 input: abs.display().to_string(),
@@ -510,7 +515,10 @@ fn walk_dir(root: &Path, rel: &Path, out: &mut Vec<TreeEntry>) -> Result<()> {
                 reason: "an overlay holds files, directories and symlinks only".into(),
                 hint: None,
             });
-        }
+        };
+        Ok(TreeEntry {
+            path: rel.to_path_buf(),
+            data,
+        })
     }
-    Ok(())
 }

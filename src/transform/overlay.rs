@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -150,38 +149,10 @@ impl SiteOverlay {
 /// on names, bytes, link targets and executable bits: root:root, modes
 /// 0644/0755, mtime 0. Used for build contexts.
 pub fn deterministic_tar(root: &Path, paths: &[PathBuf]) -> Result<Vec<u8>> {
-    let mut entries = Vec::with_capacity(paths.len());
-    for rel in paths {
-        let abs = root.join(rel);
-        let meta =
-            std::fs::symlink_metadata(&abs).map_err(|e| Error::io_path(&abs, "reading", e))?;
-        let ft = meta.file_type();
-        let data = if ft.is_dir() {
-            TreeData::Dir
-        } else if ft.is_symlink() {
-            TreeData::Symlink(
-                std::fs::read_link(&abs).map_err(|e| Error::io_path(&abs, "reading link", e))?,
-            )
-        } else if ft.is_file() {
-            TreeData::File {
-                bytes: std::fs::read(&abs)
-                    .map_err(|e| Error::io_path(&abs, "reading", e))?
-                    .into(),
-                exec: meta.permissions().mode() & 0o111 != 0,
-            }
-        } else {
-            return Err(Error::BadInput {
-                input: abs.display().to_string(),
-                place: String::new(),
-                reason: "an overlay holds files, directories and symlinks only".into(),
-                hint: None,
-            });
-        };
-        entries.push(TreeEntry {
-            path: rel.clone(),
-            data,
-        });
-    }
+    let entries = paths
+        .iter()
+        .map(|rel| TreeEntry::read(root, rel))
+        .collect::<Result<Vec<_>>>()?;
     tar_of_entries(&entries)
 }
 
@@ -232,6 +203,7 @@ pub fn tar_of_entries(entries: &[TreeEntry]) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::config::search::Kind;
+    use std::os::unix::fs::PermissionsExt;
 
     fn sites(dir: &Path) -> SearchPath {
         SearchPath::new(Kind::Sites, Some(dir))
