@@ -76,8 +76,15 @@ pub fn part_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.gridship-part"))
 }
 
-/// Every file under `dir` of the session (recursively), as relative paths.
-async fn walk(client: &ArcRest, id: &str, dir: &str, out: &mut Vec<String>) -> Result<()> {
+/// Every file and directory under `dir` of the session (recursively), as
+/// relative paths.
+async fn walk(
+    client: &ArcRest,
+    id: &str,
+    dir: &str,
+    files: &mut Vec<String>,
+    dirs: &mut Vec<String>,
+) -> Result<()> {
     for (name, is_dir) in client.list_session(id, dir).await? {
         let rel = if dir.is_empty() {
             name
@@ -85,12 +92,19 @@ async fn walk(client: &ArcRest, id: &str, dir: &str, out: &mut Vec<String>) -> R
             format!("{dir}/{name}")
         };
         if is_dir {
-            Box::pin(walk(client, id, &rel, out)).await?;
+            dirs.push(rel.clone());
+            Box::pin(walk(client, id, &rel, files, dirs)).await?;
         } else {
-            out.push(rel);
+            files.push(rel);
         }
     }
     Ok(())
+}
+
+/// `path` is the output `o` or inside it.
+fn under(o: &str, path: &str) -> bool {
+    let bare = o.trim_end_matches('/');
+    path == bare || path.strip_prefix(bare).is_some_and(|r| r.starts_with('/'))
 }
 
 fn same_content(a: &Path, b: &Path) -> Result<bool> {
@@ -170,37 +184,22 @@ pub async fn get_job(
         return Err(Error::bad_input(id, "not a job ID"));
     }
     let job_dir = dir.join(id);
-    let mut files = Vec::new();
-    walk(client, id, "", &mut files).await?;
-    let (selected, missing): (Vec<String>, Vec<String>) = if outputs.is_empty() {
-        (files, Vec::new())
-    } else {
-        let mut sel = Vec::new();
-        let mut missing = Vec::new();
-        for o in outputs {
-            let bare = o.trim_end_matches('/');
-            let under = format!("{bare}/");
-            let hits: Vec<&String> = files
-                .iter()
-                .filter(|f| f.as_str() == bare || f.starts_with(&under))
-                .collect();
-            // An empty output directory exists only as a listing.
-            if hits.is_empty() && !(o.ends_with('/') && client.list_session(id, bare).await.is_ok())
-            {
-                missing.push(o.clone());
-            }
-            for h in hits {
-                if !sel.contains(h) {
-                    sel.push(h.clone());
-                }
-            }
-            if o.ends_with('/') {
-                std::fs::create_dir_all(job_dir.join(bare))
-                    .map_err(|e| Error::io_path(&job_dir, "creating", e))?;
-            }
-        }
-        (sel, missing)
-    };
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    walk(client, id, "", &mut files, &mut dirs).await?;
+    let wanted = |p: &str| outputs.is_empty() || outputs.iter().any(|o| under(o, p));
+    let missing: Vec<String> = outputs
+        .iter()
+        .filter(|o| !files.iter().chain(&dirs).any(|p| under(o, p)))
+        .cloned()
+        .collect();
+    files.retain(|f| wanted(f));
+    dirs.retain(|d| wanted(d));
+    let selected = files;
+    // Directories come back even when empty (the job made them).
+    for d in &dirs {
+        let local = job_dir.join(d);
+        std::fs::create_dir_all(&local).map_err(|e| Error::io_path(&local, "creating", e))?;
+    }
     std::fs::create_dir_all(&job_dir).map_err(|e| Error::io_path(&job_dir, "creating", e))?;
     let mut fetched = Fetched {
         id: id.to_string(),
