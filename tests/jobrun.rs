@@ -287,3 +287,42 @@ fn bad_work_options_are_refused_with_the_input_named() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("$(EXECUTABLE)"), "{}", r.stderr);
 }
+
+#[test]
+fn promote_refuses_an_image_with_nothing_to_run_before_writing() {
+    // The busybox fixture's only command is Cmd ["/bin/sh"].
+    let fixtures = common::fixtures();
+    let src = format!(
+        "docker-archive:{}",
+        fixtures.join("busybox.docker-archive.tar").display()
+    );
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("promoted");
+    let store = d.path().join("store");
+    let r = gridship(
+        &[
+            "promote",
+            &src,
+            "--site",
+            "glasgow",
+            "--to",
+            "sif",
+            "--out",
+            out.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--run") && r.stderr.contains("/bin/sh"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(),
+        "nothing written to {}",
+        out.display()
+    );
+}
