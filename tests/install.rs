@@ -142,6 +142,8 @@ fn an_installed_binary_works_from_anywhere_with_its_built_in_defaults() {
                 &site,
                 "--queue",
                 &queue,
+                "--run",
+                "python3 train.py",
                 "--image",
                 "/cvmfs/unpacked.example.org/registry.example.org/ml/img:1",
             ])
@@ -199,6 +201,8 @@ fn an_installed_binary_works_from_anywhere_with_its_built_in_defaults() {
         "atlantis",
         "--queue",
         "gpu",
+        "--run",
+        "python3 train.py",
         "--image",
         "/cvmfs/x/y",
     ]);
@@ -285,6 +289,8 @@ fn a_users_site_shadows_the_built_in_one_and_config_supplies_defaults() {
             "jobdesc",
             "--queue",
             &bonn_queue,
+            "--run",
+            "python3 train.py",
             "--image",
             image,
         ])
@@ -292,7 +298,16 @@ fn a_users_site_shadows_the_built_in_one_and_config_supplies_defaults() {
     assert_eq!(r.json()["site"], "bonn");
     let r = u
         .run(&[
-            "--json", "jobdesc", "--site", "glasgow", "--queue", "gpu", "--image", image,
+            "--json",
+            "jobdesc",
+            "--site",
+            "glasgow",
+            "--queue",
+            "gpu",
+            "--run",
+            "python3 train.py",
+            "--image",
+            image,
         ])
         .ok();
     assert_eq!(r.json()["site"], "glasgow");
@@ -318,7 +333,16 @@ fn a_users_site_shadows_the_built_in_one_and_config_supplies_defaults() {
         "{}",
         r.stdout
     );
-    let r = u.run(&["--json", "jobdesc", "--image", image]).ok();
+    let r = u
+        .run(&[
+            "--json",
+            "jobdesc",
+            "--run",
+            "python3 train.py",
+            "--image",
+            image,
+        ])
+        .ok();
     assert_eq!(
         (r.json()["site"].as_str(), r.json()["queue"].as_str()),
         (Some("bonn"), Some(bonn_queue.as_str()))
@@ -326,7 +350,7 @@ fn a_users_site_shadows_the_built_in_one_and_config_supplies_defaults() {
 
     // A typo in a key: refused with the file and the line, exit 2.
     std::fs::write(&cfg, "site: bonn\n\nqeue: gpu\n").unwrap();
-    let r = u.run(&["jobdesc", "--image", image]);
+    let r = u.run(&["jobdesc", "--run", "python3 train.py", "--image", image]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
         r.stderr.contains(&cfg.display().to_string())
@@ -338,7 +362,15 @@ fn a_users_site_shadows_the_built_in_one_and_config_supplies_defaults() {
     // No site anywhere: the error says where to give one.
     std::fs::remove_file(&cfg).unwrap();
     std::fs::remove_file(u.etc.join("config.yaml")).unwrap();
-    let r = u.run(&["jobdesc", "--queue", "gpu", "--image", image]);
+    let r = u.run(&[
+        "jobdesc",
+        "--queue",
+        "gpu",
+        "--run",
+        "python3 train.py",
+        "--image",
+        image,
+    ]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
         r.stderr.contains("--site") && r.stderr.contains("config.yaml"),

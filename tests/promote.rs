@@ -229,6 +229,9 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
             "sif,cvmfs,oci",
             "--out",
             out.path().to_str().unwrap(),
+            // strip-sshd leaves only a shell: the job runs the project.
+            "--run",
+            "cd /work && python3 project/main.py",
             "--tag",
             "t1",
         ])
@@ -379,6 +382,11 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
         assert!(p.ok, "ARC could not parse: {}", p.error);
         let job = &p.jobs[0];
         assert_eq!(job["queue"], "gpu", "{job:#}");
+        assert_eq!(
+            job["arguments"],
+            serde_json::json!(["-c", "cd /work && python3 project/main.py"]),
+            "{job:#}"
+        );
         assert!(job.to_string().contains(&link), "{job:#}");
     }
 
@@ -405,6 +413,9 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
             "--keep-base",
             "--out",
             out.path().to_str().unwrap(),
+            // strip-sshd leaves only a shell: the job runs the project.
+            "--run",
+            "cd /work && python3 project/main.py",
             "--tag",
             "t2",
         ])
@@ -518,6 +529,9 @@ fn fail_on_secrets_and_dry_run_write_nothing() {
             recipes.path().to_str().unwrap(),
             "--keep",
             "/usr/share/doc/**",
+            // strip-sshd leaves only a shell: the job runs the project.
+            "--run",
+            "cd /work && python3 project/main.py",
             "--out",
             dest.to_str().unwrap(),
         ])

@@ -85,6 +85,9 @@ pub struct PromoteArgs {
     /// How smoke run checks execute the image (when a GPU is visible).
     #[arg(long, value_enum, default_value = "chroot")]
     pub backend: crate::smoke::runtime::Backend,
+    /// What the job description runs and brings back.
+    #[command(flatten)]
+    pub work: super::arc::WorkArgs,
     #[command(flatten)]
     pub dirs: ProjectDirs,
     #[command(flatten)]
@@ -190,6 +193,8 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         push_prefix,
         sif_url: a.sif_url.clone(),
         templates: a.templates.search(),
+        work: a.work.work(),
+        gpus: a.work.gpus,
         smoke_suite: a.suite.clone(),
         suites: a.suites.search(),
         smoke_backend: a.backend,
