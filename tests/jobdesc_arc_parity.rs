@@ -86,7 +86,18 @@ fn every_site_and_template_parses_identically_in_arc() {
                 ),
             ] {
                 let tpl = Template::load(&tdir, t).unwrap();
-                let jobs = jobdesc::for_image(&p, q, image, &tpl, &Request::default()).unwrap();
+                let req = Request {
+                    gpus: None,
+                    work: jobdesc::work::Work {
+                        command: Some(jobdesc::work::Command::Shell(
+                            "python3 train.py --out results".into(),
+                        )),
+                        outputs: vec!["results/".into()],
+                        ..Default::default()
+                    },
+                    image_command: jobdesc::work::ImageCommand::Unknown("remote".into()),
+                };
+                let jobs = jobdesc::for_image(&p, q, image, &tpl, &req).unwrap();
                 // Site numbers land in the jobs.
                 let gq = &p.gpu_queues[q];
                 for j in &jobs {
@@ -121,7 +132,14 @@ fn every_site_and_template_parses_identically_in_arc() {
         let lrs: Vec<&str> = r
             .jobs
             .iter()
-            .map(|j| j["arguments"][3].as_str().unwrap())
+            .map(|j| {
+                let env = j["environment"].as_array().unwrap();
+                let lr = env
+                    .iter()
+                    .find(|e| e[0] == "LR")
+                    .expect("LR in the environment");
+                lr[1].as_str().unwrap()
+            })
             .collect();
         assert_eq!(lrs, ["0.1", "0.01", "0.001"]);
     }

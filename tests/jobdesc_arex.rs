@@ -112,10 +112,16 @@ fn kill_a_running_job() {
     let r = gridship(&args, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(json(&r.stdout)["jobs"][0]["status-code"], "202");
-    let mut args = vec!["--json", "status", &id, "--wait", "--wait-timeout", "120"];
+    let mut args = vec!["--json", "status", &id, "--wait", "--timeout", "120"];
     args.extend(auth(&a, &jobs));
     let r = gridship(&args, &[]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A killed job did not finish successfully: exit 1, and it says so.
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not every job finished successfully") && r.stderr.contains(&id),
+        "{}",
+        r.stderr
+    );
     let state = json(&r.stdout)["jobs"][0]["state"]
         .as_str()
         .unwrap()

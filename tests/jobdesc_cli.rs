@@ -11,7 +11,17 @@ const IMAGE: &str = "/cvmfs/unpacked.cern.ch/registry.hub.docker.com/atlasml/ml-
 fn formats_and_output_file() {
     let x = gridship(
         &[
-            "jobdesc", "--site", "qmul", "--queue", "gpu", "--image", IMAGE, "--gpus", "2",
+            "jobdesc",
+            "--site",
+            "qmul",
+            "--queue",
+            "gpu",
+            "--image",
+            IMAGE,
+            "--run",
+            "python3 train.py",
+            "--gpus",
+            "2",
         ],
         &[],
     );
@@ -25,15 +35,37 @@ fn formats_and_output_file() {
     );
     let a = gridship(
         &[
-            "jobdesc", "--site", "qmul", "--queue", "gpu", "--image", IMAGE, "--gpus", "2",
-            "--format", "adl",
+            "jobdesc",
+            "--site",
+            "qmul",
+            "--queue",
+            "gpu",
+            "--image",
+            IMAGE,
+            "--run",
+            "python3 train.py",
+            "--gpus",
+            "2",
+            "--format",
+            "adl",
         ],
         &[],
     );
     let j = gridship(
         &[
-            "jobdesc", "--site", "qmul", "--queue", "gpu", "--image", IMAGE, "--gpus", "2",
-            "--format", "json",
+            "jobdesc",
+            "--site",
+            "qmul",
+            "--queue",
+            "gpu",
+            "--image",
+            IMAGE,
+            "--run",
+            "python3 train.py",
+            "--gpus",
+            "2",
+            "--format",
+            "json",
         ],
         &[],
     );
@@ -58,6 +90,8 @@ fn formats_and_output_file() {
             "gpu",
             "--image",
             IMAGE,
+            "--run",
+            "python3 train.py",
             "--gpus",
             "2",
             "-o",
@@ -85,6 +119,8 @@ fn gpu_requests_a_site_cannot_express() {
             "gpu",
             "--image",
             IMAGE,
+            "--run",
+            "python3 train.py",
             "--gpus",
             "2",
         ],
@@ -98,7 +134,17 @@ fn gpu_requests_a_site_cannot_express() {
     );
     let r = gridship(
         &[
-            "jobdesc", "--site", "glasgow", "--queue", "gpu", "--image", IMAGE, "--gpus", "5",
+            "jobdesc",
+            "--site",
+            "glasgow",
+            "--queue",
+            "gpu",
+            "--image",
+            IMAGE,
+            "--run",
+            "python3 train.py",
+            "--gpus",
+            "5",
         ],
         &[],
     );
@@ -106,7 +152,15 @@ fn gpu_requests_a_site_cannot_express() {
     assert!(r.stderr.contains("at most 2"), "{}", r.stderr);
     let r = gridship(
         &[
-            "jobdesc", "--site", "glasgow", "--queue", "long", "--image", IMAGE,
+            "jobdesc",
+            "--site",
+            "glasgow",
+            "--queue",
+            "long",
+            "--image",
+            IMAGE,
+            "--run",
+            "python3 train.py",
         ],
         &[],
     );
@@ -118,7 +172,15 @@ fn gpu_requests_a_site_cannot_express() {
     );
     let r = gridship(
         &[
-            "jobdesc", "--site", "atlantis", "--queue", "gpu", "--image", IMAGE,
+            "jobdesc",
+            "--site",
+            "atlantis",
+            "--queue",
+            "gpu",
+            "--image",
+            IMAGE,
+            "--run",
+            "python3 train.py",
         ],
         &[],
     );
@@ -139,6 +201,8 @@ fn gpu_requests_a_site_cannot_express() {
             "gpu",
             "--image",
             IMAGE,
+            "--run",
+            "python3 train.py",
             "--template",
             "gpu-sif-staged",
         ],
@@ -146,7 +210,7 @@ fn gpu_requests_a_site_cannot_express() {
     );
     assert_eq!(r.code, 2);
     assert!(
-        r.stderr.contains("gpu-sif-staged.xrsl:6:") && r.stderr.contains("not a URL"),
+        r.stderr.contains("gpu-sif-staged.xrsl:7:") && r.stderr.contains("not a URL"),
         "{}",
         r.stderr
     );
@@ -277,6 +341,8 @@ fn site_yaml_keys_are_checked() {
             "gpu",
             "--image",
             IMAGE,
+            "--run",
+            "python3 train.py",
             "--site-overlays",
             d.path().to_str().unwrap(),
         ],
@@ -304,7 +370,8 @@ fn help_lists_only_working_commands() {
         cmds,
         [
             "copy", "inspect", "unpack", "export", "sif", "sif-info", "cvmfs", "build", "snapshot",
-            "nightly", "promote", "smoke", "jobdesc", "submit", "status", "kill", "clean", "help"
+            "nightly", "promote", "smoke", "jobdesc", "submit", "status", "get", "kill", "clean",
+            "help"
         ]
     );
     for c in &cmds[..cmds.len() - 1] {

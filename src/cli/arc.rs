@@ -12,7 +12,7 @@ use clap::Args;
 use super::GlobalOpts;
 use crate::error::Error;
 use crate::jobdesc::submit::{self, ArcRest, AuthConfig, AuthMode, JobList, JobRecord, JobReply};
-use crate::jobdesc::{self, Format, Request, Template};
+use crate::jobdesc::{self, Format, Request, Template, retrieve};
 use crate::site::SiteProfile;
 
 #[derive(Debug, Args)]
@@ -30,19 +30,76 @@ pub struct JobdescArgs {
     /// Default: gpu-cvmfs for /cvmfs/ images, else gpu-sif-staged.
     #[arg(long, value_name = "T")]
     pub template: Option<String>,
-    /// GPUs per job (default: the queue's gpus_per_job).
-    #[arg(long)]
-    pub gpus: Option<u32>,
+    #[command(flatten)]
+    pub work: WorkArgs,
     #[arg(long, value_enum, default_value = "xrsl")]
     pub format: Format,
-    /// Write here (atomically) instead of stdout.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    /// Write the description here (atomically) instead of stdout.
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub overlays: super::SiteOverlaysOpt,
     /// Directory of templates.
     #[arg(long, env = "GRIDSHIP_XRSL_TEMPLATES", value_name = "DIR")]
     pub templates: Option<PathBuf>,
+}
+
+/// What the job runs and moves; `jobdesc` and `promote` flatten it.
+#[derive(Debug, Clone, Args)]
+pub struct WorkArgs {
+    /// Shell command line the job runs in the image (as /bin/sh -c CMD).
+    /// Default: the image's own Entrypoint/Cmd, as `apptainer run` would.
+    #[arg(long, value_name = "CMD", conflicts_with = "argv")]
+    pub run: Option<String>,
+    /// Input of the job: a local file (uploaded by `gridship submit`) or a
+    /// URL the CE fetches; lands in the job's directory under its file
+    /// name. Repeatable.
+    #[arg(long = "input", value_name = "FILE|URL")]
+    pub inputs: Vec<String>,
+    /// Output `gridship get` brings back: a file, or a directory ending in
+    /// / (e.g. results/), relative to the job's directory. Repeatable.
+    #[arg(long = "output", value_name = "PATH")]
+    pub outputs: Vec<String>,
+    /// GPUs per job (default: the queue's gpus_per_job).
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    /// Wall-clock limit: 2h, 1h30m, 1d, PT90M; a bare number is minutes
+    /// (default 6h, at most the queue's max_walltime_hours).
+    #[arg(long, value_name = "DURATION", value_parser = parse_walltime)]
+    pub walltime: Option<u64>,
+    /// Memory per core: 4000 (MB), 4000M or 4G (default: the queue's
+    /// memory per GPU shared by its cores).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// The program and its arguments, run without a shell: `-- python3
+    /// train.py --lr 0.1`.
+    #[arg(last = true, value_name = "PROGRAM ARG")]
+    pub argv: Vec<String>,
+}
+
+fn parse_walltime(s: &str) -> Result<u64, String> {
+    jobdesc::xrsl::parse_duration(s).map_err(|(why, hint)| format!("{why}; {hint}"))
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    jobdesc::work::parse_memory_mb(s)
+}
+
+impl WorkArgs {
+    pub fn work(&self) -> jobdesc::work::Work {
+        use jobdesc::work::Command;
+        jobdesc::work::Work {
+            command: match (&self.run, self.argv.is_empty()) {
+                (Some(line), _) => Some(Command::Shell(line.clone())),
+                (None, false) => Some(Command::Argv(self.argv.clone())),
+                (None, true) => None,
+            },
+            inputs: self.inputs.clone(),
+            outputs: self.outputs.clone(),
+            walltime_s: self.walltime,
+            memory_mb: self.memory,
+        }
+    }
 }
 
 /// Credentials and trust for talking to a CE.
@@ -65,9 +122,9 @@ pub struct CeAuthArgs {
     /// Trusted CA certificates, one PEM file.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Seconds to wait for one CE request.
+    /// Seconds one CE request may take (a download: may stall).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
-    pub timeout: u64,
+    pub request_timeout: u64,
     /// Local list of submitted jobs (default: $XDG_DATA_HOME/gridship/arc-jobs.json).
     #[arg(long, env = "GRIDSHIP_ARC_JOBS", value_name = "FILE")]
     pub jobs_file: Option<PathBuf>,
@@ -82,7 +139,7 @@ impl CeAuthArgs {
             proxy: self.proxy.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),
-            timeout: Some(Duration::from_secs(self.timeout)),
+            timeout: Some(Duration::from_secs(self.request_timeout)),
         }
     }
 
@@ -124,12 +181,34 @@ pub struct JobsArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub jobs: JobsArgs,
-    /// Wait until every job is in a final state (FINISHED, FAILED, KILLED, WIPED).
+    /// Wait until every job is in a final state (FINISHED, FAILED, KILLED,
+    /// WIPED); exit 0 only when every job FINISHED.
     #[arg(long)]
     pub wait: bool,
-    /// Give up waiting after this many seconds.
-    #[arg(long, default_value_t = 600, value_name = "SECS", requires = "wait")]
-    pub wait_timeout: u64,
+    /// Give up waiting after this many seconds (exit 1).
+    #[arg(
+        long,
+        alias = "wait-timeout",
+        default_value_t = 3600,
+        value_name = "SECS",
+        requires = "wait"
+    )]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub jobs: JobsArgs,
+    /// Download into DIR/JOBID/ (default: the current directory).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// Also fetch A-REX's log files of the job into DIR/JOBID/gmlog/.
+    #[arg(long)]
+    pub gmlog: bool,
+    /// Remove the job from the CE (and the local list) once everything came back.
+    #[arg(long)]
+    pub clean: bool,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -170,31 +249,45 @@ pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
         }
     });
     let template = Template::load(&tdir, &tname)?;
+    // The image's own command is known when the image is readable here.
+    let image_dir = Path::new(&a.image);
+    let image_command = if image_dir.is_dir() {
+        jobdesc::work::image_command_of_dir(image_dir)
+    } else {
+        jobdesc::work::ImageCommand::Unknown(format!(
+            "{} is not a directory here (a remote SIF, or CVMFS not mounted)",
+            a.image
+        ))
+    };
     let jobs = jobdesc::for_image(
         &profile,
         &a.queue,
         &a.image,
         &template,
-        &Request { gpus: a.gpus },
+        &Request {
+            gpus: a.work.gpus,
+            work: a.work.work(),
+            image_command,
+        },
     )?;
     let text = jobdesc::render(&jobs, a.format);
-    if let Some(out) = &a.output {
+    if let Some(out) = &a.out {
         write_atomic(out, &text)?;
     }
     if g.json {
         let doc = serde_json::json!({
             "site": a.site, "queue": a.queue, "image": a.image,
             "template": template.input, "format": format!("{:?}", a.format).to_lowercase(),
-            "output": a.output, "description": text, "jobs": jobs,
+            "output": a.out, "description": text, "jobs": jobs,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else if a.output.is_none() {
+    } else if a.out.is_none() {
         print!("{text}");
     } else if !g.quiet {
         eprintln!(
             "wrote {} job(s) to {}",
             jobs.len(),
-            a.output.as_ref().expect("checked").display()
+            a.out.as_ref().expect("checked").display()
         );
     }
     Ok(())
@@ -234,6 +327,7 @@ pub fn submit(g: &GlobalOpts, a: SubmitArgs) -> anyhow::Result<()> {
             state: s.state.clone(),
             submitted: submit::now_unix(),
             description: Some(a.file.display().to_string()),
+            outputs: s.outputs.clone(),
         });
     }
     list.save()?;
@@ -363,10 +457,10 @@ pub fn status(g: &GlobalOpts, a: StatusArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         let (replies, mut list) = run_action(&a.jobs, "status", true)?;
-        let all_final = replies
-            .iter()
-            .all(|(_, r)| !r.ok() || r.state.as_deref().is_some_and(|s| FINAL.contains(&s)));
-        if !a.wait || all_final || start.elapsed() > Duration::from_secs(a.wait_timeout) {
+        let is_final = |r: &JobReply| r.state.as_deref().is_some_and(|s| FINAL.contains(&s));
+        let all_final = replies.iter().all(|(_, r)| !r.ok() || is_final(r));
+        let timed_out = a.wait && !all_final && start.elapsed() >= Duration::from_secs(a.timeout);
+        if !a.wait || all_final || timed_out {
             for (_, r) in &replies {
                 if let Some(j) = list.jobs.iter_mut().find(|j| j.id == r.id)
                     && r.ok()
@@ -378,17 +472,126 @@ pub fn status(g: &GlobalOpts, a: StatusArgs) -> anyhow::Result<()> {
                 list.save()?;
             }
             report(g, "status", &replies)?;
-            if a.wait && !all_final {
-                return Err(Error::CeRequest {
-                    ce: String::new(),
-                    detail: format!("jobs not final after {} s", a.wait_timeout),
-                }
+            if !a.wait {
+                return Ok(());
+            }
+            let describe = |pick: &dyn Fn(&JobReply) -> bool| {
+                replies
+                    .iter()
+                    .filter(|(_, r)| pick(r))
+                    .map(|(_, r)| format!("{} ({})", r.id, r.state.as_deref().unwrap_or("?")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if timed_out {
+                return Err(Error::Other(format!(
+                    "timed out after {} s waiting for {}; wait longer with --timeout SECS",
+                    a.timeout,
+                    describe(&|r| !is_final(r))
+                ))
+                .into());
+            }
+            let unsuccessful = describe(&|r| r.state.as_deref() != Some("FINISHED"));
+            if !unsuccessful.is_empty() {
+                return Err(Error::Other(format!(
+                    "not every job finished successfully: {unsuccessful}; `gridship get JOB` fetches their stdout and stderr"
+                ))
                 .into());
             }
             return Ok(());
         }
         std::thread::sleep(Duration::from_secs(3));
     }
+}
+
+pub fn get(g: &GlobalOpts, a: GetArgs) -> anyhow::Result<()> {
+    let mut list = JobList::load(&a.jobs.auth.jobs_file())?;
+    let by_ce = resolve(&a.jobs, &list, false)?;
+    let rt = runtime()?;
+    let mut fetched = Vec::new();
+    let mut problems = Vec::new();
+    let mut cleaned = Vec::new();
+    for (ce, ids) in by_ce {
+        let client = ArcRest::connect(&ce, &a.jobs.auth.config())?;
+        for r in rt.block_on(client.action("status", &ids))? {
+            if !r.ok() {
+                problems.push(format!("{}: {} {}", r.id, r.status_code, r.reason));
+                continue;
+            }
+            let state = r.state.clone().unwrap_or_default();
+            if !retrieve::FINAL_STATES.contains(&state.as_str()) {
+                problems.push(format!(
+                    "{}: still {state}; wait for it with `gridship status --wait {}`",
+                    r.id, r.id
+                ));
+                continue;
+            }
+            let outputs = list
+                .find(&r.id)
+                .map(|j| j.outputs.clone())
+                .unwrap_or_default();
+            let f = match rt.block_on(retrieve::get_job(
+                &client, &r.id, &state, &outputs, &a.dir, a.gmlog,
+            )) {
+                Ok(f) => f,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", r.id));
+                    continue;
+                }
+            };
+            if state != "FINISHED" {
+                problems.push(format!(
+                    "{}: the job ended {state}; what it left is in {}",
+                    r.id,
+                    f.dir.display()
+                ));
+            }
+            if !f.missing.is_empty() {
+                problems.push(format!("{}: the CE has no {}", r.id, f.missing.join(", ")));
+            }
+            for c in &f.conflicts {
+                problems.push(format!(
+                    "{}: {} differs from the CE's copy and was kept; move it away and run get again",
+                    r.id,
+                    f.dir.join(c).display()
+                ));
+            }
+            if a.clean && f.conflicts.is_empty() && f.missing.is_empty() {
+                for c in rt.block_on(client.action("clean", std::slice::from_ref(&r.id)))? {
+                    if c.ok() {
+                        cleaned.push(c.id);
+                    } else {
+                        problems.push(format!("{}: clean: {} {}", c.id, c.status_code, c.reason));
+                    }
+                }
+            }
+            fetched.push(f);
+        }
+    }
+    if !cleaned.is_empty() {
+        list.jobs.retain(|j| !cleaned.contains(&j.id));
+        list.save()?;
+    }
+    if g.json {
+        super::print_json(
+            &serde_json::json!({"jobs": fetched, "cleaned": cleaned, "problems": problems}),
+        )?;
+    } else {
+        for f in &fetched {
+            let bytes: u64 = f.files.iter().map(|x| x.bytes).sum();
+            println!(
+                "{}\t{}\t{} file(s), {bytes} bytes\t{}",
+                f.id,
+                f.state,
+                f.files.len(),
+                f.dir.display()
+            );
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Other(problems.join("\n")).into());
+    }
+    Ok(())
 }
 
 pub fn kill(g: &GlobalOpts, a: JobsArgs) -> anyhow::Result<()> {

@@ -96,8 +96,10 @@ pub enum Command {
     Jobdesc(arc::JobdescArgs),
     /// Check a job description and submit it to an ARC CE over REST.
     Submit(arc::SubmitArgs),
-    /// Show the state of submitted ARC jobs.
+    /// Show the state of submitted ARC jobs; --wait until they end.
     Status(arc::StatusArgs),
+    /// Download a job's outputs, stdout and stderr into DIR/JOBID/ (like arcget).
+    Get(arc::GetArgs),
     /// Cancel ARC jobs.
     Kill(arc::JobsArgs),
     /// Remove finished ARC jobs from the CE (and from the local list).
@@ -123,6 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobdesc(a) => arc::jobdesc(global, a),
         Command::Submit(a) => arc::submit(global, a),
         Command::Status(a) => arc::status(global, a),
+        Command::Get(a) => arc::get(global, a),
         Command::Kill(a) => arc::kill(global, a),
         Command::Clean(a) => arc::clean(global, a),
     }

@@ -82,6 +82,9 @@ pub struct PromoteArgs {
     /// How smoke run checks execute the image (when a GPU is visible).
     #[arg(long, value_enum, default_value = "chroot")]
     pub backend: crate::smoke::runtime::Backend,
+    /// What the job description runs and brings back.
+    #[command(flatten)]
+    pub work: super::arc::WorkArgs,
     #[command(flatten)]
     pub dirs: ProjectDirs,
     #[command(flatten)]
@@ -171,6 +174,8 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         push: a.push.clone(),
         sif_url: a.sif_url.clone(),
         templates_dir: crate::jobdesc::template::default_templates_dir(),
+        work: a.work.work(),
+        gpus: a.work.gpus,
         smoke_suite: a.suite.clone(),
         smoke_suites_dir: crate::smoke::suite::default_suites_dir(),
         smoke_backend: a.backend,

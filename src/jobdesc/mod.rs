@@ -7,9 +7,11 @@
 
 pub mod adl;
 pub mod model;
+pub mod retrieve;
 pub mod submit;
 pub mod template;
 pub mod validate;
+pub mod work;
 pub mod xrsl;
 
 use std::collections::BTreeMap;
@@ -241,11 +243,18 @@ pub fn parse_any(input: &str, text: &str) -> Result<Vec<JobSpec>> {
 }
 
 /// What a caller may ask beyond the site's defaults.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Request {
     /// GPUs per job; default: the queue's gpus_per_job.
     pub gpus: Option<u32>,
+    /// The user's command, files, walltime and memory.
+    pub work: work::Work,
+    /// What the image runs by itself, for a job given no command.
+    pub image_command: work::ImageCommand,
 }
+
+/// Walltime when neither `--walltime` nor the queue's limit says otherwise.
+pub const DEFAULT_WALLTIME_S: u64 = 6 * 3600;
 
 fn site_err(site: &SiteProfile, place: String, reason: String, hint: String) -> Error {
     Error::BadInput {
@@ -326,6 +335,60 @@ pub fn for_image(
     }
     let cores = gpus * q.cores_per_gpu;
     let mem_per_core = q.memory_per_gpu_mb / u64::from(q.cores_per_gpu);
+    let max_wall = q.max_walltime_hours.map(|h| u64::from(h) * 3600);
+    let w = &req.work;
+    if let (Some(want), Some(max)) = (w.walltime_s, max_wall)
+        && want > max
+    {
+        return Err(site_err(
+            site,
+            qplace,
+            format!(
+                "--walltime {} is more than {} queue '{queue}' allows ({})",
+                xrsl::format_duration(want),
+                site.name,
+                xrsl::format_duration(max)
+            ),
+            format!("use --walltime {} or less", xrsl::format_duration(max)),
+        ));
+    }
+    if let Some(m) = w.memory_mb
+        && m > mem_per_core
+    {
+        return Err(site_err(
+            site,
+            qplace,
+            format!(
+                "--memory {m} MB per core is more than {} queue '{queue}' gives ({mem_per_core} MB per core)",
+                site.name
+            ),
+            format!(
+                "use --memory {mem_per_core} or less, or more GPUs (--gpus), which bring more memory"
+            ),
+        ));
+    }
+    let walltime = w
+        .walltime_s
+        .unwrap_or_else(|| max_wall.map_or(DEFAULT_WALLTIME_S, |m| m.min(DEFAULT_WALLTIME_S)));
+    let memory = w.memory_mb.unwrap_or(mem_per_core);
+    let template_runs_command = template.placeholders.iter().any(|p| p.name == "EXECUTABLE");
+    let command = if template_runs_command {
+        Some(work::executable_and_args(
+            w.command.as_ref(),
+            &req.image_command,
+        )?)
+    } else if w.command.is_some() {
+        return Err(Error::BadInput {
+            input: template.input.clone(),
+            place: String::new(),
+            reason: "the template runs a command of its own: it has no $(EXECUTABLE) placeholder for --run".into(),
+            hint: Some("declare (* @placeholder EXECUTABLE text *) and write (executable = $(EXECUTABLE)) without arguments, or drop --run".into()),
+        });
+    } else {
+        None
+    };
+    let inputs = work::input_files(&w.inputs)?;
+    let outputs = work::output_files(&w.outputs)?;
 
     let mut values = BTreeMap::new();
     values.insert("IMAGE".to_string(), image.to_string());
@@ -334,8 +397,12 @@ pub fn for_image(
     values.insert("CONTAINER_RTE".to_string(), q.container_rte.clone());
     values.insert("GPUS".to_string(), gpus.to_string());
     values.insert("CORES".to_string(), cores.to_string());
-    values.insert("MEMORY_MB".to_string(), mem_per_core.to_string());
+    values.insert("MEMORY_MB".to_string(), memory.to_string());
     values.insert("JOBNAME".to_string(), job_name_for(image));
+    values.insert("WALLTIME".to_string(), xrsl::format_duration(walltime));
+    if let Some((exe, _)) = &command {
+        values.insert("EXECUTABLE".to_string(), exe.clone());
+    }
     let mut parsed = template.instantiate(&values)?;
 
     // The site's fixed attributes, read through the same strict xRSL path.
@@ -369,6 +436,27 @@ pub fn for_image(
                 field.xrsl()
             )),
         };
+        if let Some((_, args)) = &command {
+            if spans.contains_key(&Field::Arguments) {
+                problems.push(Problem {
+                    place: spans.get(&Field::Arguments).map(|&p| {
+                        let (l, c) = xrsl::line_col(&template.text, p);
+                        Place::LineCol(l, c)
+                    }),
+                    message: "the template sets arguments, but gridship sets them from the job's command (--run, -- ARGV, or the image's own)".into(),
+                    hint: Some("remove (arguments=...) from the template".into()),
+                });
+            }
+            j.arguments = args.clone();
+        }
+        // What the user typed wins over the template's own numbers.
+        if w.walltime_s.is_some() {
+            j.walltime_s = w.walltime_s;
+        }
+        if w.memory_mb.is_some() {
+            j.memory_mb = w.memory_mb;
+        }
+        work::add_files(j, &inputs, &outputs)?;
         match &j.queue {
             Some(t) if t != queue => {
                 problems.push(conflict(Field::Queue, t.clone(), queue.to_string()))

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use x509_cert::der::{Decode, Encode};
 
 use super::model::JobSpec;
-use super::validate::is_remote_url;
+use super::validate::{is_remote_url, local_file_source};
 use crate::error::{Error, Result};
 
 /// Which credential to present.
@@ -351,6 +351,8 @@ pub struct Submitted {
     pub name: Option<String>,
     pub uploaded: Vec<String>,
     pub delegation: Option<String>,
+    /// What `gridship get` brings back (outputs kept on the CE).
+    pub outputs: Vec<String>,
 }
 
 impl ArcRest {
@@ -358,6 +360,8 @@ impl ArcRest {
         let base = ce_base(ce)?;
         let mut b = reqwest::Client::builder()
             .timeout(cfg.timeout.unwrap_or(Duration::from_secs(60)))
+            // Downloads lift the total limit; a stall still ends them.
+            .read_timeout(cfg.timeout.unwrap_or(Duration::from_secs(60)))
             .connect_timeout(Duration::from_secs(20))
             .user_agent(concat!("gridship/", env!("CARGO_PKG_VERSION")));
 
@@ -615,8 +619,7 @@ impl ArcRest {
     pub async fn submit(&self, jobs: &[JobSpec], base_dir: &Path) -> Result<Vec<Submitted>> {
         // Everything local must exist before the CE holds a job waiting for it.
         for j in jobs {
-            for f in j.input_files.iter().filter(|f| f.source.is_none()) {
-                let p = base_dir.join(&f.name);
+            for (f, p) in uploads(j, base_dir) {
                 if !p.is_file() {
                     return Err(Error::BadInput {
                         input: p.display().to_string(),
@@ -649,7 +652,23 @@ impl ArcRest {
         } else {
             None
         };
-        let body = super::adl::write_with_delegation(jobs, delegation.as_deref());
+        // The CE waits for uploads where an input has no source.
+        let sent: Vec<JobSpec> = jobs
+            .iter()
+            .map(|j| {
+                let mut j = j.clone();
+                for f in &mut j.input_files {
+                    if f.source
+                        .as_deref()
+                        .is_some_and(|s| local_file_source(s).is_some())
+                    {
+                        f.source = None;
+                    }
+                }
+                j
+            })
+            .collect();
+        let body = super::adl::write_with_delegation(&sent, delegation.as_deref());
         let (status, answer, _) = self
             .send(
                 self.http
@@ -699,8 +718,8 @@ impl ArcRest {
                 continue;
             }
             let mut uploaded = Vec::new();
-            for f in j.input_files.iter().filter(|f| f.source.is_none()) {
-                let data = read(&base_dir.join(&f.name), "reading input file")?;
+            for (f, p) in uploads(j, base_dir) {
+                let data = read(&p, "reading input file")?;
                 let url = self.url(&format!("jobs/{}/session/{}", r.id, encode_path(&f.name)));
                 self.send(
                     self.http
@@ -719,6 +738,7 @@ impl ArcRest {
                 name: j.job_name.clone(),
                 uploaded,
                 delegation: delegation.clone(),
+                outputs: retrievable_outputs(j),
             });
         }
         if !failed.is_empty() {
@@ -760,6 +780,153 @@ impl ArcRest {
         Ok(reps)
     }
 
+    /// The entries of a directory in a job's session directory (`""`: its
+    /// top): (name, is a directory). A-REX answers `{"file":..,"dir":..}`,
+    /// each a string or a list.
+    pub async fn list_session(&self, id: &str, dir: &str) -> Result<Vec<(String, bool)>> {
+        let path = if dir.is_empty() {
+            format!("jobs/{id}/session")
+        } else {
+            format!("jobs/{id}/session/{}", encode_path(dir))
+        };
+        let what = format!(
+            "listing {} of job {id}",
+            if dir.is_empty() { "the session" } else { dir }
+        );
+        let (_, body, _) = self
+            .send(
+                self.http
+                    .get(self.url(&path))
+                    .header(reqwest::header::ACCEPT, "application/json"),
+                &what,
+            )
+            .await?;
+        if body.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| ce_error(&self.base, format!("{what}: answer is not JSON ({e})")))?;
+        let mut out = Vec::new();
+        for (key, is_dir) in [("file", false), ("dir", true)] {
+            let names = match v.get(key) {
+                Some(serde_json::Value::String(n)) => vec![n.clone()],
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for n in names {
+                // A name is one path component; anything else would let the
+                // CE write outside the download directory.
+                if n.is_empty() || n == "." || n == ".." || n.contains('/') {
+                    return Err(ce_error(
+                        &self.base,
+                        format!("{what}: the CE lists an unusable name {n:?}"),
+                    ));
+                }
+                out.push((n, is_dir));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Download `name` of a job's session directory into `part`, continuing
+    /// from what `part` already holds (HTTP Range); returns the bytes in
+    /// `part` afterwards and whether an earlier part was continued.
+    pub async fn download(&self, id: &str, name: &str, part: &Path) -> Result<(u64, bool)> {
+        use std::io::Write as _;
+        let what = format!("downloading {name} of job {id}");
+        let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+        let mut req = self
+            .http
+            .get(self.url(&format!("jobs/{id}/session/{}", encode_path(name))));
+        if have > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        // Outputs can be large: no limit on the whole transfer.
+        req = req.timeout(Duration::from_secs(30 * 24 * 3600));
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| ce_error(&self.base, format!("{what}: {}", chain(&e))))?;
+        let status = resp.status().as_u16();
+        if status == 416 {
+            // Nothing after `have`: the part is complete if the CE's size
+            // (Content-Range: bytes */SIZE) says so, else start over.
+            let total = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit('/').next())
+                .and_then(|n| n.trim().parse::<u64>().ok());
+            if total == Some(have) {
+                return Ok((have, true));
+            }
+            std::fs::remove_file(part).map_err(|e| Error::io_path(part, "removing", e))?;
+            return Box::pin(self.download(id, name, part)).await;
+        }
+        if !(status == 200 || status == 206) {
+            let msg = resp
+                .error_for_status_ref()
+                .err()
+                .map(|e| e.without_url().to_string())
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            return Err(ce_error(&self.base, format!("{what}: {msg}")));
+        }
+        let resumed = status == 206;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(resumed)
+            .truncate(!resumed)
+            .open(part)
+            .map_err(|e| Error::io_path(part, "opening", e))?;
+        let mut len = if resumed { have } else { 0 };
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| ce_error(&self.base, format!("{what}: {}", chain(&e))))?
+        {
+            file.write_all(&chunk)
+                .map_err(|e| Error::io_path(part, "writing", e))?;
+            len += chunk.len() as u64;
+        }
+        file.sync_all()
+            .map_err(|e| Error::io_path(part, "syncing", e))?;
+        Ok((len, resumed && have > 0))
+    }
+
+    /// One of A-REX's per-job control files (`errors`, `diag`, ...) through
+    /// `GET jobs/ID/diagnose/NAME`; `None` when the CE has none.
+    pub async fn diagnose(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        let resp = self
+            .http
+            .get(self.url(&format!("jobs/{id}/diagnose/{name}")))
+            .send()
+            .await
+            .map_err(|e| {
+                ce_error(
+                    &self.base,
+                    format!("reading {name} of job {id}: {}", chain(&e)),
+                )
+            })?;
+        if resp.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        if let Err(e) = resp.error_for_status_ref() {
+            return Err(ce_error(
+                &self.base,
+                format!("reading {name} of job {id}: {}", e.without_url()),
+            ));
+        }
+        let b = resp
+            .bytes()
+            .await
+            .map_err(|e| ce_error(&self.base, format!("reading {name} of job {id}: {e}")))?;
+        Ok(Some(b.to_vec()))
+    }
+
     /// Read one file from a job's session directory.
     pub async fn fetch_file(&self, id: &str, name: &str) -> Result<String> {
         let (_, body, _) = self
@@ -771,6 +938,39 @@ impl ArcRest {
             .await?;
         Ok(body)
     }
+}
+
+/// The outputs a job keeps on the CE for retrieval: stdout, stderr and
+/// every output file without a target (directories end in `/`).
+pub fn retrievable_outputs(j: &JobSpec) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let names = j.stdout.iter().chain(&j.stderr).chain(
+        j.output_files
+            .iter()
+            .filter(|f| f.target.is_none())
+            .map(|f| &f.name),
+    );
+    for n in names {
+        if !out
+            .iter()
+            .any(|o| o.trim_end_matches('/') == n.trim_end_matches('/'))
+        {
+            out.push(n.clone());
+        }
+    }
+    out
+}
+
+/// Input files the client uploads, with the local file each comes from:
+/// no source (beside the description) or a `file://` source.
+fn uploads<'j>(j: &'j JobSpec, base_dir: &Path) -> Vec<(&'j super::model::InputFile, PathBuf)> {
+    j.input_files
+        .iter()
+        .filter_map(|f| match f.source.as_deref() {
+            None => Some((f, base_dir.join(&f.name))),
+            Some(s) => local_file_source(s).map(|p| (f, PathBuf::from(p))),
+        })
+        .collect()
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -1074,6 +1274,9 @@ pub struct JobRecord {
     pub submitted: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// What `get` brings back; empty: everything the session holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
 }
 
 /// Job IDs kept on this machine: `$GRIDSHIP_ARC_JOBS`, else

@@ -99,6 +99,14 @@ pub const KNOWN_PLACEHOLDERS: &[(&str, &str)] = &[
         "memory per core in MB (memory_per_gpu_mb / cores_per_gpu)",
     ),
     ("JOBNAME", "a job name derived from the image"),
+    (
+        "EXECUTABLE",
+        "the program the job runs: /bin/sh for --run, the first word after --, or the image's runscript; gridship sets the arguments",
+    ),
+    (
+        "WALLTIME",
+        "the --walltime argument (default 6h, at most the queue's max_walltime_hours)",
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -21,6 +21,13 @@ fn issue(out: &mut Vec<Issue>, field: Field, message: impl Into<String>, hint: i
     });
 }
 
+/// `file:///ABS/PATH`: a local file the client uploads at submission, as
+/// ARC's own clients do with such sources.
+pub fn local_file_source(s: &str) -> Option<&str> {
+    s.strip_prefix("file://")
+        .filter(|p| p.starts_with('/') && p.len() > 1 && !p.chars().any(char::is_whitespace))
+}
+
 /// Characters XML 1.0 cannot carry (so ADL cannot), even escaped.
 fn bad_char(s: &str) -> Option<char> {
     s.chars().find(|&c| {
@@ -199,6 +206,7 @@ pub fn check(j: &JobSpec) -> Vec<Issue> {
         }
         if let Some(s) = &f.source
             && !is_remote_url(s)
+            && local_file_source(s).is_none()
         {
             issue(
                 o,
@@ -207,7 +215,7 @@ pub fn check(j: &JobSpec) -> Vec<Issue> {
                     "source of input file '{}' is \"{s}\", not a URL the CE can fetch",
                     f.name
                 ),
-                "give scheme://host/path (https, root, davs, ...), or \"\" to upload the local file of that name",
+                "give scheme://host/path (https, root, davs, ...), file:///ABS/PATH to upload a local file, or \"\" to upload the file of that name beside the description",
             );
         }
     }
@@ -393,6 +401,8 @@ mod tests {
             executable: false,
         });
         assert_eq!(check(&j)[0].field, Field::InputFiles);
+        j.input_files[1].source = Some("file:///tmp/x".into());
+        assert!(check(&j).is_empty());
     }
 
     #[test]

@@ -100,6 +100,10 @@ pub struct PromoteOptions {
     /// Where the CE fetches the SIF (for the job description of a SIF).
     pub sif_url: Option<String>,
     pub templates_dir: PathBuf,
+    /// The job's command, files, walltime and memory.
+    pub work: crate::jobdesc::work::Work,
+    /// GPUs per job (default: the queue's).
+    pub gpus: Option<u32>,
     /// A suite name or file; default: the recipe's own (label
     /// gridship.recipe), else gpu-basic.
     pub smoke_suite: Option<String>,
@@ -330,6 +334,17 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             &reports[1].removed,
             &opts.source.to_string(),
         ));
+    }
+    // What the job runs is known now (sshd stripped): refuse a job with
+    // nothing to run, or a missing input, before the long work starts.
+    let image_command = crate::jobdesc::work::ImageCommand::Config {
+        entrypoint: config.config.entrypoint.clone().unwrap_or_default(),
+        cmd: config.config.cmd.clone().unwrap_or_default(),
+    };
+    if !site.gpu_queues.is_empty() {
+        crate::jobdesc::work::executable_and_args(opts.work.command.as_ref(), &image_command)?;
+        crate::jobdesc::work::input_files(&opts.work.inputs)?;
+        crate::jobdesc::work::output_files(&opts.work.outputs)?;
     }
     if let Some(lower) = &lower {
         // Kept base layers still carry what was removed from them.
@@ -629,7 +644,11 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
                 &q,
                 &image_ref,
                 &template,
-                &crate::jobdesc::Request { gpus: None },
+                &crate::jobdesc::Request {
+                    gpus: opts.gpus,
+                    work: opts.work.clone(),
+                    image_command: image_command.clone(),
+                },
             )?;
             for (format, ext) in [
                 (crate::jobdesc::Format::Xrsl, "xrsl"),

@@ -41,6 +41,8 @@ def key(j):
         "priority": opt(a.Priority),
         "rerun": opt(a.Rerun),
         "gmlog": opt(a.LogDir),
+        # Every source as ARC reads it, local (file://) ones included.
+        "input_urls": [[f.Name, [u.str() for u in f.Sources]] for f in d.InputFiles],
     }
 
 
