@@ -23,7 +23,8 @@ pub struct JobdescArgs {
     /// GPU queue of that site (see gpu_queues: in its site.yaml).
     #[arg(long)]
     pub queue: String,
-    /// The image as the site sees it: a /cvmfs/ path, or a SIF URL for a staged template.
+    /// The image as the site sees it: a /cvmfs/ path, or a SIF URL for a staged
+    /// template, or a local SIF that `gridship submit` uploads with the job.
     #[arg(long, value_name = "REF")]
     pub image: String,
     /// Template name in xrsl-templates/ or a path to an .xrsl file.
@@ -234,6 +235,18 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--image` as the job description names it: a local file (a SIF made here)
+/// becomes `file:///ABS`, which `gridship submit` uploads into the job's
+/// session directory; URLs and /cvmfs/ paths stay as given.
+fn local_sif_source(image: &str) -> anyhow::Result<String> {
+    let p = Path::new(image);
+    if image.starts_with("/cvmfs/") || image.contains("://") || !p.is_file() {
+        return Ok(image.to_string());
+    }
+    let abs = std::path::absolute(p).with_context(|| format!("resolving {image}"))?;
+    Ok(format!("file://{}", abs.display()))
+}
+
 pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
     let overlays = a.overlays.dir();
     let profile = SiteProfile::load(&overlays, &a.site)?;
@@ -249,6 +262,8 @@ pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
         }
     });
     let template = Template::load(&tdir, &tname)?;
+    // A SIF here (not a URL, not /cvmfs/) goes with the job: `submit` uploads it.
+    let image = local_sif_source(&a.image)?;
     // The image's own command is known when the image is readable here.
     let image_dir = Path::new(&a.image);
     let image_command = if image_dir.is_dir() {
@@ -262,7 +277,7 @@ pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
     let jobs = jobdesc::for_image(
         &profile,
         &a.queue,
-        &a.image,
+        &image,
         &template,
         &Request {
             gpus: a.work.gpus,

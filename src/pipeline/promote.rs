@@ -620,6 +620,15 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     let image_ref = match (&cvmfs_path, &opts.sif_url, &sif_path) {
         (Some(p), _, _) => Some(p.display().to_string()),
         (None, Some(u), Some(_)) => Some(u.clone()),
+        // No URL: `gridship submit` uploads the SIF with the job.
+        (None, None, Some(sif)) => {
+            let abs = std::path::absolute(sif).map_err(|e| Error::io_path(sif, "resolving", e))?;
+            warnings.push(format!(
+                "the job description uploads {} with every job; give --sif-url (where the CE fetches it) or add cvmfs to --to for many jobs",
+                abs.display()
+            ));
+            Some(format!("file://{}", abs.display()))
+        }
         _ => None,
     };
     match (smoke_ok, queue, image_ref) {
@@ -629,8 +638,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             opts.site
         )),
         (true, Some(_), None) => warnings.push(
-            "no job description: a SIF job needs --sif-url (where the CE fetches it), or add cvmfs to --to"
-                .into(),
+            "no job description: no SIF or CVMFS tree was made (add sif or cvmfs to --to)".into(),
         ),
         (true, Some(q), Some(image_ref)) => {
             let tname = if image_ref.starts_with("/cvmfs/") {
