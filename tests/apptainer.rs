@@ -978,3 +978,129 @@ fn busybox_runscript() -> String {
     )
     .unwrap()
 }
+
+/// The busybox fixture with the hostile config (Env, Entrypoint, Cmd,
+/// Labels), made into a SIF by the gridship binary; built once for the
+/// tests that run it in real Apptainer.
+fn hostile_sif() -> &'static Path {
+    static SIF: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    &SIF.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("hostile-oci");
+        let hostile: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(data_dir().join("hostile.config.json")).unwrap())
+                .unwrap();
+        layers::extend_image(
+            &fixtures().join("busybox-oci"),
+            "1",
+            &layout,
+            "1",
+            &[],
+            |config| {
+                for k in ["Env", "Entrypoint", "Cmd", "Labels"] {
+                    config["config"][k] = hostile[k].clone();
+                }
+            },
+        );
+        let sif = tmp.path().join("hostile.sif");
+        Gridship::new()
+            .run(&[
+                "sif",
+                &format!("oci:{}:1", layout.display()),
+                sif.to_str().unwrap(),
+            ])
+            .ok();
+        (tmp, sif)
+    })
+    .1
+}
+
+/// Real Apptainer's runtime (its own action script, in its Go shell) reads
+/// the env script exactly: every hostile value, as root and unprivileged.
+#[test]
+fn real_apptainer_exec_gives_the_hostile_env_exactly() {
+    let sif = hostile_sif().to_str().unwrap();
+    let config = config_case("hostile");
+    let mut expected = expected_env(config.env.as_deref().unwrap());
+    expected.insert(
+        "LD_LIBRARY_PATH".into(),
+        "/opt/lib:/.singularity.d/libs".into(),
+    );
+    let keys: Vec<String> = expected.keys().cloned().collect();
+    for app in [Apptainer::root(), Apptainer::user(65534)] {
+        let mut args = vec!["exec", "--cleanenv", sif, "/bin/sh", "-c", PRINT_ENV, "sh"];
+        args.extend(keys.iter().map(String::as_str));
+        let out = app.cmd(&args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let mut got = parse_env(&out.stdout);
+        // Apptainer appends the default PATH entries the image's PATH lacks.
+        let path = got.remove("PATH").unwrap();
+        let mut want = expected.clone();
+        let want_path = want.remove("PATH").unwrap();
+        assert!(
+            path == want_path || path.starts_with(&format!("{want_path}:")),
+            "PATH {path:?}"
+        );
+        assert_eq!(got, want, "root: {}", app.is_root());
+    }
+}
+
+/// `apptainer run`: the Entrypoint and Cmd exactly, arguments replacing Cmd
+/// (through eval, as Apptainer does; --no-eval for hostile ones).
+#[test]
+fn real_apptainer_run_passes_entrypoint_cmd_and_arguments() {
+    let sif = hostile_sif().to_str().unwrap();
+    let config = config_case("hostile");
+    let ep = config.entrypoint.clone().unwrap();
+    let cmd = config.cmd.clone().unwrap();
+    // The entrypoint is `sh -c 'printf ...' ARG0 ...`: what it prints.
+    let printed =
+        |args: &[String]| -> Vec<String> { ep[3..].iter().chain(args).cloned().collect() };
+    let app = Apptainer::root();
+    let run = |flags: &[&str], args: &[String]| -> Vec<String> {
+        let mut a: Vec<String> = vec!["run".into()];
+        a.extend(flags.iter().map(|s| s.to_string()));
+        a.push(sif.into());
+        a.extend(args.iter().cloned());
+        let out = app.cmd(&a).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        split_nul(&out.stdout)
+    };
+    assert_eq!(run(&[], &[]), printed(&cmd), "no arguments: Cmd");
+    let args = eval_safe_args();
+    assert_eq!(run(&[], &args), printed(&args), "arguments replace Cmd");
+    assert_eq!(
+        run(&["--no-eval"], &cmd),
+        printed(&cmd),
+        "--no-eval: hostile arguments as given"
+    );
+}
+
+/// `apptainer inspect` reads the labels, the deffile and the runscript from
+/// the SIF's metadata as gridship wrote them.
+#[test]
+fn real_apptainer_inspect_reads_labels_deffile_runscript() {
+    let sif = hostile_sif().to_str().unwrap();
+    let app = Apptainer::root();
+    let j: serde_json::Value =
+        serde_json::from_str(&app.ok(&["inspect", "--json", "--labels", sif])).unwrap();
+    assert_eq!(j["type"], "container");
+    let labels = &j["data"]["attributes"]["labels"];
+    let config = config_case("hostile");
+    for (k, v) in config.labels.as_ref().unwrap() {
+        assert_eq!(labels[k], v.as_str(), "label {k:?}");
+    }
+    assert_eq!(labels["org.label-schema.schema-version"], "1.0");
+    let deffile = app.ok(&["inspect", "--deffile", sif]);
+    assert!(
+        deffile.starts_with("bootstrap: oci\nfrom: ") && deffile.contains("hostile-oci:1"),
+        "{deffile}"
+    );
+    let runscript = app.ok(&["inspect", "--runscript", sif]);
+    let want = apptainer::runscript(
+        config.entrypoint.as_deref().unwrap(),
+        config.cmd.as_deref().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(runscript.trim_end(), want.trim_end());
+}

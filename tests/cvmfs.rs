@@ -1,5 +1,5 @@
 //! `gridship cvmfs`: DUCC layout, trees equal to umoci's plus the Apptainer
-//! layout, incremental publishes, gc, wishlists against the registry, crash
+//! layout (run by real Apptainer at /cvmfs/REPO), incremental publishes, gc, wishlists against the registry, crash
 //! safety under SIGKILL, and the server backends against a recording
 //! stand-in for `cvmfs_server` (no CVMFS server can be installed here).
 
@@ -304,11 +304,25 @@ fn debian_from_the_registry_in_ducc_layout() {
         &tmp.path().join("bundle"),
     );
     assert_flat_is_umoci_plus_layout(&root.join(&flat_rel), &theirs, r, "debian");
-    let out = tool(
-        "chroot",
-        &[link.to_str().unwrap(), "/bin/sh", "-c", "python3 --version"],
-    );
-    assert!(out.starts_with("Python 3."), "{out}");
+    // Apptainer runs it as a site does: the repository at /cvmfs/REPO, the
+    // image by its public name, as root and as a pool account.
+    let inside = format!("/cvmfs/{REPO}/{name}");
+    for app in [Apptainer::root(), Apptainer::user(65534)] {
+        let app = app.mount(&root, &format!("/cvmfs/{REPO}"));
+        let out = app.ok(&[
+            "exec",
+            "--cleanenv",
+            &inside,
+            "/bin/sh",
+            "-c",
+            "python3 --version; echo \"$(id -u) $GRIDSHIP_FIXTURE\"",
+        ]);
+        let uid = if app.is_root() { 0 } else { 65534 };
+        assert!(
+            out.starts_with("Python 3.") && out.ends_with(&format!("\n{uid} debian\n")),
+            "{out}"
+        );
+    }
     // ls sees it complete and committed.
     let ls = g
         .run(&[

@@ -1,8 +1,9 @@
 //! `gridship promote` on a real session container (tests/support/make-session:
 //! the Debian fixture with sshd started by its entrypoint, a user project, a
-//! pip cache and planted secrets of every kind), on the real engine; outputs
-//! read back with unsquashfs, chroot and `docker run`, job descriptions with
-//! ARC's own parser.
+//! pip cache, planted secrets of every kind and a user's 0700 home), on the
+//! real engine; outputs read back with unsquashfs, real Apptainer (as root
+//! and as a pool account) and `docker run`, job descriptions with ARC's own
+//! parser.
 
 mod common;
 
@@ -190,19 +191,39 @@ fn artifact(report: &serde_json::Value, kind: &str) -> String {
         .to_string()
 }
 
-fn run_in(dir: &Path, cmd: &str) -> String {
-    let out = Command::new("chroot")
-        .arg(dir)
-        .args(["/bin/sh", "-c", cmd])
-        .output()
-        .expect("chroot runs");
-    assert!(
-        out.status.success(),
-        "chroot {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+fn changed_paths(report: &serde_json::Value, rule: &str) -> BTreeMap<String, String> {
+    report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == rule)
+        .unwrap_or_else(|| panic!("no rule {rule} in the report"))["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Apptainer as a grid job runs it: the SIF as root through the kernel's
+/// squashfs (permission checks apply, as with a setuid install), and the
+/// CVMFS tree bound at /cvmfs/REPO as a pool account (uid 65534). Each with
+/// the image path to give `apptainer exec`.
+fn grid_runs(report: &serde_json::Value, out: &Path) -> Vec<(Apptainer, String)> {
+    let link = artifact(report, "cvmfs-link");
+    let repo = link.split('/').nth(2).unwrap().to_string();
+    vec![
+        (Apptainer::root(), artifact(report, "sif")),
+        (
+            Apptainer::user(65534).mount(&out.join("cvmfs"), &format!("/cvmfs/{repo}")),
+            link,
+        ),
+    ]
 }
 
 #[test]
@@ -225,6 +246,8 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
             &s.name,
             "--site",
             "glasgow",
+            "--run",
+            "python3 /work/project/main.py",
             "--to",
             "sif,cvmfs,oci",
             "--out",
@@ -336,11 +359,29 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
         );
     }
 
-    // The project runs from the unpacked tree (chroot) ...
-    assert_eq!(
-        run_in(&cvmfs_root, "cd /work && python3 project/main.py"),
-        want_output
-    );
+    // The projects run in Apptainer: /work's, and bob's from his 0700
+    // home, readable by the pool account through the world-readable rule ...
+    let widened = changed_paths(&report, "world-readable");
+    for (p, mode) in [
+        ("/home/bob", "mode 0700 -> 0755"),
+        ("/home/bob/project/params", "mode 0600 -> 0644"),
+    ] {
+        assert_eq!(widened.get(p).map(String::as_str), Some(mode), "{p}");
+    }
+    for (app, image) in grid_runs(&report, out.path()) {
+        let project = app.ok(&[
+            "exec",
+            "--pwd",
+            "/work",
+            &image,
+            "python3",
+            "project/main.py",
+        ]);
+        assert_eq!(project, want_output, "{image}");
+        let uid = if app.is_root() { 0 } else { 65534 };
+        let bob = app.ok(&["exec", &image, "python3", "/home/bob/project/run.py"]);
+        assert_eq!(bob, format!("uid={uid} answer=42\n"), "{image}");
+    }
     // ... and through the engine, with no entrypoint left to start sshd.
     let tag = format!("gridship-test/promoted:{}", s.name);
     g.run(&[
@@ -408,6 +449,8 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
             &s.name,
             "--site",
             "glasgow",
+            "--run",
+            "python3 /work/project/main.py",
             "--to",
             "oci",
             "--keep-base",
@@ -455,6 +498,55 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
     );
 }
 
+/// Without the rule a pool account cannot read a home made by adduser
+/// (0700): neither from the SIF through the kernel's squashfs nor from the
+/// CVMFS tree. (squashfuse, which checks no permissions, would hide it.)
+#[test]
+fn without_world_readable_a_pool_account_cannot_read_the_home() {
+    let s = Session::start("gs-private");
+    let g = Gridship::new();
+    let out = tempfile::tempdir().unwrap();
+    let report = g
+        .run(&[
+            "--json",
+            "promote",
+            &s.name,
+            "--site",
+            "glasgow",
+            "--run",
+            "python3 /work/project/main.py",
+            "--to",
+            "sif,cvmfs",
+            "--no-world-readable",
+            "--out",
+            out.path().to_str().unwrap(),
+            "--tag",
+            "t1",
+        ])
+        .ok()
+        .json();
+    assert!(
+        report["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["rule"] != "world-readable"),
+        "{:#}",
+        report["rules"]
+    );
+    for (app, image) in grid_runs(&report, out.path()) {
+        let o = app.output(&["exec", &image, "python3", "/home/bob/project/run.py"]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success()
+                && stderr.contains(
+                    "python3: can't open file '/home/bob/project/run.py': [Errno 13] Permission denied"
+                ),
+            "{image}: {o:?}"
+        );
+    }
+}
+
 #[test]
 fn fail_on_secrets_and_dry_run_write_nothing() {
     let s = Session::start_from("gs-refuse", "slimtest");
@@ -471,6 +563,8 @@ fn fail_on_secrets_and_dry_run_write_nothing() {
         &s.name,
         "--site",
         "glasgow",
+        "--run",
+        "python3 /work/project/main.py",
         "--fail-on-secrets",
         "--out",
         dest.to_str().unwrap(),
@@ -522,6 +616,8 @@ fn fail_on_secrets_and_dry_run_write_nothing() {
             &s.name,
             "--site",
             "glasgow",
+            "--run",
+            "python3 /work/project/main.py",
             "--dry-run",
             "--site-overlays",
             overlays.path().to_str().unwrap(),

@@ -1,6 +1,7 @@
 //! `gridship sif` against the real readers: siftool, unsquashfs, the
-//! kernel's squashfs (loop mount of the partition), and the image's own
-//! shell running the Apptainer layout.
+//! kernel's squashfs (loop mount of the partition), and real Apptainer
+//! (as root through the kernel's squashfs, and as an unprivileged user
+//! through squashfuse).
 
 mod common;
 
@@ -247,28 +248,26 @@ fn debian_sif_mounts_and_runs_python() {
                 .xattrs
                 .contains_key("security.capability")
         );
-        let out = tool(
-            "chroot",
-            &[m.0.to_str().unwrap(), "/bin/sh", "-c", "python3 --version"],
-        );
+    }
+    // Apptainer runs it as a site does: as root (kernel squashfs) and as an
+    // unprivileged user (squashfuse), the config's Env applied, then the
+    // libs directory (a clean environment, as a job gets).
+    let sif = s.path.to_str().unwrap();
+    for app in [Apptainer::root(), Apptainer::user(65534)] {
+        let out = app.ok(&["exec", sif, "python3", "--version"]);
         assert!(out.starts_with("Python 3."), "{out}");
-        // The run action through the image's own shell, in a clean
-        // environment as a job gets: the config's Env, then the libs dir.
-        let out = std::process::Command::new("chroot")
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .args([
-                m.0.to_str().unwrap(),
-                "/.singularity.d/actions/run",
-                "/bin/sh",
-                "-c",
-            ])
-            .arg("echo \"$GRIDSHIP_FIXTURE:$LANG:$LD_LIBRARY_PATH\"")
-            .output()
-            .unwrap();
+        let out = app.ok(&[
+            "exec",
+            "--cleanenv",
+            sif,
+            "/bin/sh",
+            "-c",
+            "echo \"$(id -u):$GRIDSHIP_FIXTURE:$LANG:$LD_LIBRARY_PATH\"",
+        ]);
+        let uid = if app.is_root() { "0" } else { "65534" };
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "debian:C.UTF-8:/.singularity.d/libs"
+            out.trim(),
+            format!("{uid}:debian:C.UTF-8:/.singularity.d/libs")
         );
     }
     // unsquashfs reads the same tree.
@@ -336,7 +335,7 @@ fn reproducible_builds_are_byte_identical() {
 }
 
 #[test]
-fn every_compression_mounts() {
+fn every_compression_runs_in_apptainer() {
     let g = Gridship::new();
     let tmp = tempfile::tempdir().unwrap();
     let image = format!("oci:{}:1", fixtures().join("busybox-oci").display());
@@ -358,12 +357,11 @@ fn every_compression_mounts() {
             stat.contains(says) && stat.contains("Block size 65536"),
             "{name}: {stat}"
         );
-        let m = Mount::new(&g, &s.path, &tmp.path().join(format!("mnt-{name}")));
-        let out = tool(
-            "chroot",
-            &[m.0.to_str().unwrap(), "/bin/sh", "-c", "echo ok"],
-        );
-        assert_eq!(out.trim(), "ok", "{name}");
+        // The kernel (Apptainer as root) and squashfuse (unprivileged) read it.
+        for app in [Apptainer::root(), Apptainer::user(65534)] {
+            let out = app.ok(&["exec", s.path.to_str().unwrap(), "/bin/sh", "-c", "echo ok"]);
+            assert_eq!(out.trim(), "ok", "{name}");
+        }
     }
 }
 
@@ -427,4 +425,254 @@ fn bad_options_and_inputs_are_refused_cleanly() {
     let run = g.run(&["sif-info", blob.to_str().unwrap()]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("not a SIF file"), "{}", run.stderr);
+}
+
+/// busybox with a home made the Debian way (adduser: 0700, uid 1000) and a
+/// project in it, group-shared files, and setuid/setgid programs.
+fn image_with_a_private_home(dir: &Path) -> String {
+    use layers::{Comp, dir as d, file, symlink};
+    let layout = dir.join("home-oci");
+    let bob = |e: layers::Entry| e.owner(1000, 1000);
+    layers::extend_image(
+        &fixtures().join("busybox-oci"),
+        "1",
+        &layout,
+        "1",
+        &[(
+            Comp::Gzip,
+            vec![
+                d("home", 0o755),
+                bob(d("home/bob", 0o700)),
+                bob(d("home/bob/project", 0o755)),
+                bob(file(
+                    "home/bob/project/run.sh",
+                    0o755,
+                    b"#!/bin/sh\necho \"$(id -u) reads $(cat /home/bob/project/params)\"\n",
+                )),
+                bob(file("home/bob/project/params", 0o600, b"42")),
+                bob(file(
+                    "home/bob/project/tool",
+                    0o700,
+                    b"#!/bin/sh\necho tool\n",
+                )),
+                bob(d("home/bob/shared", 0o770)),
+                bob(file("home/bob/shared/notes", 0o660, b"n\n")),
+                bob(symlink("home/bob/latest", "project")),
+                d("usr/local", 0o755),
+                d("usr/local/bin", 0o755),
+                file("usr/local/bin/suid", 0o4750, b"#!/bin/sh\necho suid\n"),
+                file("usr/local/bin/sgid", 0o2710, b"#!/bin/sh\necho sgid\n"),
+            ],
+        )],
+        |_| {},
+    );
+    format!("oci:{}:1", layout.display())
+}
+
+/// What the rule should do, written independently of gridship: the owner's
+/// r and x for group and others; x withheld from setuid/setgid files.
+fn pool_readable(mode: u32, dir: bool) -> u32 {
+    let r = if mode & 0o400 != 0 { 0o044 } else { 0 };
+    let x = if mode & 0o100 != 0 && (dir || mode & 0o6000 == 0) {
+        0o011
+    } else {
+        0
+    };
+    mode | r | x
+}
+
+/// Every difference between the trees without and with the rule is a
+/// reported mode change, exactly the widening above; nothing gains write,
+/// setuid or setgid.
+fn assert_only_reported_widening(
+    without: &Snapshot,
+    with: &Snapshot,
+    report: &serde_json::Value,
+    what: &str,
+) {
+    let reported: std::collections::BTreeMap<String, String> = report["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        without.entries.keys().collect::<Vec<_>>(),
+        with.entries.keys().collect::<Vec<_>>(),
+        "{what}: same paths"
+    );
+    for (p, a) in &without.entries {
+        let b = &with.entries[p];
+        let want = match a.kind {
+            "dir" => pool_readable(a.mode, true),
+            "file" => pool_readable(a.mode, false),
+            _ => a.mode,
+        };
+        assert_eq!(b.mode, want, "{what}: {p} {:04o}", a.mode);
+        assert_eq!(b.mode & 0o7022, a.mode & 0o7022, "{what}: {p}");
+        assert_eq!(
+            Info {
+                mode: 0,
+                ..b.clone()
+            },
+            Info {
+                mode: 0,
+                ..a.clone()
+            },
+            "{what}: {p}: only the mode changes"
+        );
+        match reported.get(p) {
+            Some(r) => assert!(
+                r.starts_with(&format!("mode {:04o} -> {:04o}", a.mode, b.mode)),
+                "{what}: {p}: {r}"
+            ),
+            None => assert_eq!(a.mode, b.mode, "{what}: {p} changed unreported"),
+        }
+    }
+}
+
+#[test]
+fn world_readable_opens_a_private_home_to_pool_accounts() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = image_with_a_private_home(tmp.path());
+
+    // The report, path by path, for what the test image adds.
+    let with = sif(
+        &g,
+        &image,
+        &tmp.path().join("with.sif"),
+        &["--world-readable"],
+        &[],
+    );
+    let rule = &with.json["rules"][0];
+    assert_eq!(rule["rule"], "world-readable");
+    let mine: Vec<(String, String)> = rule["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .filter(|(p, _)| p.starts_with("/home") || p.starts_with("/usr/local"))
+        .collect();
+    let want = [
+        ("/home/bob", "mode 0700 -> 0755"),
+        ("/home/bob/project/params", "mode 0600 -> 0644"),
+        ("/home/bob/project/tool", "mode 0700 -> 0755"),
+        ("/home/bob/shared", "mode 0770 -> 0775"),
+        ("/home/bob/shared/notes", "mode 0660 -> 0664"),
+        (
+            "/usr/local/bin/sgid",
+            "mode 2710 -> 2754 (setuid/setgid: execute not extended)",
+        ),
+        (
+            "/usr/local/bin/suid",
+            "mode 4750 -> 4754 (setuid/setgid: execute not extended)",
+        ),
+    ]
+    .map(|(p, r)| (p.to_string(), r.to_string()));
+    assert_eq!(mine, want);
+    let without = sif(&g, &image, &tmp.path().join("without.sif"), &[], &[]);
+    assert_eq!(without.json["rules"], serde_json::json!([]));
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    unsquash_sif(&g, &without.path, &a);
+    unsquash_sif(&g, &with.path, &b);
+    assert_only_reported_widening(&snapshot(&a), &snapshot(&b), rule, "SIF");
+
+    // Apptainer as root through the kernel's squashfs (as a setuid install
+    // reads it): the home is closed without the rule, open with it.
+    let run = ["/home/bob/project/run.sh"];
+    let app = Apptainer::root();
+    let denied = app.output(&[&["exec", without.path.to_str().unwrap()][..], &run].concat());
+    assert!(
+        !denied.status.success()
+            && String::from_utf8_lossy(&denied.stderr)
+                .to_lowercase()
+                .contains("permission denied"),
+        "{denied:?}"
+    );
+    let out = app.ok(&[&["exec", with.path.to_str().unwrap()][..], &run].concat());
+    assert_eq!(out, "0 reads 42\n");
+
+    // The CVMFS tree, bound at /cvmfs/REPO and run as a pool account.
+    let name = "gridship.test/home:1";
+    let mut trees = Vec::new();
+    for (dir, extra) in [
+        ("repo-without", None),
+        ("repo-with", Some("--world-readable")),
+    ] {
+        let root = tmp.path().join(dir);
+        let mut args = vec![
+            "--json",
+            "cvmfs",
+            "publish",
+            &image,
+            "--name",
+            name,
+            "--repo",
+            "unpacked.test",
+            "--root",
+            root.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let j = g.run(&args).ok().json();
+        let rules: Vec<&str> = j["published"][0]["transforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["rule"].as_str().unwrap())
+            .collect();
+        let expect: &[&str] = match extra {
+            Some(_) => &["apptainer-metadata", "world-readable", "cvmfs-publishable"],
+            None => &["apptainer-metadata", "cvmfs-publishable"],
+        };
+        assert_eq!(rules, expect);
+        trees.push((root, j));
+    }
+    let flat = |i: usize| {
+        trees[i]
+            .0
+            .join(trees[i].1["published"][0]["flat"].as_str().unwrap())
+    };
+    // The catalog marker is written at publish time: not the image's.
+    let published = |i: usize| {
+        let mut s = snapshot(&flat(i));
+        s.entries
+            .remove("/.cvmfscatalog")
+            .expect("a nested catalog");
+        s
+    };
+    assert_only_reported_widening(
+        &published(0),
+        &published(1),
+        &trees[1].1["published"][0]["transforms"][1],
+        "CVMFS tree",
+    );
+    let inside = format!("/cvmfs/unpacked.test/{name}");
+    let pool = |i: usize| Apptainer::user(65534).mount(&trees[i].0, "/cvmfs/unpacked.test");
+    let denied = pool(0).output(&["exec", &inside, run[0]]);
+    assert!(
+        !denied.status.success()
+            && String::from_utf8_lossy(&denied.stderr)
+                .to_lowercase()
+                .contains("permission denied"),
+        "{denied:?}"
+    );
+    let out = pool(1).ok(&[
+        "exec",
+        &inside,
+        "/bin/sh",
+        "-c",
+        "/home/bob/project/run.sh; /home/bob/project/tool; /usr/local/bin/suid || echo suid refused",
+    ]);
+    assert_eq!(out, "65534 reads 42\ntool\nsuid refused\n");
 }

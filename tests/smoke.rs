@@ -1,6 +1,7 @@
 //! `gridship smoke`: static checks on small hand-written images and on the
 //! Debian fixture, the no-GPU behaviour of the runtime checks, the reports
-//! (JSON, JUnit XML read back by Python), and the chroot backend as root.
+//! (JSON, JUnit XML read back by Python), the chroot backend as root, and
+//! the apptainer backend through real Apptainer.
 
 mod common;
 
@@ -498,13 +499,116 @@ fn smoke_backends_without_runtime_fail_clearly() {
         "--backend",
         "apptainer",
     ]);
+    c.env_remove("GRIDSHIP_APPTAINER");
     let r = common::to_run(c.output().unwrap());
     if !Path::new("/usr/bin/apptainer").exists() {
         assert_eq!(r.code, 1);
         assert!(
-            r.stdout.contains("apptainer is not on PATH"),
+            r.stdout
+                .contains("apptainer is not on PATH: install Apptainer, name it with --apptainer PATH (or GRIDSHIP_APPTAINER)"),
             "{}",
             r.stdout
+        );
+    }
+    // A program named that does not exist is bad input, before any work.
+    let r = g.run(&[
+        "smoke",
+        &oci(&f),
+        "--suite",
+        d.to_str().unwrap(),
+        "--backend",
+        "apptainer",
+        "--apptainer",
+        "/nonexistent/apptainer",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("/nonexistent/apptainer") && r.stderr.contains("--apptainer"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// The apptainer backend through real Apptainer (GRIDSHIP_APPTAINER names
+/// the program): commands run in the unpacked image with its Env, exit codes
+/// and time limits are reported; with no GPU only the checks that need none
+/// run (--allow-no-gpu: the GPU check is skipped, never passed).
+#[test]
+fn smoke_apptainer_backend_runs_in_real_apptainer() {
+    let fx = common::fixtures();
+    let image = format!("oci:{}:1", fx.join("debian-oci").display());
+    let d = tempfile::tempdir().unwrap();
+    let suite = d.path().join("s.yaml");
+    std::fs::write(
+        &suite,
+        r#"name: apptainer
+checks:
+  - name: inside
+    kind: run
+    command: "cat /etc/debian_version; echo fixture=$GRIDSHIP_FIXTURE; echo in=${APPTAINER_CONTAINER:+apptainer}"
+    expect: {exit: 0, stdout_regex: "^12\\.", stdout_contains: "fixture=debian\nin=apptainer"}
+    timeout_s: 60
+  - name: exit-code
+    kind: run
+    command: [/bin/sh, -c, "exit 3"]
+    expect: {exit: 0}
+    timeout_s: 60
+  - name: slow
+    kind: run
+    command: [sleep, "20"]
+    timeout_s: 2
+  - name: gpu
+    kind: run
+    command: [nvidia-smi, -L]
+    needs_gpu: true
+    timeout_s: 60
+"#,
+    )
+    .unwrap();
+    let g = Gridship::new();
+    let mut c = g.cmd();
+    c.env("GRIDSHIP_APPTAINER", common::apptainer_program())
+        .env("PATH", "/usr/bin:/bin")
+        .args([
+            "smoke",
+            &image,
+            "--suite",
+            suite.to_str().unwrap(),
+            "--backend",
+            "apptainer",
+            "--allow-no-gpu",
+            "--json",
+        ]);
+    let r = common::to_run(c.output().unwrap());
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["backend"], "apptainer");
+    let c = check(&j, "inside");
+    assert_eq!(c["status"], "pass", "{j:#}");
+    let c = check(&j, "exit-code");
+    assert_eq!(c["status"], "fail");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("exit status 3 (expected 0)"),
+        "{c}"
+    );
+    let c = check(&j, "slow");
+    assert_eq!(c["status"], "fail");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("timed out after 2s"),
+        "{c}"
+    );
+    let c = check(&j, "gpu");
+    if !gpu_here() {
+        assert_eq!(c["status"], "skip", "{c}");
+        assert!(
+            c["detail"].as_str().unwrap().contains("no GPU visible"),
+            "{c}"
         );
     }
 }

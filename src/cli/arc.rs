@@ -25,7 +25,8 @@ pub struct JobdescArgs {
     /// queue: of config.yaml, else the site's only GPU queue.
     #[arg(long)]
     pub queue: Option<String>,
-    /// The image as the site sees it: a /cvmfs/ path, or a SIF URL for a staged template.
+    /// The image as the site sees it: a /cvmfs/ path, or a SIF URL for a staged
+    /// template, or a local SIF that `gridship submit` uploads with the job.
     #[arg(long, value_name = "REF")]
     pub image: String,
     /// Template name (`gridship templates` lists them) or a path to an .xrsl file.
@@ -276,6 +277,18 @@ fn pick_queue(given: Option<&str>, profile: &SiteProfile) -> anyhow::Result<Stri
     }
 }
 
+/// `--image` as the job description names it: a local file (a SIF made here)
+/// becomes `file:///ABS`, which `gridship submit` uploads into the job's
+/// session directory; URLs and /cvmfs/ paths stay as given.
+fn local_sif_source(image: &str) -> anyhow::Result<String> {
+    let p = Path::new(image);
+    if image.starts_with("/cvmfs/") || image.contains("://") || !p.is_file() {
+        return Ok(image.to_string());
+    }
+    let abs = std::path::absolute(p).with_context(|| format!("resolving {image}"))?;
+    Ok(format!("file://{}", abs.display()))
+}
+
 pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
     let site = super::require_site(a.site.as_deref())?;
     let profile = SiteProfile::load(&a.overlays.search(), &site)?;
@@ -289,6 +302,8 @@ pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
         }
     });
     let template = Template::load(&tsearch, &tname)?;
+    // A SIF here (not a URL, not /cvmfs/) goes with the job: `submit` uploads it.
+    let image = local_sif_source(&a.image)?;
     // The image's own command is known when the image is readable here.
     let image_dir = Path::new(&a.image);
     let image_command = if image_dir.is_dir() {
@@ -302,7 +317,7 @@ pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
     let jobs = jobdesc::for_image(
         &profile,
         &queue,
-        &a.image,
+        &image,
         &template,
         &Request {
             gpus: a.work.gpus,

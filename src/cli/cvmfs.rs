@@ -98,6 +98,8 @@ pub struct PublishArgs {
     #[arg(long)]
     pub no_reuse: bool,
     #[command(flatten)]
+    pub readable: super::sif::WorldReadableArg,
+    #[command(flatten)]
     pub repo: RepoArgs,
     #[command(flatten)]
     pub access: AccessOpts,
@@ -320,6 +322,7 @@ pub fn publish(global: &GlobalOpts, args: &PublishArgs) -> anyhow::Result<()> {
                 created,
                 reuse: !args.no_reuse,
                 store: store.clone(),
+                world_readable: args.readable.world_readable,
             };
             cvmfs::publish(&mut repo, name, &image, &opts)
         });
@@ -348,12 +351,13 @@ pub fn publish(global: &GlobalOpts, args: &PublishArgs) -> anyhow::Result<()> {
                         report.seconds
                     );
                     for t in &report.transforms {
-                        if !t.changed.is_empty() && t.rule == "cvmfs-publishable" {
-                            println!(
-                                "  {}: {} entries widened (owner rw/rwx)",
-                                t.rule,
-                                t.changed.len()
-                            );
+                        let what = match t.rule.as_str() {
+                            "cvmfs-publishable" => "owner rw/rwx",
+                            "world-readable" => "the owner's r/x for all",
+                            _ => continue,
+                        };
+                        if !t.changed.is_empty() {
+                            println!("  {}: {} entries widened ({what})", t.rule, t.changed.len());
                         }
                     }
                     if let Some(old) = &report.replaced {

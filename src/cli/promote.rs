@@ -54,6 +54,11 @@ pub struct PromoteArgs {
     /// Never slim paths matching PATTERN (e.g. '/usr/share/doc/mypkg/**'); repeatable.
     #[arg(long, value_name = "PATTERN")]
     pub keep: Vec<String>,
+    /// Leave modes as the session had them, instead of giving group and
+    /// others the owner's read and execute/search bits (the world-readable
+    /// rule; grid jobs run as pool accounts, not as the session's user).
+    #[arg(long)]
+    pub no_world_readable: bool,
     /// Bytes of each file the secret scan reads.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub scan_limit: usize,
@@ -82,9 +87,9 @@ pub struct PromoteArgs {
     /// (default: the session's recipe's own suite, else gpu-basic).
     #[arg(long, value_name = "NAME|FILE")]
     pub suite: Option<String>,
-    /// How smoke run checks execute the image (when a GPU is visible).
-    #[arg(long, value_enum, default_value = "chroot")]
-    pub backend: crate::smoke::runtime::Backend,
+    // How smoke run checks execute the image (they run when a GPU is visible).
+    #[command(flatten)]
+    pub runtime: super::smoke::RuntimeArgs,
     /// What the job description runs and brings back.
     #[command(flatten)]
     pub work: super::arc::WorkArgs,
@@ -139,6 +144,7 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
             .filter(|c| *c != '-' && *c != ':')
             .collect(),
     };
+    a.runtime.check()?;
     if a.push.is_some() && !a.to.oci {
         return Err(Error::bad_input("--push", "needs oci in --to").into());
     }
@@ -188,6 +194,7 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         dry_run: a.dry_run,
         keep: a.keep.clone(),
         scan_limit: a.scan_limit,
+        world_readable: !a.no_world_readable,
         cvmfs,
         push: a.push.clone(),
         push_prefix,
@@ -197,7 +204,8 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         gpus: a.work.gpus,
         smoke_suite: a.suite.clone(),
         suites: a.suites.search(),
-        smoke_backend: a.backend,
+        smoke_backend: a.runtime.backend,
+        smoke_apptainer: a.runtime.apptainer.clone(),
         gpu: crate::smoke::runtime::gpu_visible(),
         created,
         reproducible: epoch.is_some(),
@@ -216,6 +224,27 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Changes (in path order) grouped under the topmost changed path: each
+/// with how many changes below it.
+fn changes_by_tree(
+    changes: &[crate::transform::Change],
+) -> Vec<(&crate::transform::Change, usize)> {
+    let mut groups: Vec<(&crate::transform::Change, usize)> = Vec::new();
+    for c in changes {
+        match groups.last_mut() {
+            Some((top, n))
+                if c.path
+                    .strip_prefix(top.path.as_str())
+                    .is_some_and(|r| r.starts_with('/')) =>
+            {
+                *n += 1
+            }
+            _ => groups.push((c, 0)),
+        }
+    }
+    groups
 }
 
 /// The final report for a terminal.
@@ -270,6 +299,20 @@ pub fn human(r: &PromoteReport) -> String {
                 let _ = writeln!(s, "      ~ {}: {}", c.path, c.reason);
             }
         }
+        if rule.rule == "world-readable" {
+            let groups = changes_by_tree(&rule.changed);
+            for (c, below) in groups.iter().take(10) {
+                let more = if *below > 0 {
+                    format!(" (and {below} below)")
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(s, "      ~ {}: {}{more}", c.path, c.reason);
+            }
+            if groups.len() > 10 {
+                let _ = writeln!(s, "      ... {} more (see --json)", groups.len() - 10);
+            }
+        }
     }
     let _ = writeln!(
         s,
@@ -317,4 +360,40 @@ pub fn human(r: &PromoteReport) -> String {
             .join(", ")
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::transform::Change;
+
+    #[test]
+    fn changes_group_under_the_topmost_changed_path() {
+        let c = |p: &str| Change {
+            path: p.into(),
+            bytes: 0,
+            reason: "mode 0700 -> 0755".into(),
+        };
+        let changes = [
+            c("/home/bob"),
+            c("/home/bob/a"),
+            c("/home/bob/a/b"),
+            c("/home/bobby"),
+            c("/root"),
+            c("/srv/x"),
+            c("/srv/x/y"),
+        ];
+        let got: Vec<(&str, usize)> = super::changes_by_tree(&changes)
+            .into_iter()
+            .map(|(c, n)| (c.path.as_str(), n))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/home/bob", 2),
+                ("/home/bobby", 0),
+                ("/root", 0),
+                ("/srv/x", 1)
+            ]
+        );
+    }
 }

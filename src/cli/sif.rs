@@ -40,7 +40,38 @@ pub struct SifArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     #[command(flatten)]
+    pub readable: WorldReadableArg,
+    #[command(flatten)]
     pub access: AccessOpts,
+}
+
+/// The world-readable rule as an option (`gridship sif`, `cvmfs publish`;
+/// promote runs it unless --no-world-readable).
+#[derive(Debug, Clone, Args)]
+pub struct WorldReadableArg {
+    /// Give group and others the owner's read and execute/search bits on
+    /// every file and directory (never write, setuid or setgid), so a grid
+    /// job's pool account can read a home made 0700 by adduser.
+    #[arg(long)]
+    pub world_readable: bool,
+}
+
+impl WorldReadableArg {
+    /// Run the rule when asked; its report (empty list when not).
+    pub fn apply(
+        &self,
+        index: &mut FsIndex,
+        image: &crate::image::Image,
+    ) -> Result<Vec<crate::transform::RuleReport>> {
+        if !self.world_readable {
+            return Ok(Vec::new());
+        }
+        crate::transform::apply_all(
+            &[&crate::transform::readable::WorldReadable],
+            index,
+            &mut image.config.clone(),
+        )
+    }
 }
 
 #[derive(Serialize)]
@@ -55,6 +86,8 @@ struct SifView {
     block_size: u32,
     reproducible: bool,
     squashfs: SquashfsReport,
+    /// Rules asked for on the command line (--world-readable), in order.
+    rules: Vec<crate::transform::RuleReport>,
     transform: crate::transform::RuleReport,
 }
 
@@ -84,7 +117,8 @@ pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
 
     let ctx = args.access.context(global);
     let image = transport::open(&args.image, &ctx)?;
-    let index = FsIndex::from_image(&image)?;
+    let mut index = FsIndex::from_image(&image)?;
+    let rules = args.readable.apply(&mut index, &image)?;
 
     // The build time: SOURCE_DATE_EPOCH, else (reproducible) the image's
     // creation time, else now.
@@ -133,6 +167,7 @@ pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
         block_size: args.block_size,
         reproducible,
         squashfs: report.squashfs,
+        rules,
         transform: report.transform,
     };
     if global.json {
@@ -153,6 +188,13 @@ pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
         view.seconds,
         view.sha256
     );
+    for r in &view.rules {
+        println!(
+            "  {}: {} entries widened (see --json for each)",
+            r.rule,
+            r.changed.len()
+        );
+    }
     Ok(())
 }
 

@@ -22,9 +22,8 @@ pub struct SmokeArgs {
     /// Image to test, e.g. oci:DIR:TAG, docker://REG/REPO:TAG.
     #[arg(value_parser = parse_ref)]
     pub image: ImageRef,
-    /// How run checks execute the image.
-    #[arg(long, value_enum, default_value = "chroot")]
-    pub backend: Backend,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Suite: a name (`gridship suites` lists them) or a YAML file. Wins
     /// over --recipe and the image's gridship.recipe label. Default: the
     /// recipe's suite, else gpu-basic.
@@ -54,6 +53,28 @@ pub struct SmokeArgs {
     pub suites: super::SuitesOpt,
     #[command(flatten)]
     pub access: AccessOpts,
+}
+
+/// How run checks execute the image (`smoke`, `promote`).
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    /// How run checks execute the image.
+    #[arg(long, value_enum, default_value = "chroot")]
+    pub backend: Backend,
+    /// The apptainer program for --backend apptainer (default: apptainer
+    /// on PATH).
+    #[arg(long, value_name = "PATH", env = "GRIDSHIP_APPTAINER")]
+    pub apptainer: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    /// A program named with --apptainer must exist: bad input, before any work.
+    pub fn check(&self) -> crate::Result<()> {
+        match (&self.backend, &self.apptainer) {
+            (Backend::Apptainer, Some(p)) => runtime::apptainer_program(Some(p)).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl SmokeArgs {
@@ -90,6 +111,7 @@ impl SmokeArgs {
 }
 
 pub fn smoke(global: &GlobalOpts, args: &SmokeArgs) -> anyhow::Result<()> {
+    args.runtime.check()?;
     let suites_dir = args.suites.search();
     // A suite named on the command line is checked before the image is read.
     let named = args.named_suite(&suites_dir)?;
@@ -113,7 +135,8 @@ pub fn smoke(global: &GlobalOpts, args: &SmokeArgs) -> anyhow::Result<()> {
     };
     let index = FsIndex::from_image(&image)?;
     let opts = smoke::Options {
-        backend: args.backend,
+        backend: args.runtime.backend,
+        apptainer: args.runtime.apptainer.clone(),
         allow_no_gpu: args.allow_no_gpu,
         queues,
         gpu: runtime::gpu_visible(),

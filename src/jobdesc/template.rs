@@ -24,7 +24,8 @@ use crate::error::{Error, Result};
 pub enum PlaceholderType {
     /// An absolute path under /cvmfs/.
     CvmfsPath,
-    /// A URL the CE can fetch (https://, root://, ...).
+    /// A URL the CE can fetch (https://, root://, ...), or `file:///ABS`,
+    /// a local file `gridship submit` uploads.
     Url,
     /// Any image reference without whitespace.
     Image,
@@ -65,7 +66,7 @@ impl PlaceholderType {
             Self::CvmfsPath => {
                 v.starts_with("/cvmfs/") && v.len() > 7 && !v.contains(char::is_whitespace)
             }
-            Self::Url => validate::is_remote_url(v),
+            Self::Url => validate::is_remote_url(v) || validate::local_file_source(v).is_some(),
             Self::Image | Self::Name => !v.is_empty() && !v.contains(char::is_whitespace),
             Self::Int => !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && v != "0",
             Self::Text => true,
@@ -75,7 +76,7 @@ impl PlaceholderType {
         } else {
             Err(match self {
                 Self::CvmfsPath => "an absolute path under /cvmfs/ (e.g. /cvmfs/unpacked.cern.ch/registry.hub.docker.com/org/image:tag)".into(),
-                Self::Url => "a URL the CE can fetch (https://..., root://..., davs://...)".into(),
+                Self::Url => "a URL the CE can fetch (https://..., root://..., davs://...), or file:///ABS/PATH that `gridship submit` uploads".into(),
                 Self::Image | Self::Name => "a non-empty value without spaces".into(),
                 Self::Int => "a positive whole number".into(),
                 Self::Text => unreachable!(),

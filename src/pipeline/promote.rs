@@ -1,7 +1,7 @@
 //! `gridship promote`: a live development session to grid-ready artifacts.
 //!
 //! snapshot → site overlay → merge → content scan → strip sshd → scrub
-//! secrets → slim → sinks (SIF, CVMFS tree, OCI image) → GPU smoke tests →
+//! secrets → slim → world-readable → sinks (SIF, CVMFS tree, OCI image) → GPU smoke tests →
 //! job description. Nothing is written before every rule has run, so
 //! `--fail-on-secrets` and `--dry-run` leave no file behind; each artifact
 //! is written under a temporary name and renamed into place by its sink.
@@ -96,6 +96,9 @@ pub struct PromoteOptions {
     pub dry_run: bool,
     pub keep: Vec<String>,
     pub scan_limit: usize,
+    /// Run the world-readable rule (after the secrets are scrubbed): grid
+    /// jobs run as pool accounts, not as the session's user.
+    pub world_readable: bool,
     /// Default: a dir backend under OUT/cvmfs.
     pub cvmfs: Option<CvmfsTarget>,
     pub push: Option<RegistryRef>,
@@ -113,6 +116,8 @@ pub struct PromoteOptions {
     pub smoke_suite: Option<String>,
     pub suites: SearchPath,
     pub smoke_backend: crate::smoke::runtime::Backend,
+    /// The apptainer program for the apptainer backend (None: on PATH).
+    pub smoke_apptainer: Option<PathBuf>,
     /// Whether a GPU is visible (decided by the caller).
     pub gpu: std::result::Result<String, String>,
     pub created: i64,
@@ -380,6 +385,13 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         &scan.findings,
         &overlay_paths,
     ));
+    if opts.world_readable {
+        reports.extend(crate::transform::apply_all(
+            &[&crate::transform::readable::WorldReadable],
+            &mut index,
+            &mut config,
+        )?);
+    }
     let rules = reports;
     let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
     labels.insert("gridship.promoted.from".into(), opts.source.to_string());
@@ -547,6 +559,8 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
                 created: opts.created,
                 reuse: true,
                 store: Some(store.clone()),
+                // Already applied to the promoted tree, as --no-world-readable says.
+                world_readable: false,
             },
         )?;
         let tree = repo.root().join(&r.flat);
@@ -605,6 +619,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         &suite,
         &smoke::Options {
             backend: opts.smoke_backend,
+            apptainer: opts.smoke_apptainer.clone(),
             allow_no_gpu: true,
             queues,
             gpu: opts.gpu.clone(),
@@ -631,6 +646,15 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     let image_ref = match (&cvmfs_path, &opts.sif_url, &sif_path) {
         (Some(p), _, _) => Some(p.display().to_string()),
         (None, Some(u), Some(_)) => Some(u.clone()),
+        // No URL: `gridship submit` uploads the SIF with the job.
+        (None, None, Some(sif)) => {
+            let abs = std::path::absolute(sif).map_err(|e| Error::io_path(sif, "resolving", e))?;
+            warnings.push(format!(
+                "the job description uploads {} with every job; give --sif-url (where the CE fetches it) or add cvmfs to --to for many jobs",
+                abs.display()
+            ));
+            Some(format!("file://{}", abs.display()))
+        }
         _ => None,
     };
     match (smoke_ok, queue, image_ref) {
@@ -640,8 +664,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             opts.site
         )),
         (true, Some(_), None) => warnings.push(
-            "no job description: a SIF job needs --sif-url (where the CE fetches it), or add cvmfs to --to"
-                .into(),
+            "no job description: no SIF or CVMFS tree was made (add sif or cvmfs to --to)".into(),
         ),
         (true, Some(q), Some(image_ref)) => {
             let tname = if image_ref.starts_with("/cvmfs/") {

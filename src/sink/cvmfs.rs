@@ -840,6 +840,9 @@ pub struct PublishOptions {
     pub reuse: bool,
     /// Images in the store, to find earlier trees' layers (for reuse).
     pub store: Option<crate::store::Layout>,
+    /// Run the world-readable rule on the flat tree (before the publisher's
+    /// own widening, so it follows the image's owner bits).
+    pub world_readable: bool,
 }
 
 /// Where merge states of published images are kept: beside the store,
@@ -853,9 +856,9 @@ pub fn merge_cache_dir(store: &crate::store::Layout) -> PathBuf {
 fn flat_index(
     image: &Image,
     name: &PublicName,
-    created: i64,
-    store: Option<&crate::store::Layout>,
+    opts: &PublishOptions,
 ) -> Result<(FsIndex, Vec<RuleReport>, usize)> {
+    let (created, store) = (opts.created, opts.store.as_ref());
     // A nightly image differs from yesterday's in its top layers: merge
     // from the cached state of the shared lower ones.
     let (mut index, cached) = match store {
@@ -872,10 +875,12 @@ fn flat_index(
         name: name.to_string(),
         digest: image.manifest_desc.digest.to_string(),
     });
-    let transforms: [&dyn Transform; 2] = [
-        &crate::transform::apptainer::ApptainerMetadata::new(app),
-        &Publishable,
-    ];
+    let apptainer = crate::transform::apptainer::ApptainerMetadata::new(app);
+    let mut transforms: Vec<&dyn Transform> = vec![&apptainer];
+    if opts.world_readable {
+        transforms.push(&crate::transform::readable::WorldReadable);
+    }
+    transforms.push(&Publishable);
     let reports = crate::transform::apply_all(&transforms, &mut index, &mut config)?;
     Ok((index, reports, cached))
 }
@@ -912,8 +917,7 @@ pub fn publish(
         if repo.exists(&flat) {
             report.flat_status = "present".into();
         } else {
-            let (index, transforms, cached) =
-                flat_index(image, name, opts.created, opts.store.as_ref())?;
+            let (index, transforms, cached) = flat_index(image, name, opts)?;
             report.transforms = transforms;
             report.merge_cached_layers = cached;
             let mut unpack = UnpackOptions::for_current_user();
@@ -1034,7 +1038,7 @@ fn reusable_files(
         },
         "earlier published image",
     )?;
-    let (old_index, _, _) = flat_index(&old_image, name, opts.created, Some(store))?;
+    let (old_index, _, _) = flat_index(&old_image, name, opts)?;
     let old_root = repo.abs(&flat_path(&old.config.digest));
     // (layer digest, header position) → old path and node, in shared layers.
     let mut old_files: HashMap<(Digest, u64), (Vec<u8>, NodeId)> = HashMap::new();
@@ -1071,7 +1075,11 @@ fn reusable_files(
             && old_index.node(*old_id).meta == node.meta
         {
             let p = old_root.join(std::ffi::OsStr::from_bytes(old_key));
-            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+            // The mode on disk too: the earlier tree may have been published
+            // with other options (--world-readable).
+            if fs::symlink_metadata(&p)
+                .is_ok_and(|m| m.is_file() && m.mode() & 0o7777 == node.meta.mode & 0o7777)
+            {
                 reuse.insert(id, p);
             }
         }

@@ -85,6 +85,8 @@ impl Report {
 
 pub struct Options {
     pub backend: Backend,
+    /// The apptainer program for the apptainer backend (None: on PATH).
+    pub apptainer: Option<std::path::PathBuf>,
     pub allow_no_gpu: bool,
     /// (site, queue name, queue) the CUDA check compares with.
     pub queues: Vec<(String, String, GpuQueue)>,
@@ -216,7 +218,8 @@ pub fn run(image: &Image, index: &FsIndex, suite: &Suite, opts: &Options) -> Res
                     }
                 } else {
                     let r = runner.get_or_insert_with(|| {
-                        Runner::prepare(opts.backend, index, image).map_err(|e| e.to_string())
+                        Runner::prepare(opts.backend, opts.apptainer.as_deref(), index, image)
+                            .map_err(|e| e.to_string())
                     });
                     match r {
                         Err(e) => (

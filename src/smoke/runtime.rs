@@ -9,7 +9,9 @@
 //!   prepended to LD_LIBRARY_PATH as `--nv` does); everything is unmounted
 //!   when the runner is dropped, even after an error, and the tree is
 //!   removed only when nothing is mounted below it any more.
-//! - `apptainer`: `apptainer exec --nv DIR` on the same unpacked tree.
+//! - `apptainer`: `apptainer exec --nv DIR` on the same unpacked tree (`--nv`
+//!   only when a GPU is visible). The program is `--apptainer PATH` /
+//!   `GRIDSHIP_APPTAINER`, else `apptainer` on PATH.
 //! - `docker`: the image is loaded into the Docker Engine (bollard) and each
 //!   command runs in a new container with all GPUs requested from the
 //!   engine's `nvidia` device driver (`--gpus all`), no network; the
@@ -110,9 +112,30 @@ pub fn host_driver_libs() -> Vec<PathBuf> {
     v
 }
 
+/// The apptainer program: the one given, else `apptainer` on PATH.
+pub fn apptainer_program(given: Option<&Path>) -> Result<PathBuf> {
+    match given {
+        Some(p) if p.is_file() => Ok(p.to_path_buf()),
+        Some(p) => Err(Error::BadInput {
+            input: p.display().to_string(),
+            place: String::new(),
+            reason: "no such program (given by --apptainer or GRIDSHIP_APPTAINER)".into(),
+            hint: Some("name the apptainer executable, e.g. /usr/bin/apptainer".into()),
+        }),
+        None => on_path("apptainer").ok_or_else(|| {
+            Error::Other(
+                "apptainer is not on PATH: install Apptainer, name it with --apptainer PATH (or GRIDSHIP_APPTAINER), or use --backend chroot (as root)"
+                    .into(),
+            )
+        }),
+    }
+}
+
 /// An unpacked image with the mounts a backend needs.
 pub struct Runner {
     backend: Backend,
+    /// The apptainer program (apptainer backend).
+    apptainer: PathBuf,
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     mounts: Vec<PathBuf>,
@@ -140,15 +163,19 @@ fn run_tool(prog: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
 }
 
 impl Runner {
-    /// Unpack the image and set the backend up.
-    pub fn prepare(backend: Backend, index: &FsIndex, image: &Image) -> Result<Runner> {
+    /// Unpack the image and set the backend up; `apptainer` is the program
+    /// for the apptainer backend (default: on PATH).
+    pub fn prepare(
+        backend: Backend,
+        apptainer: Option<&Path>,
+        index: &FsIndex,
+        image: &Image,
+    ) -> Result<Runner> {
+        let apptainer = match backend {
+            Backend::Apptainer => apptainer_program(apptainer)?,
+            _ => PathBuf::new(),
+        };
         match backend {
-            Backend::Apptainer if on_path("apptainer").is_none() => {
-                return Err(Error::Other(
-                    "apptainer is not on PATH: install Apptainer, or use --backend chroot (as root)"
-                        .into(),
-                ));
-            }
             Backend::Chroot if !rustix::process::geteuid().is_root() => {
                 return Err(Error::Other(
                     "the chroot backend needs root (it bind-mounts devices and driver libraries); run as root or use --backend apptainer".into(),
@@ -182,6 +209,7 @@ impl Runner {
         }
         let mut r = Runner {
             backend,
+            apptainer,
             dir: Some(dir),
             root,
             mounts: Vec::new(),
@@ -210,6 +238,7 @@ impl Runner {
         crate::engine::load(tmp.path())?;
         Ok(Runner {
             backend: Backend::Docker,
+            apptainer: PathBuf::new(),
             dir: None,
             root: PathBuf::new(),
             mounts: Vec::new(),
@@ -318,7 +347,11 @@ impl Runner {
                 cmd.args(argv);
             }
             Backend::Apptainer => {
-                cmd.args(["apptainer", "exec", "--nv", "--cleanenv"]);
+                cmd.arg(&self.apptainer).arg("exec");
+                if gpu_visible().is_ok() {
+                    cmd.arg("--nv");
+                }
+                cmd.arg("--cleanenv");
                 for (k, v) in &self.env {
                     cmd.arg("--env").arg(format!("{k}={v}"));
                 }

@@ -5,6 +5,7 @@
 pub mod apptainer;
 pub mod overlay;
 pub mod paths;
+pub mod readable;
 pub mod scan;
 pub mod secrets;
 pub mod slim;

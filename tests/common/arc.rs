@@ -18,15 +18,15 @@ fn ci_env() -> HashMap<String, String> {
     let mut m: HashMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("GRIDSHIP_"))
         .collect();
-    if !m.contains_key("GRIDSHIP_AREX_URL") {
-        let state =
-            std::env::var("GRIDSHIP_CI_STATE").unwrap_or_else(|_| "/var/lib/gridship-ci".into());
-        if let Ok(text) = std::fs::read_to_string(Path::new(&state).join("arex.env")) {
-            for line in text.lines() {
-                if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
-                    m.entry(k.to_string())
-                        .or_insert_with(|| v.trim_matches(['"', '\'']).to_string());
-                }
+    // The environment wins; the file fills in what it lacks (e.g. exports a newer
+    // ci/arex added after the shell sourced the file).
+    let state =
+        std::env::var("GRIDSHIP_CI_STATE").unwrap_or_else(|_| "/var/lib/gridship-ci".into());
+    if let Ok(text) = std::fs::read_to_string(Path::new(&state).join("arex.env")) {
+        for line in text.lines() {
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                m.entry(k.to_string())
+                    .or_insert_with(|| v.trim_matches(['"', '\'']).to_string());
             }
         }
     }
@@ -166,6 +166,48 @@ pub fn arex() -> Arex {
         pid.display()
     );
     a
+}
+
+/// The local CE's container side (`ci/arex`): ARC's ENV/SINGULARITY RTE (and
+/// ENV/APPTAINER, the same file) running the real Apptainer as the pool account.
+pub struct ContainerCe {
+    /// Host directory the jobs' apptainer sees at /cvmfs.
+    pub cvmfs: PathBuf,
+    /// The uid (and gid) jobs run as.
+    pub pool_uid: u32,
+    /// A site-overlays directory holding the site `arex-local` (this CE).
+    pub site_overlays: String,
+}
+
+/// The container RTEs of the local A-REX; fails (not skips) when ci/arex did not set them up.
+pub fn container_ce(a: &Arex) -> ContainerCe {
+    let m = ci_env();
+    let get = |k: &str| {
+        m.get(k).cloned().unwrap_or_else(|| {
+            panic!("{k} is not set: the local A-REX was set up by an older ci/arex; run `ci/arex` (as root) from this checkout")
+        })
+    };
+    let ce = ContainerCe {
+        cvmfs: PathBuf::from(get("GRIDSHIP_AREX_CVMFS")),
+        pool_uid: get("GRIDSHIP_AREX_POOL_UID")
+            .parse()
+            .expect("GRIDSHIP_AREX_POOL_UID is a number"),
+        site_overlays: get("GRIDSHIP_AREX_SITE_OVERLAYS"),
+    };
+    for rte in get("GRIDSHIP_AREX_CONTAINER_RTES").split_whitespace() {
+        let enabled = Path::new(&a.dir).join("control/rte/enabled").join(rte);
+        assert!(
+            enabled.exists(),
+            "the CE has no enabled RTE {rte} ({} is missing): run `ci/arex`",
+            enabled.display()
+        );
+    }
+    assert!(
+        ce.cvmfs.is_dir(),
+        "{} (the CE's /cvmfs) is missing: run `ci/arex`",
+        ce.cvmfs.display()
+    );
+    ce
 }
 
 pub struct Run {

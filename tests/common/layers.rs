@@ -1004,3 +1004,62 @@ pub fn unsafe_cases() -> Vec<UnsafeCase> {
         },
     ]
 }
+
+/// A new layout at `dst` (tag `tag`): the image `src:src_tag` (one
+/// platform) with `extra` layers on top and its config edited by `edit`
+/// (e.g. a hostile Env). The source's blobs are copied.
+pub fn extend_image(
+    src: &Path,
+    src_tag: &str,
+    dst: &Path,
+    tag: &str,
+    extra: &[(Comp, Vec<Entry>)],
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let read_json = |digest: &str| -> serde_json::Value {
+        let hex = digest.trim_start_matches("sha256:");
+        serde_json::from_slice(&std::fs::read(src.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == src_tag)
+        .unwrap_or_else(|| panic!("{}: no tag {src_tag}", src.display()));
+    let mut manifest = read_json(desc["digest"].as_str().unwrap());
+    let mut config = read_json(manifest["config"]["digest"].as_str().unwrap());
+    std::fs::create_dir_all(dst.join("blobs/sha256")).unwrap();
+    for l in manifest["layers"].as_array().unwrap() {
+        let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        std::fs::copy(
+            src.join("blobs/sha256").join(hex),
+            dst.join("blobs/sha256").join(hex),
+        )
+        .unwrap();
+    }
+    for (comp, entries) in extra {
+        let tar = tar_bytes(entries);
+        config["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .unwrap()
+            .push(format!("sha256:{}", sha(&tar)).into());
+        let (digest, size) = put_blob(dst, &compress(&tar, *comp));
+        manifest["layers"].as_array_mut().unwrap().push(
+            serde_json::json!({"mediaType": media_type(*comp), "digest": digest, "size": size}),
+        );
+    }
+    edit(&mut config);
+    let (cd, cs) = put_blob(dst, &serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = cd.into();
+    manifest["config"]["size"] = cs.into();
+    let (md, ms) = put_blob(dst, &serde_json::to_vec(&manifest).unwrap());
+    write_index(
+        dst,
+        tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        &md,
+        ms,
+    );
+}

@@ -350,3 +350,96 @@ pub fn unsquash_sif(g: &Gridship, sif: &Path, dir: &Path) {
         ],
     );
 }
+
+/// Real Apptainer 1.4 through ci/apptainer's wrapper (GRIDSHIP_TEST_APPTAINER):
+/// as root by default (a SIF through the kernel's squashfs, permission checks
+/// apply), or as an unprivileged uid (user namespace, squashfuse for SIFs).
+#[derive(Debug, Clone, Default)]
+pub struct Apptainer {
+    user: Option<u32>,
+    /// (host directory, path inside), mounted read-only.
+    mounts: Vec<(PathBuf, String)>,
+}
+
+/// The wrapper, checked once to answer: a missing or broken one fails the
+/// test with what to do (CI always has it).
+pub fn apptainer_program() -> PathBuf {
+    static CHECKED: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let p = PathBuf::from(env("GRIDSHIP_TEST_APPTAINER"));
+            let out = Command::new(&p)
+                .arg("--version")
+                .output()
+                .map_err(|e| format!("GRIDSHIP_TEST_APPTAINER={} cannot run ({e})", p.display()))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() || !text.starts_with("apptainer version") {
+                return Err(format!(
+                    "GRIDSHIP_TEST_APPTAINER={} is broken: `--version` gave {}: {text}{}",
+                    p.display(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(p)
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}\n  (ci/apptainer writes the wrapper; ci/setup runs it)"))
+}
+
+impl Apptainer {
+    pub fn root() -> Apptainer {
+        Apptainer::default()
+    }
+    /// As `uid` (gid the same), the way most grid sites run jobs.
+    pub fn user(uid: u32) -> Apptainer {
+        Apptainer {
+            user: Some(uid),
+            ..Default::default()
+        }
+    }
+    pub fn is_root(&self) -> bool {
+        self.user.is_none()
+    }
+    /// Mount `host` read-only at `inside` (e.g. a CVMFS repository's tree at /cvmfs/REPO).
+    pub fn mount(mut self, host: &Path, inside: &str) -> Apptainer {
+        self.mounts.push((host.to_path_buf(), inside.to_string()));
+        self
+    }
+    pub fn cmd<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+        let mut c = Command::new(apptainer_program());
+        c.args(args).current_dir("/tmp");
+        c.env_remove("GRIDSHIP_APPTAINER_USER")
+            .env_remove("GRIDSHIP_APPTAINER_TIME");
+        if let Some(u) = self.user {
+            c.env("GRIDSHIP_APPTAINER_USER", u.to_string());
+        }
+        let mounts: Vec<String> = self
+            .mounts
+            .iter()
+            .map(|(h, i)| format!("{}:{i}", h.display()))
+            .collect();
+        c.env("GRIDSHIP_APPTAINER_MOUNTS", mounts.join(" "));
+        c
+    }
+    /// Run; the outcome whatever it is.
+    pub fn output<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        self.cmd(args).output().expect("the apptainer wrapper runs")
+    }
+    /// Run; stdout, or a panic with everything apptainer said.
+    pub fn ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "apptainer {:?} (user {:?}) failed ({}):\nstdout: {}\nstderr: {}",
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+            self.user,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+}
