@@ -543,12 +543,14 @@ fn world_readable_opens_a_private_home_to_pool_accounts() {
     let image = image_with_a_private_home(tmp.path());
 
     // The report, path by path, for what the test image adds.
+    // One build time for both SIFs: the layout's files carry it.
+    let epoch = [("SOURCE_DATE_EPOCH", "1700000000")];
     let with = sif(
         &g,
         &image,
         &tmp.path().join("with.sif"),
         &["--world-readable"],
-        &[],
+        &epoch,
     );
     let rule = &with.json["rules"][0];
     assert_eq!(rule["rule"], "world-readable");
@@ -581,7 +583,7 @@ fn world_readable_opens_a_private_home_to_pool_accounts() {
     ]
     .map(|(p, r)| (p.to_string(), r.to_string()));
     assert_eq!(mine, want);
-    let without = sif(&g, &image, &tmp.path().join("without.sif"), &[], &[]);
+    let without = sif(&g, &image, &tmp.path().join("without.sif"), &[], &epoch);
     assert_eq!(without.json["rules"], serde_json::json!([]));
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     unsquash_sif(&g, &without.path, &a);
