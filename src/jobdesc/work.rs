@@ -63,6 +63,27 @@ fn nothing_to_run(why: String) -> Error {
     }
 }
 
+/// ARC writes a job's arguments into its job script inside double quotes,
+/// escaping only `\` and `"` (lrms_common.sh): `$` and backquotes would be
+/// expanded by the batch node's shell, outside the container, before the
+/// image ever starts. Refuse them rather than run something else.
+fn refuse_batch_expansion(input: &str, args: &[String]) -> Result<()> {
+    match args.iter().find(|a| a.contains('$') || a.contains('`')) {
+        None => Ok(()),
+        Some(a) => Err(Error::BadInput {
+            input: input.into(),
+            place: String::new(),
+            reason: format!(
+                "{a:?} holds $ or a backquote, which ARC's job script expands on the batch node, outside the container"
+            ),
+            hint: Some(
+                "put the command in a script (in the image, or sent with --input run.sh) and --run 'sh run.sh'"
+                    .into(),
+            ),
+        }),
+    }
+}
+
 /// Executable and arguments of the job. A shell line runs as
 /// `/bin/sh -c LINE` so the container RTE runs the shell inside the image;
 /// an argv with a bare program name goes through `/usr/bin/env` (A-REX
@@ -78,13 +99,17 @@ pub fn executable_and_args(
             if line.trim().is_empty() {
                 return Err(Error::bad_input("--run", "the command line is empty"));
             }
+            refuse_batch_expansion("--run", std::slice::from_ref(line))?;
             Ok(("/bin/sh".into(), vec!["-c".into(), line.clone()]))
         }
-        Some(Command::Argv(argv)) => match argv.split_first() {
-            None => Err(Error::bad_input("-- PROGRAM", "no program after --")),
-            Some((p, rest)) if p.starts_with('/') => Ok((p.clone(), rest.to_vec())),
-            Some(_) => Ok(("/usr/bin/env".into(), argv.clone())),
-        },
+        Some(Command::Argv(argv)) => {
+            refuse_batch_expansion("-- PROGRAM ARG...", argv)?;
+            match argv.split_first() {
+                None => Err(Error::bad_input("-- PROGRAM", "no program after --")),
+                Some((p, rest)) if p.starts_with('/') => Ok((p.clone(), rest.to_vec())),
+                Some(_) => Ok(("/usr/bin/env".into(), argv.clone())),
+            }
+        }
         None => match image {
             ImageCommand::Unknown(why) => Err(nothing_to_run(format!(
                 "no command given, and the image's Entrypoint/Cmd cannot be read: {why}"
@@ -360,6 +385,21 @@ mod tests {
             let err = executable_and_args(None, &img).unwrap_err();
             assert_eq!(err.exit_code(), 2);
             assert!(err.to_string().contains("--run"), "{err}");
+        }
+        // $ and backquotes would be expanded by ARC's job script on the
+        // batch node, outside the container: refused, naming the option.
+        for cmd in [
+            Command::Shell("echo $HOME > out".into()),
+            Command::Shell("echo `id -u`".into()),
+            Command::Argv(vec!["/bin/echo".into(), "${X}".into()]),
+        ] {
+            let err = executable_and_args(Some(&cmd), &cfg(&[], &[])).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            let m = err.to_string();
+            assert!(
+                m.contains("outside the container") && m.contains("--input run.sh"),
+                "{m}"
+            );
         }
     }
 
