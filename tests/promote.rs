@@ -246,8 +246,6 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
             &s.name,
             "--site",
             "glasgow",
-            "--run",
-            "python3 /work/project/main.py",
             "--to",
             "sif,cvmfs,oci",
             "--out",
@@ -449,8 +447,6 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
             &s.name,
             "--site",
             "glasgow",
-            "--run",
-            "python3 /work/project/main.py",
             "--to",
             "oci",
             "--keep-base",
@@ -616,8 +612,6 @@ fn fail_on_secrets_and_dry_run_write_nothing() {
             &s.name,
             "--site",
             "glasgow",
-            "--run",
-            "python3 /work/project/main.py",
             "--dry-run",
             "--site-overlays",
             overlays.path().to_str().unwrap(),
@@ -681,7 +675,7 @@ fn bad_input_is_named() {
     let r = g.run(&["promote", "x", "--site", "nowhere"]);
     assert_eq!(r.code, 2);
     assert!(
-        r.stderr.contains("no site profile for 'nowhere'"),
+        r.stderr.contains("no site profile 'nowhere'"),
         "{}",
         r.stderr
     );

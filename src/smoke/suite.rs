@@ -240,6 +240,7 @@ impl Suite {
                 ));
             } else {
                 let Some(found) = search.find(inc) else {
+                    let known: Vec<String> = search.list().into_iter().map(|l| l.name).collect();
                     return Err(bad(
                         path,
                         place,
@@ -247,7 +248,7 @@ impl Suite {
                             "no smoke-test suite '{inc}'; searched {}",
                             search.describe()
                         ),
-                        "gridship suites lists the suites there are",
+                        &format!("suites: {}", known.join(", ")),
                     ));
                 };
                 (found.display_path(), found.text()?)
