@@ -566,6 +566,22 @@ impl FsIndex {
         Ok(key)
     }
 
+    /// Add a hardlink at the absolute image path `path` to the file at
+    /// `target`, as a layer's hardlink entry lands (parents created).
+    pub fn link(&mut self, path: &str, target: &str) -> std::result::Result<Vec<u8>, String> {
+        let id = self.hardlink_target(target.as_bytes())?;
+        let key = self.resolve(path)?;
+        if key.is_empty() {
+            return Err("the root stays a directory".into());
+        }
+        if let Some(parent) = parent_of(&key) {
+            self.ensure_dir(parent, &mut HashSet::new())?;
+        }
+        self.remove_tree(&key);
+        self.entries.insert(key.clone(), id);
+        Ok(key)
+    }
+
     /// Remove what an absolute image path names (a final symlink itself, not
     /// its target), with everything below it. Returns whether it existed.
     pub fn remove(&mut self, path: &str) -> bool {

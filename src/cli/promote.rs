@@ -54,6 +54,11 @@ pub struct PromoteArgs {
     /// Never slim paths matching PATTERN (e.g. '/usr/share/doc/mypkg/**'); repeatable.
     #[arg(long, value_name = "PATTERN")]
     pub keep: Vec<String>,
+    /// Turn on an opt-in slim rule: huggingface-cache, torch-hub (models
+    /// a job may need; off, they are only reported with their sizes),
+    /// julia-compiled (~/.julia/compiled); repeatable.
+    #[arg(long, value_name = "RULE")]
+    pub enable_slim: Vec<String>,
     /// Leave modes as the session had them, instead of giving group and
     /// others the owner's read and execute/search bits (the world-readable
     /// rule; grid jobs run as pool accounts, not as the session's user).
@@ -193,6 +198,7 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         fail_on_secrets: a.fail_on_secrets,
         dry_run: a.dry_run,
         keep: a.keep.clone(),
+        enable_slim: a.enable_slim.clone(),
         scan_limit: a.scan_limit,
         world_readable: !a.no_world_readable,
         cvmfs,
@@ -276,18 +282,61 @@ pub fn human(r: &PromoteReport) -> String {
     );
     let _ = writeln!(s, "rules:");
     for rule in &r.rules {
-        let status = if let Some(w) = rule.warnings.first() {
-            w.clone()
-        } else {
-            format!(
-                "{} removed ({}), {} changed, {} added",
-                rule.removed.len(),
-                human_bytes(rule.bytes_removed()),
-                rule.changed.len(),
-                rule.added.len()
-            )
-        };
+        let mut status = format!(
+            "{} removed ({}), {} changed, {} added",
+            rule.removed.len(),
+            human_bytes(rule.bytes_removed()),
+            rule.changed.len(),
+            rule.added.len()
+        );
+        if !rule.kept.is_empty() {
+            status = format!(
+                "{status}, {} kept ({})",
+                rule.kept.len(),
+                human_bytes(rule.bytes_kept())
+            );
+        }
+        if let Some(w) = rule.warnings.first() {
+            status = format!("{w}: {status}");
+        }
         let _ = writeln!(s, "  {:<22} {status}", rule.rule);
+        let user_install = rule
+            .rule
+            .strip_prefix("slim:")
+            .is_some_and(|n| crate::transform::slim::USER_INSTALL_RULES.contains(&n));
+        if user_install {
+            for (sign, list) in [("-", &rule.removed), ("=", &rule.kept)] {
+                for c in list.iter().take(10) {
+                    let _ = writeln!(
+                        s,
+                        "      {sign} {} ({}): {}",
+                        c.path,
+                        human_bytes(c.bytes),
+                        c.reason
+                    );
+                }
+                if list.len() > 10 {
+                    let _ = writeln!(s, "      ... {} more (see --json)", list.len() - 10);
+                }
+            }
+        } else if rule.rule.starts_with("slim:") {
+            for c in rule.kept.iter().take(5) {
+                let _ = writeln!(
+                    s,
+                    "      = {} ({}): {}",
+                    c.path,
+                    human_bytes(c.bytes),
+                    c.reason
+                );
+            }
+            if rule.kept.len() > 5 {
+                let _ = writeln!(
+                    s,
+                    "      ... {} more kept (see --json)",
+                    rule.kept.len() - 5
+                );
+            }
+        }
         if rule.rule == "strip-sshd" || rule.rule == "scrub-secrets" {
             for c in rule.removed.iter().take(25) {
                 let _ = writeln!(s, "      - {} ({})", c.path, c.reason);
@@ -321,6 +370,25 @@ pub fn human(r: &PromoteReport) -> String {
         human_bytes(r.sizes.after),
         human_bytes(r.sizes.removed)
     );
+    if !r.largest_dirs.is_empty() {
+        let _ = writeln!(
+            s,
+            "largest directories left (bytes of the files below each, hardlinks once; a directory shown as its subdirectory holding half or more):"
+        );
+        for d in &r.largest_dirs {
+            let by = match (&d.rule, &d.kept_because) {
+                (Some(rule), Some(why)) => format!("  [{rule}: {why}]"),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "  {:>10}  {} ({} files){by}",
+                human_bytes(d.bytes),
+                d.path,
+                d.files
+            );
+        }
+    }
     if !r.artifacts.is_empty() {
         let _ = writeln!(s, "artifacts:");
         for a in &r.artifacts {

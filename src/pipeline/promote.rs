@@ -95,6 +95,8 @@ pub struct PromoteOptions {
     pub fail_on_secrets: bool,
     pub dry_run: bool,
     pub keep: Vec<String>,
+    /// Opt-in slim rules to turn on (`--enable-slim`).
+    pub enable_slim: Vec<String>,
     pub scan_limit: usize,
     /// Run the world-readable rule (after the secrets are scrubbed): grid
     /// jobs run as pool accounts, not as the session's user.
@@ -155,6 +157,9 @@ pub struct PromoteReport {
     pub scan: ScanStats,
     pub rules: Vec<RuleReport>,
     pub sizes: Sizes,
+    /// The directories that make the promoted tree big, largest first (see
+    /// [`slim::largest_dirs`]), with the slim rule that would remove each.
+    pub largest_dirs: Vec<slim::LargeDir>,
     pub artifacts: Vec<Artifact>,
     pub smoke: Option<smoke::Report>,
     pub warnings: Vec<String>,
@@ -219,6 +224,9 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     policy.apply_site(&site.chain)?;
     for k in &opts.keep {
         policy.keep(k)?;
+    }
+    for name in &opts.enable_slim {
+        policy.enable(name, &format!("--enable-slim {name}"), "")?;
     }
     let store = opts.ctx.store()?;
     let mut work = WorkRefs {
@@ -392,6 +400,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             &mut config,
         )?);
     }
+    let largest_dirs = slim::largest_dirs(&index, &reports, slim::LARGEST_DIRS);
     let rules = reports;
     let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
     labels.insert("gridship.promoted.from".into(), opts.source.to_string());
@@ -420,6 +429,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             after,
             removed: before.saturating_sub(after),
         },
+        largest_dirs,
         artifacts: Vec::new(),
         smoke: None,
         warnings: Vec::new(),

@@ -145,10 +145,16 @@ impl PatternSet {
 
     /// The pattern naming `key` or a directory above it.
     pub fn covering(&self, key: &[u8]) -> Option<&PathPattern> {
+        self.covering_at(key).map(|(p, _)| p)
+    }
+
+    /// Like [`PatternSet::covering`], with the path it names (`key` or the
+    /// directory above it).
+    pub fn covering_at<'k>(&self, key: &'k [u8]) -> Option<(&PathPattern, &'k [u8])> {
         let mut k = key;
         loop {
             if let Some(p) = self.matching(k) {
-                return Some(p);
+                return Some((p, k));
             }
             match k.iter().rposition(|&b| b == b'/') {
                 Some(i) => k = &k[..i],
