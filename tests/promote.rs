@@ -650,11 +650,29 @@ fn fail_on_secrets_and_dry_run_write_nothing() {
     );
     let zoneinfo = removed_paths(&report, "slim:recipe-remove");
     assert!(zoneinfo.contains_key("/usr/share/zoneinfo"), "{zoneinfo:?}");
-    // Protected paths are never slimmed, but secrets in them are scrubbed.
+    // Protected paths are never slimmed (and the report says what they
+    // kept), but secrets in them are scrubbed.
+    let pip = rules["slim:pip-cache"];
     assert!(
-        !rules["slim:pip-cache"]
-            .to_string()
-            .contains("/root/results")
+        !pip["removed"].to_string().contains("/root/results"),
+        "{pip:#}"
+    );
+    let kept: BTreeMap<&str, &str> = pip["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap(), c["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kept.get("/root/results/.cache/pip").copied(),
+        Some("**/.cache/pip; kept: protected home entry (/root/[!.]*)"),
+        "{pip:#}"
+    );
+    assert_eq!(
+        kept.get("/opt/analysis/.cache/pip")
+            .map(|r| r.contains("kept: protected path (/opt/analysis)")),
+        Some(true),
+        "{pip:#}"
     );
     assert!(removed_paths(&report, "scrub-secrets").contains_key("/opt/analysis/calib.dat"));
     // A dry run leaves no promoted image either.
@@ -685,5 +703,370 @@ fn bad_input_is_named() {
         r.stderr.contains("--keep usr/share") && r.stderr.contains("not an absolute path"),
         "{}",
         r.stderr
+    );
+}
+
+/// What the job runs to prove the installs still work: each line's output.
+const HOME_CHECKS: &str = r#"set -e
+c=/home/bob/miniconda3/envs
+$c/hard/bin/python -c 'import gshello_hard; print(gshello_hard.WHO)'
+$c/soft/bin/python -c 'import gshello_soft; print(gshello_soft.WHO)'
+/usr/bin/python3 -c 'import ctypes; print("spack", ctypes.CDLL(open("/home/bob/.gshello-prefix").read().strip() + "/lib/libgshello.so").gshello_answer())'
+HOME=/home/bob /usr/bin/python3 -c 'import gridship_hello; print(gridship_hello.WHO)'
+"#;
+const HOME_CHECKS_OUT: &str = "conda hardlink env\nconda softlink env\nspack 42\npip --user\n";
+
+/// Caches the package-manager rules remove, each with its rule.
+const HOME_CACHES: &[(&str, &str)] = &[
+    ("/root/.cache/pip", "slim:pip-cache"),
+    ("/home/bob/.cache/pip", "slim:pip-cache"),
+    ("/home/bob/.cache/uv", "slim:uv-cache"),
+    ("/home/bob/.cache/pypoetry/cache", "slim:poetry-cache"),
+    ("/home/bob/.cache/pypoetry/artifacts", "slim:poetry-cache"),
+    ("/home/bob/.cache/pipenv", "slim:pipenv-cache"),
+    ("/home/bob/miniconda3/pkgs/cache", "slim:conda-cache"),
+    (
+        "/home/bob/miniconda3/pkgs/gshello_hard-1.0-py_0.conda",
+        "slim:conda-cache",
+    ),
+    (
+        "/home/bob/miniconda3/pkgs/gshello_soft-2.0-py_0.tar.bz2",
+        "slim:conda-cache",
+    ),
+    (
+        "/home/bob/miniconda3/pkgs/gshello_hard-1.0-py_0",
+        "slim:conda-pkgs",
+    ),
+    ("/home/bob/spack/var/spack/cache", "slim:spack-cache"),
+    ("/home/bob/spack/var/spack/stage", "slim:spack-cache"),
+    ("/home/bob/.spack/cache", "slim:spack-cache"),
+    ("/tmp/bob/spack-stage", "slim:spack-cache"),
+    ("/home/bob/.julia/logs", "slim:julia-logs"),
+    ("/home/bob/.cache/R/pkgcache", "slim:r-cache"),
+];
+
+/// Paths that stay: what the installs need, and the opt-in caches.
+const HOME_KEPT: &[&str] = &[
+    "/home/bob/miniconda3/pkgs/gshello_soft-2.0-py_0/share/gshello_soft/data.bin",
+    "/home/bob/miniconda3/pkgs/urls.txt",
+    "/home/bob/miniconda3/envs/hard/share/gshello_hard/data.bin",
+    "/home/bob/spack/var/spack/repos/builtin/packages/gshello/package.py",
+    "/home/bob/.cache/pypoetry/virtualenvs/analysis-Xy12-py3.11/pyvenv.cfg",
+    "/home/bob/.julia/packages/Gshello/AbCd1/src/Gshello.jl",
+    "/home/bob/.julia/compiled/v1.10/Gshello/xYz12_abc.ji",
+    "/home/bob/.cache/huggingface/hub/models--gridship--tiny/refs/main",
+    "/home/bob/.cache/torch/hub/checkpoints/tiny-0123.pth",
+];
+
+fn rule<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == name)
+        .unwrap_or_else(|| panic!("no rule {name}"))
+}
+
+/// The size report's definition, computed independently on an unpacked
+/// tree: per directory the bytes of the regular files below it, each inode
+/// once; a directory with a subdirectory holding half or more is not listed.
+fn largest_dirs_of(root: &Path, n: usize) -> Vec<(String, u64)> {
+    use std::collections::{HashMap, HashSet};
+    use std::os::unix::fs::MetadataExt;
+    let mut inodes: HashMap<u64, (u64, HashSet<PathBuf>)> = HashMap::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for e in walkdir::WalkDir::new(root).follow_links(false) {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
+        if e.file_type().is_dir() {
+            dirs.push(rel);
+        } else if e.file_type().is_file() {
+            let m = e.metadata().unwrap();
+            let entry = inodes.entry(m.ino()).or_insert((m.len(), HashSet::new()));
+            entry
+                .1
+                .extend(rel.ancestors().skip(1).map(Path::to_path_buf));
+        }
+    }
+    let mut size: HashMap<PathBuf, u64> = HashMap::new();
+    for (bytes, ancestors) in inodes.into_values() {
+        for a in ancestors {
+            *size.entry(a).or_default() += bytes;
+        }
+    }
+    let mut biggest_child: HashMap<PathBuf, u64> = HashMap::new();
+    for d in &dirs {
+        if let Some(p) = d.parent() {
+            let b = size.get(d).copied().unwrap_or(0);
+            let e = biggest_child.entry(p.to_path_buf()).or_default();
+            *e = (*e).max(b);
+        }
+    }
+    let mut listed: Vec<(String, u64)> = dirs
+        .iter()
+        .filter_map(|d| {
+            let b = size.get(d).copied().unwrap_or(0);
+            (b > 0 && biggest_child.get(d).copied().unwrap_or(0) * 2 < b)
+                .then(|| (format!("/{}", d.display()).replace("//", "/"), b))
+        })
+        .collect();
+    listed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    listed.truncate(n);
+    listed
+}
+
+/// What scientists install in their home (tests/support/add-home-installs:
+/// conda with a hardlinked and a softlinked env, a spack root, pip --user,
+/// caches of uv, poetry, pipenv, Julia, R, models): promote removes the
+/// caches, keeps what the installs use, and the installs work from the
+/// tree under chroot (as root and as a pool account) and in real Apptainer
+/// (the SIF as root, the CVMFS tree as a pool account).
+#[test]
+fn home_installs_are_slimmed_and_still_work() {
+    let s = Session::start("gs-home");
+    let out = Command::new(repo_root().join("tests/support/add-home-installs"))
+        .arg(&s.name)
+        .output()
+        .expect("add-home-installs runs");
+    assert!(
+        out.status.success(),
+        "add-home-installs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The installs work in the session, as bob.
+    let ran = docker(&["exec", "-u", "bob", &s.name, "/bin/sh", "-c", HOME_CHECKS]);
+    assert_eq!(ran, HOME_CHECKS_OUT);
+    // The caches' bytes, measured in the session: regular files with one
+    // link (the hardlinked env's files stay with the env).
+    let paths: Vec<&str> = HOME_CACHES.iter().map(|(p, _)| *p).collect();
+    let cache_bytes: u64 = s
+        .exec(&format!(
+            "find {} -type f -links 1 -printf '%s\\n'",
+            paths.join(" ")
+        ))
+        .lines()
+        .map(|l| l.parse::<u64>().unwrap())
+        .sum();
+    assert!(cache_bytes > 20 << 20, "{cache_bytes}");
+
+    let g = Gridship::new();
+    let dir = tempfile::tempdir().unwrap();
+    let report = g
+        .run(&[
+            "--json",
+            "promote",
+            &s.name,
+            "--site",
+            "glasgow",
+            "--to",
+            "sif,cvmfs",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--run",
+            "/home/bob/miniconda3/envs/soft/bin/python -c 'import gshello_soft'",
+            "--tag",
+            "t1",
+        ])
+        .ok()
+        .json();
+
+    // Every cache removed by its rule; the bytes removed cover them.
+    for (p, name) in HOME_CACHES {
+        let removed = removed_paths(&report, name);
+        assert!(
+            removed.contains_key(*p),
+            "{name} did not remove {p}: {removed:#?}"
+        );
+    }
+    let removed = report["sizes"]["removed"].as_u64().unwrap();
+    assert!(
+        removed >= cache_bytes,
+        "removed {removed} < caches {cache_bytes}"
+    );
+    // Inside the protected ~/miniconda3 and ~/spack, each path says why.
+    let conda = removed_paths(&report, "slim:conda-cache");
+    let why = &conda["/home/bob/miniconda3/pkgs/cache"];
+    assert!(
+        why.contains("inside the protected home entry /home/bob/miniconda3"),
+        "{why}"
+    );
+    let spack = removed_paths(&report, "slim:spack-cache");
+    assert!(
+        spack["/home/bob/spack/var/spack/cache"]
+            .contains("inside the protected home entry /home/bob/spack"),
+        "{spack:?}"
+    );
+    // The hardlinked env's package went without its files; the softlinked
+    // env's package stays, with the reason.
+    let hard = &removed_paths(&report, "slim:conda-pkgs")["/home/bob/miniconda3/pkgs/gshello_hard-1.0-py_0"];
+    assert!(hard.contains("2 files stay"), "{hard}");
+    let kept = &rule(&report, "slim:conda-pkgs")["kept"];
+    assert_eq!(kept.as_array().unwrap().len(), 1, "{kept:#}");
+    assert_eq!(
+        kept[0]["path"],
+        "/home/bob/miniconda3/pkgs/gshello_soft-2.0-py_0"
+    );
+    let reason = kept[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("in use through 2 symlinks (softlinked environment)")
+            && reason.contains("/home/bob/miniconda3/envs/soft/"),
+        "{reason}"
+    );
+    // Models and Julia's compiled code: reported with their sizes, kept.
+    for (name, path, bytes) in [
+        (
+            "slim:huggingface-cache",
+            "/home/bob/.cache/huggingface",
+            8 << 20,
+        ),
+        ("slim:torch-hub", "/home/bob/.cache/torch/hub", 1 << 20),
+        (
+            "slim:julia-compiled",
+            "/home/bob/.julia/compiled",
+            512 << 10,
+        ),
+    ] {
+        let r = rule(&report, name);
+        assert!(r["removed"].as_array().unwrap().is_empty(), "{r:#}");
+        let k = &r["kept"][0];
+        assert_eq!(
+            (
+                k["path"].as_str().unwrap(),
+                k["bytes"].as_u64().unwrap() >= bytes
+            ),
+            (path, true),
+            "{r:#}"
+        );
+        assert!(
+            k["reason"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("--enable-slim {}", &name[5..])),
+            "{k:#}"
+        );
+    }
+
+    // The trees: caches gone, installs there.
+    let sif_dir = tempfile::tempdir().unwrap();
+    let sif_root = sif_dir.path().join("root");
+    unsquash_sif(&g, Path::new(&artifact(&report, "sif")), &sif_root);
+    let cvmfs_root = PathBuf::from(artifact(&report, "cvmfs"));
+    for (what, root) in [("SIF", &sif_root), ("CVMFS tree", &cvmfs_root)] {
+        for (p, _) in HOME_CACHES {
+            assert!(!root.join(&p[1..]).exists(), "{what}: {p} is still there");
+        }
+        for p in HOME_KEPT {
+            assert!(root.join(&p[1..]).exists(), "{what}: {p} is gone");
+        }
+    }
+
+    // The installs work from the tree under chroot, as root and as a pool
+    // account, and in Apptainer.
+    for user in [None, Some("65534:65534")] {
+        let mut c = Command::new("/usr/sbin/chroot");
+        c.env_clear().env("PATH", "/usr/bin:/bin");
+        if let Some(u) = user {
+            c.arg(format!("--userspec={u}"));
+        }
+        let o = c
+            .arg(&cvmfs_root)
+            .args(["/bin/sh", "-c", HOME_CHECKS])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "chroot {user:?}: {o:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            HOME_CHECKS_OUT,
+            "chroot {user:?}"
+        );
+    }
+    for (app, image) in grid_runs(&report, dir.path()) {
+        let ran = app.ok(&["exec", &image, "/bin/sh", "-c", HOME_CHECKS]);
+        assert_eq!(ran, HOME_CHECKS_OUT, "{image}");
+    }
+
+    // The size report: the largest directory left first, its bytes as du
+    // counts the files of the unpacked tree; the list as computed here.
+    let listed: Vec<(String, u64)> = report["largest_dirs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["path"].as_str().unwrap().to_string(),
+                d["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed.len(), 10, "{listed:?}");
+    let (top, top_bytes) = &listed[0];
+    let du = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "find \"$1\" -type f -print0 | du --files0-from=- -c --apparent-size -B1 | tail -n1",
+            "sh",
+        ])
+        .arg(sif_root.join(&top[1..]))
+        .output()
+        .unwrap();
+    let du: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(du, *top_bytes, "du of {top}");
+    assert_eq!(listed, largest_dirs_of(&sif_root, 10), "the size report");
+    let models = report["largest_dirs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| {
+            d["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("/home/bob/.cache/huggingface/")
+        })
+        .unwrap_or_else(|| panic!("the model is not listed: {listed:?}"));
+    assert_eq!(models["rule"], "slim:huggingface-cache", "{models:#}");
+
+    // The human report of a dry run with the models removed on request.
+    let r = g
+        .run(&[
+            "promote",
+            &s.name,
+            "--site",
+            "glasgow",
+            "--dry-run",
+            "--enable-slim",
+            "huggingface-cache",
+            "--run",
+            "true",
+            "--out",
+            dir.path().join("dry").to_str().unwrap(),
+        ])
+        .ok();
+    for want in [
+        "- /home/bob/miniconda3/pkgs/gshello_hard-1.0-py_0.conda (2.0 MiB): conda package tarball; inside the protected home entry /home/bob/miniconda3",
+        "= /home/bob/miniconda3/pkgs/gshello_soft-2.0-py_0 (",
+        "- /home/bob/.cache/huggingface (8.0 MiB)",
+        "largest directories left",
+    ] {
+        assert!(r.stdout.contains(want), "{want:?} not in:\n{}", r.stdout);
+    }
+    let e = g.run(&[
+        "promote",
+        &s.name,
+        "--site",
+        "glasgow",
+        "--enable-slim",
+        "docs",
+        "--dry-run",
+    ]);
+    assert_eq!(e.code, 2, "{}", e.stderr);
+    assert!(
+        e.stderr.contains("--enable-slim docs") && e.stderr.contains("runs by default"),
+        "{}",
+        e.stderr
     );
 }
