@@ -112,11 +112,10 @@ fn conda_pkgs_dirs(index: &FsIndex) -> BTreeSet<Vec<u8>> {
     let is_dir = |k: &[u8]| index.get(k).is_some_and(|(_, n)| n.kind.is_dir());
     for (key, _, node) in index.iter() {
         let name = name_of(key);
-        let candidate = if name == b"urls.txt" && matches!(node.kind, Kind::File { .. }) {
-            parent_key(key)
-        } else if (name.ends_with(b".conda") || name.ends_with(b".tar.bz2"))
-            && matches!(node.kind, Kind::File { .. })
-            && name_of(parent_key(key)) == b"pkgs"
+        let is_file = matches!(node.kind, Kind::File { .. });
+        let tarball = name.ends_with(b".conda") || name.ends_with(b".tar.bz2");
+        let candidate = if is_file
+            && (name == b"urls.txt" || (tarball && name_of(parent_key(key)) == b"pkgs"))
         {
             parent_key(key)
         } else if key.ends_with(b"/info/index.json") {
