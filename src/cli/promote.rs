@@ -382,10 +382,11 @@ pub fn human(r: &PromoteReport) -> String {
             };
             let _ = writeln!(
                 s,
-                "  {:>10}  {} ({} files){by}",
+                "  {:>10}  {} ({} file{}){by}",
                 human_bytes(d.bytes),
                 d.path,
-                d.files
+                d.files,
+                if d.files == 1 { "" } else { "s" }
             );
         }
     }
