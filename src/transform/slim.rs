@@ -1247,6 +1247,15 @@ mod tests {
         assert_eq!(r["slim:huggingface-cache"].bytes_removed(), 9000);
         assert_eq!(r["slim:julia-compiled"].bytes_removed(), 800);
         assert!(r["slim:torch-hub"].warnings[0].contains("opt-in, off"));
+        // A disable anywhere in the chain holds over an enable.
+        std::fs::write(&f, "slim:\n  disable: [julia-compiled]\n").unwrap();
+        let mut q = p.clone();
+        q.apply_file(&f).unwrap();
+        let mut idx = home();
+        let r = run(&mut idx, &q);
+        assert!(r["slim:julia-compiled"].removed.is_empty());
+        assert!(r["slim:julia-compiled"].warnings[0].contains("disabled by"));
+        assert_eq!(r["slim:julia-compiled"].bytes_kept(), 800);
         let e = p
             .enable("docs", "--enable-slim docs", "")
             .unwrap_err()
