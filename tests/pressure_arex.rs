@@ -143,7 +143,10 @@ impl Loop {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("{what}: not within {secs} s; reports: {:#?}", self.reports());
+        panic!(
+            "{what}: not within {secs} s; reports: {:#?}",
+            self.reports()
+        );
     }
 
     fn signal(&self, sig: &str) {
@@ -195,10 +198,7 @@ fn ce_jobs(a: &Arex, prefix: &str) -> Vec<(String, String, Option<String>)> {
     try_ce_jobs(a, prefix).expect("listing the CE's jobs")
 }
 
-fn try_ce_jobs(
-    a: &Arex,
-    prefix: &str,
-) -> gridship::Result<Vec<(String, String, Option<String>)>> {
+fn try_ce_jobs(a: &Arex, prefix: &str) -> gridship::Result<Vec<(String, String, Option<String>)>> {
     let (c, rt) = rest(a);
     let ids = rt.block_on(c.list_jobs())?;
     Ok(rt
@@ -226,16 +226,19 @@ fn eventually(secs: u64, what: &str, f: impl Fn() -> bool) {
 }
 
 fn alive(jobs: &[(String, String, Option<String>)]) -> u32 {
-    jobs.iter()
-        .filter(|(_, _, s)| !is_final(s))
-        .count() as u32
+    jobs.iter().filter(|(_, _, s)| !is_final(s)).count() as u32
 }
 
 impl Poller {
     fn start(a: &Arex, prefix: &str) -> Poller {
         let stop = Arc::new(AtomicBool::new(false));
         let max_alive = Arc::new(AtomicU32::new(0));
-        let (s, m, a, p) = (stop.clone(), max_alive.clone(), a.clone(), prefix.to_string());
+        let (s, m, a, p) = (
+            stop.clone(),
+            max_alive.clone(),
+            a.clone(),
+            prefix.to_string(),
+        );
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 let n = try_ce_jobs(&a, &p).map(|j| alive(&j)).unwrap_or(0);
@@ -323,7 +326,9 @@ fn limits_hold_and_follow_the_file() {
     );
     let before = l.reports();
     assert!(
-        before.iter().all(|r| r["failed"] == 0 && r["errors"].is_null()),
+        before
+            .iter()
+            .all(|r| r["failed"] == 0 && r["errors"].is_null()),
         "{before:#?}"
     );
     // Supplied: every cycle found jobs alive on the CE or sent some.
@@ -344,7 +349,9 @@ fn limits_hold_and_follow_the_file() {
     let r = l.reports();
     let i = cycle_of_change(&r, "max_running: 3 -> 6").unwrap();
     let alive_after = |c: &Value| {
-        c["running"].as_u64().unwrap() + c["idle"].as_u64().unwrap() + c["submitted"].as_u64().unwrap()
+        c["running"].as_u64().unwrap()
+            + c["idle"].as_u64().unwrap()
+            + c["submitted"].as_u64().unwrap()
     };
     assert!(
         alive_after(&r[i]) > 4 || alive_after(&r[i + 1]) > 4,
@@ -425,9 +432,12 @@ fn sigkill_and_restart_adopt_without_duplicates() {
         .id
         .clone();
     for name in [&made, &lost] {
-        st["pending"].as_array_mut().unwrap().push(serde_json::json!({
-            "name": name, "ce": a.url.trim_end_matches('/'), "cost_s": 60, "since": 1
-        }));
+        st["pending"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "name": name, "ce": a.url.trim_end_matches('/'), "cost_s": 60, "since": 1
+            }));
     }
     st["next_seq"] = (seq + 2).into();
     st["budget_used_s"] = (st["budget_used_s"].as_u64().unwrap() + 120).into();
@@ -449,7 +459,10 @@ fn sigkill_and_restart_adopt_without_duplicates() {
         .iter()
         .map(|j| j["id"].as_str().unwrap().to_string())
         .collect();
-    assert!(ids.contains(&made_id), "the unanswered submission is adopted: {st}");
+    assert!(
+        ids.contains(&made_id),
+        "the unanswered submission is adopted: {st}"
+    );
     assert_eq!(
         st["budget_used_s"].as_u64().unwrap(),
         st["submitted_total"].as_u64().unwrap() * 60,
@@ -463,7 +476,10 @@ fn sigkill_and_restart_adopt_without_duplicates() {
         "{r} / {st}"
     );
     for id in &before {
-        assert!(ids.contains(id) || n("finished") + n("failed") > 0, "job {id} lost");
+        assert!(
+            ids.contains(id) || n("finished") + n("failed") > 0,
+            "job {id} lost"
+        );
     }
     // The CE holds each name once, and every live one is in the list.
     let check_ce = |ids: &[String]| {
@@ -573,9 +589,7 @@ fn unreachable_ce_backs_off_and_resumes() {
         a: &a,
         prefix: s.prefix.clone(),
     };
-    s.write_config(
-        "max_running: 2\nmax_idle: 1\ncycle_seconds: 1\nmax_backoff_seconds: 4\n",
-    );
+    s.write_config("max_running: 2\nmax_idle: 1\ncycle_seconds: 1\nmax_backoff_seconds: 4\n");
     let l = Loop::start(&s, &a);
     l.wait_for(60, "first jobs", |r| sum(r, "submitted") >= 3);
     let at_outage = l.reports().len();
@@ -594,17 +608,29 @@ fn unreachable_ce_backs_off_and_resumes() {
             && r[back_at..]
                 .iter()
                 .any(|c| c["backing_off"] == false && c["errors"].is_null())
-            && r[back_at..].iter().any(|c| c["finished"].as_u64().unwrap() > 0)
+            && r[back_at..]
+                .iter()
+                .any(|c| c["finished"].as_u64().unwrap() > 0)
     });
     let r = l.terminate(Duration::from_secs(10));
     let out: Vec<&Value> = r[at_outage..back_at]
         .iter()
         .filter(|c| c["backing_off"] == true)
         .collect();
-    let pauses: Vec<u64> = out.iter().map(|c| c["next_cycle_s"].as_u64().unwrap()).collect();
-    assert_eq!(&pauses[..3], &[2, 4, 4], "doubling from 1 s, capped at 4: {r:#?}");
+    let pauses: Vec<u64> = out
+        .iter()
+        .map(|c| c["next_cycle_s"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        &pauses[..3],
+        &[2, 4, 4],
+        "doubling from 1 s, capped at 4: {r:#?}"
+    );
     for c in &out {
-        assert_eq!(c["idle"], 0, "an unreachable CE's jobs counted as idle: {c}");
+        assert_eq!(
+            c["idle"], 0,
+            "an unreachable CE's jobs counted as idle: {c}"
+        );
         assert_eq!(c["running"], 0, "{c}");
         assert_eq!(c["submitted"], 0, "{c}");
         assert!(c["unknown"].as_u64().unwrap() > 0, "{c}");
@@ -633,7 +659,11 @@ fn budget_refusal_and_bad_edits_once() {
     );
     let (r, code) = s.once(&a);
     assert_eq!(code, 1, "{r}");
-    assert_eq!((r["submitted"].as_u64(), r["idle"].as_u64()), (Some(0), Some(0)), "{r}");
+    assert_eq!(
+        (r["submitted"].as_u64(), r["idle"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
     assert!(r["errors"][0].as_str().unwrap().contains("submit"), "{r}");
     // Accepting again: first one probe, then the rest.
     s.write_config(
@@ -664,11 +694,18 @@ fn budget_refusal_and_bad_edits_once() {
     let out = s.command(&a, &["--once"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("max_idel") && err.contains("pressure.yaml"), "{err}");
+    assert!(
+        err.contains("max_idel") && err.contains("pressure.yaml"),
+        "{err}"
+    );
     std::fs::write(s.config_path(), &good).unwrap();
     let l = Loop::start(&s, &a);
     l.wait_for(20, "first cycle", |r| !r.is_empty());
-    std::fs::write(s.config_path(), good.replace("cycle_seconds: 1", "cycle_seconds: 0")).unwrap();
+    std::fs::write(
+        s.config_path(),
+        good.replace("cycle_seconds: 1", "cycle_seconds: 0"),
+    )
+    .unwrap();
     l.wait_for(20, "bad edit reported", |r| {
         r.iter().any(|c| {
             c["config_error"]

@@ -11,6 +11,11 @@ use super::arc::CeAuthArgs;
 use crate::jobdesc::pressure::{self, CycleReport, Options};
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "CONFIG keys: job (or promote, with site/queue), ce or site, max_running, max_idle \
+(required), max_submit_per_cycle (10), cycle_seconds (60), max_backoff_seconds (900), budget_hours, \
+stop_after, demand, jobname, state, get. Each cycle prints: running, idle, submitted, finished, failed."
+)]
 pub struct PressureArgs {
     /// The pressure config (YAML or JSON): job description, CE, limits;
     /// read again every cycle. Keys: see README.md, "gridship pressure".

@@ -255,8 +255,9 @@ pub enum Phase {
 /// A-REX REST state → phase.
 pub fn phase(state: &str) -> Phase {
     match state {
-        "ACCEPTING" | "ACCEPTED" | "PREPARING" | "PREPARED" | "SUBMITTING" | "QUEUING"
-        | "HELD" => Phase::Idle,
+        "ACCEPTING" | "ACCEPTED" | "PREPARING" | "PREPARED" | "SUBMITTING" | "QUEUING" | "HELD" => {
+            Phase::Idle
+        }
         "RUNNING" | "EXITINGLRMS" | "EXECUTED" | "FINISHING" | "KILLING" => Phase::Running,
         "FINISHED" => Phase::Finished,
         "FAILED" | "KILLED" | "WIPED" => Phase::Failed,
@@ -344,11 +345,8 @@ pub fn plan(
     // Ties go to the first: the budget and demand say more than a cap.
     if let Some(limit) = budget.limit_s {
         let left = limit.saturating_sub(budget.used_s);
-        let afford = if budget.job_cost_s == 0 {
-            u64::MAX
-        } else {
-            left / budget.job_cost_s
-        };
+        // A job that costs nothing (no walltime) is always affordable.
+        let afford = left.checked_div(budget.job_cost_s).unwrap_or(u64::MAX);
         cap(afford, Hold::Budget);
     }
     if let Some(d) = demand {
@@ -678,9 +676,7 @@ fn run_demand(cmd: &str, dir: &Path) -> std::result::Result<u64, String> {
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -781,6 +777,9 @@ impl Looper {
 
     async fn cycle(&mut self) -> CycleReport {
         self.cycle += 1;
+        // Connections are made again each cycle: a renewed proxy (or token)
+        // is read from its file, as a long-running loop needs.
+        self.clients.clear();
         let mut r = CycleReport {
             cycle: self.cycle,
             ..Default::default()
@@ -854,9 +853,10 @@ impl Looper {
                 Phase::Idle => seen.idle += 1,
                 Phase::Running => seen.running += 1,
                 Phase::Unknown => seen.unknown += 1,
-                p @ (Phase::Finished | Phase::Failed) => {
-                    done.entry(j.ce.clone()).or_default().push((j.id.clone(), p))
-                }
+                p @ (Phase::Finished | Phase::Failed) => done
+                    .entry(j.ce.clone())
+                    .or_default()
+                    .push((j.id.clone(), p)),
             }
         }
 
@@ -1150,7 +1150,10 @@ pub async fn run(opts: Options, mut report: impl FnMut(&CycleReport)) -> Result<
         })
     {
         for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".gridship-tmp-") {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(".gridship-tmp-")
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -1177,8 +1180,7 @@ pub async fn run(opts: Options, mut report: impl FnMut(&CycleReport)) -> Result<
             l.cfg.cycle_seconds
         };
         let stop = l.opts.once
-            || l
-                .cfg
+            || l.cfg
                 .stop_after_s()
                 .is_some_and(|s| started.elapsed() >= Duration::from_secs(s));
         r.next_cycle_s = if stop { 0 } else { pause };
@@ -1264,7 +1266,10 @@ mod tests {
     #[test]
     fn unknown_jobs_take_room_but_are_not_idle() {
         let p = plan(&limits(3, 2, 10), &seen(0, 0, 2), &NO_BUDGET, None, false);
-        assert_eq!(p.submit, 0, "two jobs of unknown state may be the two idle ones");
+        assert_eq!(
+            p.submit, 0,
+            "two jobs of unknown state may be the two idle ones"
+        );
         assert_eq!(p.held_by, Some(Hold::IdleFull));
     }
 
@@ -1277,14 +1282,38 @@ mod tests {
 
     #[test]
     fn demand_sizes_within_limits() {
-        let p = plan(&limits(10, 5, 10), &seen(2, 0, 0), &NO_BUDGET, Some(4), false);
+        let p = plan(
+            &limits(10, 5, 10),
+            &seen(2, 0, 0),
+            &NO_BUDGET,
+            Some(4),
+            false,
+        );
         assert_eq!(p.submit, 2);
-        let p = plan(&limits(10, 5, 10), &seen(2, 0, 0), &NO_BUDGET, Some(3), false);
+        let p = plan(
+            &limits(10, 5, 10),
+            &seen(2, 0, 0),
+            &NO_BUDGET,
+            Some(3),
+            false,
+        );
         assert_eq!(p.submit, 1);
-        let p = plan(&limits(10, 5, 10), &seen(5, 0, 0), &NO_BUDGET, Some(3), false);
+        let p = plan(
+            &limits(10, 5, 10),
+            &seen(5, 0, 0),
+            &NO_BUDGET,
+            Some(3),
+            false,
+        );
         assert_eq!((p.submit, p.held_by), (0, Some(Hold::Demand)));
         // The limits still cap a large demand.
-        let p = plan(&limits(3, 1, 10), &seen(0, 0, 0), &NO_BUDGET, Some(1000), false);
+        let p = plan(
+            &limits(3, 1, 10),
+            &seen(0, 0, 0),
+            &NO_BUDGET,
+            Some(1000),
+            false,
+        );
         assert_eq!(p.submit, 1);
     }
 
@@ -1394,13 +1423,16 @@ mod tests {
         assert!(err(&format!("{base}stop_after: soon\n")).contains("stop_after"));
         assert!(err(&format!("{base}jobname: 'a b'\n")).contains("jobname"));
         assert!(err(&format!("{base}demand: ' '\n")).contains("demand"));
-        assert!(err(&format!("{base}max_backoff_seconds: 10\ncycle_seconds: 20\n")).contains("max_backoff_seconds"));
+        assert!(
+            err(&format!(
+                "{base}max_backoff_seconds: 10\ncycle_seconds: 20\n"
+            ))
+            .contains("max_backoff_seconds")
+        );
         assert!(err("ce: x\nmax_running: 3\nmax_idle: 1\n").contains("job"));
         assert!(err("job: j\nmax_running: 3\nmax_idle: 1\n").contains("ce"));
         assert!(err("job: j\nce: http://x/arex\nmax_running: 3\nmax_idle: 1\n").contains("ce"));
-        assert!(
-            err("job: j\nce: x\nsite: s\nmax_running: 3\nmax_idle: 1\n").contains("site")
-        );
+        assert!(err("job: j\nce: x\nsite: s\nmax_running: 3\nmax_idle: 1\n").contains("site"));
         let e = PressureConfig::parse(
             "p.json",
             r#"{"job": "j", "ce": "x", "max_running": 3, "max_idle": 1, "bogus": 1}"#,
@@ -1446,6 +1478,47 @@ mod tests {
             default_state_path(Path::new("/x/pilots.yaml")),
             PathBuf::from("/x/pilots.yaml.state.json")
         );
+    }
+
+    #[test]
+    fn promote_report_gives_the_description_and_queue() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("img.adl"),
+            r#"<ActivityDescription xmlns="http://www.eu-emi.eu/es/2010/12/adl">
+  <ActivityIdentification><Name>img</Name></ActivityIdentification>
+  <Application><Executable><Path>/bin/true</Path></Executable></Application>
+  <Resources><SlotRequirement><NumberOfSlots>4</NumberOfSlots></SlotRequirement><QueueName>gpu</QueueName><WallTime>7200</WallTime></Resources>
+</ActivityDescription>
+"#,
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("img.promote.json"),
+            r#"{"site": "nowhere", "artifacts": [{"kind": "xrsl", "path": "img.xrsl"}, {"kind": "adl", "path": "img.adl"}]}"#,
+        )
+        .unwrap();
+        let cfg_path = d.path().join("p.yaml");
+        let cfg = parse(
+            "promote: img.promote.json\nce: https://ce.example.org/arex\nqueue: a100\nmax_running: 1\nmax_idle: 1\nbudget_hours: 10\n",
+        )
+        .unwrap();
+        let sites = SearchPath::new(crate::config::search::Kind::Sites, None);
+        let t = resolve_target(&cfg, &cfg_path, &sites).unwrap();
+        assert_eq!(t.spec.queue.as_deref(), Some("a100"));
+        assert_eq!(t.ce, "https://ce.example.org/arex");
+        assert_eq!(t.cost_s, 7200 * 4, "walltime × slots");
+        // Without a walltime there is no budget to count.
+        std::fs::write(
+            d.path().join("img.adl"),
+            r#"<ActivityDescription xmlns="http://www.eu-emi.eu/es/2010/12/adl">
+  <Application><Executable><Path>/bin/true</Path></Executable></Application>
+</ActivityDescription>
+"#,
+        )
+        .unwrap();
+        let e = resolve_target(&cfg, &cfg_path, &sites).err().unwrap();
+        assert!(e.to_string().contains("budget_hours"), "{e}");
     }
 
     #[test]
