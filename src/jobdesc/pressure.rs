@@ -879,10 +879,27 @@ impl Looper {
                         },
                         Err(e) => Err(e),
                     };
-                    if let Err(e) = got {
-                        r.errors.push(format!("get {id}: {e}"));
-                        // Kept: fetched again next cycle, still alive for no cap.
-                        continue;
+                    match got {
+                        Err(e) => {
+                            r.errors.push(format!("get {id}: {e}"));
+                            // Kept: fetched again next cycle; it counts for no cap.
+                            continue;
+                        }
+                        Ok(f) if !f.conflicts.is_empty() => {
+                            // As `gridship get`: a local file that differs is never
+                            // overwritten, and the CE's copy is kept until it is moved.
+                            r.errors.push(format!(
+                                "get {id}: {} differ from the CE's copies; move them away",
+                                f.conflicts.join(", ")
+                            ));
+                            continue;
+                        }
+                        Ok(f) if !f.missing.is_empty() => {
+                            // Asking again will not make them: cleaned all the same.
+                            r.errors
+                                .push(format!("get {id}: the CE has no {}", f.missing.join(", ")));
+                        }
+                        Ok(_) => {}
                     }
                 }
                 to_clean.push((id.clone(), *p));
