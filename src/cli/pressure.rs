@@ -18,7 +18,7 @@ stop_after, demand, jobname, state, get. Each cycle prints: running, idle, submi
 )]
 pub struct PressureArgs {
     /// The pressure config (YAML or JSON): job description, CE, limits;
-    /// read again every cycle. Keys: see README.md, "gridship pressure".
+    /// read again every cycle. Keys: below, and README.md (section "pressure").
     pub config: PathBuf,
     /// Run one cycle and exit (for cron).
     #[arg(long)]
