@@ -738,3 +738,51 @@ fn budget_refusal_and_bad_edits_once() {
         ce_jobs(&a, &s.prefix).is_empty()
     });
 }
+
+/// demand: sizes the pool (the limits still cap it); a failing demand
+/// command submits nothing; stop_after ends the loop by itself.
+#[test]
+fn demand_and_stop_after() {
+    let a = arex();
+    let s = Setup::new(&a, "demand", 5, None);
+    let _cleanup = CeCleanup {
+        a: &a,
+        prefix: s.prefix.clone(),
+    };
+    s.write_config("max_running: 5\nmax_idle: 5\ncycle_seconds: 1\ndemand: echo 2\n");
+    let (r, code) = s.once(&a);
+    assert_eq!((code, r["submitted"].as_u64()), (0, Some(2)), "{r}");
+    let (r, code) = s.once(&a);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["submitted"], 0, "{r}");
+    assert_eq!(r["held_by"], "demand", "{r}");
+    s.write_config("max_running: 5\nmax_idle: 5\ncycle_seconds: 1\ndemand: exit 3\n");
+    let (r, code) = s.once(&a);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(r["submitted"], 0, "{r}");
+    assert!(r["errors"][0].as_str().unwrap().contains("demand"), "{r}");
+    // A large demand: max_running + max_idle (3) still caps it.
+    s.write_config(
+        "max_running: 2\nmax_idle: 1\ncycle_seconds: 1\ndemand: echo 50\nstop_after: 3s\n",
+    );
+    let started = Instant::now();
+    let mut l = Loop::start(&s, &a);
+    let status = loop {
+        if let Some(st) = l.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "stop_after did not end the loop"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "{status}");
+    std::thread::sleep(Duration::from_millis(200));
+    let r = l.reports();
+    assert!(r.len() >= 3, "{r:#?}");
+    assert_eq!(r.last().unwrap()["next_cycle_s"], 0, "{r:#?}");
+    let st = s.state();
+    let alive = st["jobs"].as_array().unwrap().len() + st["pending"].as_array().unwrap().len();
+    assert!(alive <= 3, "{st}");
+}
