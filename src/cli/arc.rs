@@ -134,7 +134,7 @@ pub struct CeAuthArgs {
 }
 
 impl CeAuthArgs {
-    fn config(&self) -> anyhow::Result<AuthConfig> {
+    pub fn config(&self) -> anyhow::Result<AuthConfig> {
         let mode = match (self.auth, &super::defaults()?.auth) {
             (Some(m), _) => m,
             (None, Some(s)) => {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod cvmfs;
 pub mod export;
 pub mod image;
+pub mod pressure;
 pub mod promote;
 pub mod sif;
 pub mod smoke;
@@ -174,6 +175,9 @@ pub enum Command {
     Kill(arc::JobsArgs),
     /// Remove finished ARC jobs from the CE (and from the local list).
     Clean(arc::JobsArgs),
+    /// Keep a CE's queue supplied with copies of a job (pilots), within limits
+    /// read again from CONFIG every cycle.
+    Pressure(pressure::PressureArgs),
     /// List the site profiles and where each comes from; `sites show NAME` prints one, resolved.
     Sites(config::SitesArgs),
     /// List the xRSL templates; `templates show NAME` prints one.
@@ -210,6 +214,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(a) => arc::get(global, a),
         Command::Kill(a) => arc::kill(global, a),
         Command::Clean(a) => arc::clean(global, a),
+        Command::Pressure(a) => pressure::run(global, a),
         Command::Sites(a) => config::sites(global, &a),
         Command::Templates(a) => config::templates(global, &a),
         Command::Suites(a) => config::suites(global, &a),

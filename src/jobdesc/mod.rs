@@ -7,6 +7,7 @@
 
 pub mod adl;
 pub mod model;
+pub mod pressure;
 pub mod retrieve;
 pub mod submit;
 pub mod template;

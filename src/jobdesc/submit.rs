@@ -341,6 +341,15 @@ fn replies(body: &str) -> std::result::Result<Vec<JobReply>, String> {
         .collect())
 }
 
+/// What `action=info` tells about a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobInfo {
+    pub id: String,
+    pub name: Option<String>,
+    /// The REST state (`arcrest:` in GLUE2's list).
+    pub state: Option<String>,
+}
+
 /// A submitted job.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Submitted {
@@ -616,7 +625,40 @@ impl ArcRest {
     }
 
     /// Submit checked jobs. Local inputs are read relative to `base_dir`.
+    /// A job the CE refuses makes the whole call an error (naming the jobs
+    /// it accepted).
     pub async fn submit(&self, jobs: &[JobSpec], base_dir: &Path) -> Result<Vec<Submitted>> {
+        let (out, failed) = self.submit_each(jobs, base_dir).await?;
+        if !failed.is_empty() {
+            let ok = if out.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} other job(s) were accepted: {})",
+                    out.len(),
+                    out.iter()
+                        .map(|s| s.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            return Err(ce_error(
+                &self.base,
+                format!("the CE refused {}{ok}", failed.join("; ")),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Submit checked jobs in one request: the jobs the CE accepted, and a
+    /// message for each one it refused. An error means the request as a
+    /// whole failed (the CE may or may not have created jobs when the
+    /// connection broke).
+    pub async fn submit_each(
+        &self,
+        jobs: &[JobSpec],
+        base_dir: &Path,
+    ) -> Result<(Vec<Submitted>, Vec<String>)> {
         // Everything local must exist before the CE holds a job waiting for it.
         for j in jobs {
             for (f, p) in uploads(j, base_dir) {
@@ -741,25 +783,75 @@ impl ArcRest {
                 outputs: retrievable_outputs(j),
             });
         }
-        if !failed.is_empty() {
-            let ok = if out.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " ({} other job(s) were accepted: {})",
-                    out.len(),
-                    out.iter()
-                        .map(|s| s.id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            };
-            return Err(ce_error(
-                &self.base,
-                format!("the CE refused {}{ok}", failed.join("; ")),
-            ));
+        Ok((out, failed))
+    }
+
+    /// The IDs of every job the CE holds for this identity (`GET jobs`).
+    pub async fn list_jobs(&self) -> Result<Vec<String>> {
+        let (_, answer, _) = self
+            .send(
+                self.http
+                    .get(self.url("jobs"))
+                    .header(reqwest::header::ACCEPT, "application/json"),
+                "listing jobs",
+            )
+            .await?;
+        let entries =
+            job_entries(&answer).map_err(|e| ce_error(&self.base, format!("listing jobs: {e}")))?;
+        Ok(entries
+            .iter()
+            .map(|j| str_field(j, "id"))
+            .filter(|i| !i.is_empty())
+            .collect())
+    }
+
+    /// Name and state of jobs (GLUE2 `ComputingActivity`: `Name` is ADL's
+    /// `ActivityIdentification/Name`, xRSL's jobname), by one `action=info`.
+    pub async fn job_infos(&self, ids: &[String]) -> Result<Vec<JobInfo>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let body = serde_json::json!({"job": ids.iter().map(|i| serde_json::json!({"id": i})).collect::<Vec<_>>()});
+        let (_, answer, _) = self
+            .send(
+                self.http
+                    .post(self.url("jobs"))
+                    .query(&[("action", "info")])
+                    .header(reqwest::header::ACCEPT, "application/json")
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.to_string()),
+                "info",
+            )
+            .await?;
+        let entries =
+            job_entries(&answer).map_err(|e| ce_error(&self.base, format!("info: {e}")))?;
+        Ok(entries
+            .iter()
+            .map(|j| {
+                let act = j.pointer("/info_document/ComputingActivity");
+                let name = act
+                    .and_then(|a| a.get("Name"))
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string);
+                // State is a list of "model:STATE"; a lone one is a string.
+                let states: Vec<&str> = match act.and_then(|a| a.get("State")) {
+                    Some(serde_json::Value::Array(a)) => {
+                        a.iter().filter_map(|v| v.as_str()).collect()
+                    }
+                    Some(serde_json::Value::String(s)) => vec![s.as_str()],
+                    _ => Vec::new(),
+                };
+                let state = states
+                    .iter()
+                    .find_map(|s| s.strip_prefix("arcrest:"))
+                    .map(str::to_string);
+                JobInfo {
+                    id: str_field(j, "id"),
+                    name,
+                    state,
+                }
+            })
+            .collect())
     }
 
     /// `action` = status | kill | clean | info, for several jobs at once.

@@ -124,6 +124,7 @@ pub fn assert_same(what: &str, ours: &Value, arcs: &Value) {
     );
 }
 
+#[derive(Clone)]
 pub struct Arex {
     pub url: String,
     pub ca_dir: String,
@@ -239,4 +240,33 @@ pub fn gridship(args: &[&str], env: &[(&str, &str)]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// A REST client of the local A-REX with the test proxy, and a runtime to drive it.
+pub fn rest(a: &Arex) -> (gridship::jobdesc::submit::ArcRest, tokio::runtime::Runtime) {
+    rest_at(a, &a.url)
+}
+
+/// The same, for another URL of the same CE (e.g. through a forwarder).
+pub fn rest_at(
+    a: &Arex,
+    url: &str,
+) -> (gridship::jobdesc::submit::ArcRest, tokio::runtime::Runtime) {
+    use gridship::jobdesc::submit::{ArcRest, AuthConfig, AuthMode};
+    let client = ArcRest::connect(
+        url,
+        &AuthConfig {
+            ca_dir: Some(a.ca_dir.clone().into()),
+            proxy: Some(a.proxy.clone().into()),
+            mode: AuthMode::X509,
+            timeout: Some(std::time::Duration::from_secs(30)),
+            ..Default::default()
+        },
+    )
+    .expect("connect to the local A-REX");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (client, rt)
 }
