@@ -2,20 +2,17 @@
 //! batch system), with jobs that sleep a few seconds. The CE is polled from
 //! here, independently of the loop, for the loop's own jobs (by job name).
 //!
-//! The outage scenario does not stop the shared A-REX (other tests of this
-//! binary, and other checkouts on the same machine, use it at the same
-//! time): the loop reaches the CE through a TCP forwarder in this process,
-//! and that forwarder goes down and comes back; to the loop it is a CE that
-//! stops answering, while its jobs go on running as they do when A-REX stops.
+//! The outage scenario stops the real A-REX (`ci/arex stop`) and starts it
+//! again; the other scenarios of this binary hold the CE shared, so they
+//! never run while it is down (test binaries run one after another).
 
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use common::arc::{Arex, arex, rest};
@@ -23,6 +20,13 @@ use common::unique;
 use serde_json::Value;
 
 const FINAL: &[&str] = &["FINISHED", "FAILED", "KILLED", "WIPED"];
+
+/// Scenarios hold the CE shared; the outage scenario, which stops it, alone.
+static CE: RwLock<()> = RwLock::new(());
+
+fn ce_shared() -> RwLockReadGuard<'static, ()> {
+    CE.read().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A pressure config and its job description in a temporary directory.
 struct Setup {
@@ -306,6 +310,7 @@ fn cycle_of_change(reports: &[Value], needle: &str) -> Option<usize> {
 /// stop submission and kill nothing; SIGTERM ends the cycle and exits.
 #[test]
 fn limits_hold_and_follow_the_file() {
+    let _ce = ce_shared();
     let a = arex();
     let s = Setup::new(&a, "limits", 5, None);
     let _cleanup = CeCleanup {
@@ -401,6 +406,7 @@ fn limits_hold_and_follow_the_file() {
 /// never made it.
 #[test]
 fn sigkill_and_restart_adopt_without_duplicates() {
+    let _ce = ce_shared();
     let a = arex();
     let s = Setup::new(&a, "kill", 6, None);
     let _cleanup = CeCleanup {
@@ -517,58 +523,25 @@ fn sigkill_and_restart_adopt_without_duplicates() {
     check_ce(&ids);
 }
 
-/// A TCP forwarder to the A-REX that can go down (refusing every
-/// connection and cutting the open ones) and come back.
-struct Forwarder {
-    port: u16,
-    up: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<TcpStream>>>,
+/// `ci/arex stop|start` of this checkout: the real CE goes away and comes back.
+fn arex_ctl(what: &str) {
+    let out = Command::new(common::arc::repo().join("ci/arex"))
+        .arg(what)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ci/arex {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
-impl Forwarder {
-    fn start(target: &str) -> Forwarder {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let open = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
-        let (u, o, target) = (up.clone(), open.clone(), target.to_string());
-        std::thread::spawn(move || {
-            for client in l.incoming().map_while(|c| c.ok()) {
-                if !u.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(std::net::Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(&target) else {
-                    continue;
-                };
-                {
-                    let mut o = o.lock().unwrap();
-                    o.push(client.try_clone().unwrap());
-                    o.push(server.try_clone().unwrap());
-                }
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Write);
-                    });
-                }
-            }
-        });
-        Forwarder { port, up, open }
-    }
+/// Starts A-REX again whatever happens to the scenario that stopped it.
+struct RestartArex;
 
-    fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for s in self.open.lock().unwrap().drain(..) {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    fn up(&self) {
-        self.up.store(true, Ordering::SeqCst);
+impl Drop for RestartArex {
+    fn drop(&mut self) {
+        arex_ctl("start");
     }
 }
 
@@ -576,17 +549,9 @@ impl Forwarder {
 /// never counts the unreachable jobs as idle, and resumes when it is back.
 #[test]
 fn unreachable_ce_backs_off_and_resumes() {
+    let _alone = CE.write().unwrap_or_else(|e| e.into_inner());
     let a = arex();
-    let hostport = a
-        .url
-        .trim_start_matches("https://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let fwd = Forwarder::start(&hostport);
-    let via = format!("https://localhost:{}/arex", fwd.port);
-    let s = Setup::new(&a, "outage", 4, Some(&via));
+    let s = Setup::new(&a, "outage", 4, None);
     let _cleanup = CeCleanup {
         a: &a,
         prefix: s.prefix.clone(),
@@ -595,7 +560,8 @@ fn unreachable_ce_backs_off_and_resumes() {
     let l = Loop::start(&s, &a);
     l.wait_for(60, "first jobs", |r| sum(r, "submitted") >= 3);
     let at_outage = l.reports().len();
-    fwd.down();
+    let restart = RestartArex;
+    arex_ctl("stop");
     l.wait_for(40, "backoff reaches its cap", |r| {
         r[at_outage..]
             .iter()
@@ -603,9 +569,9 @@ fn unreachable_ce_backs_off_and_resumes() {
             .count()
             >= 4
     });
-    fwd.up();
+    drop(restart);
     let back_at = l.reports().len();
-    l.wait_for(40, "resumed", |r| {
+    l.wait_for(90, "resumed", |r| {
         r.len() > back_at + 1
             && r[back_at..]
                 .iter()
@@ -638,10 +604,8 @@ fn unreachable_ce_backs_off_and_resumes() {
         assert!(c["unknown"].as_u64().unwrap() > 0, "{c}");
     }
     assert_eq!(sum(&r, "failed"), 0, "{r:#?}");
-    // The forwarder stays up until every job was accounted for.
     let st = s.state();
     assert_eq!(st["pending"], serde_json::json!([]), "{st}");
-    drop(fwd);
 }
 
 /// `--once` cycles: the budget (walltime × slots) stops submission at the
@@ -649,6 +613,7 @@ fn unreachable_ce_backs_off_and_resumes() {
 /// submission until it accepts, probing with one job; bad config edits.
 #[test]
 fn budget_refusal_and_bad_edits_once() {
+    let _ce = ce_shared();
     let a = arex();
     let s = Setup::new(&a, "budget", 3, None);
     let _cleanup = CeCleanup {
@@ -743,6 +708,7 @@ fn budget_refusal_and_bad_edits_once() {
 /// command submits nothing; stop_after ends the loop by itself.
 #[test]
 fn demand_and_stop_after() {
+    let _ce = ce_shared();
     let a = arex();
     let s = Setup::new(&a, "demand", 5, None);
     let _cleanup = CeCleanup {
