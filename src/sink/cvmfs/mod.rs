@@ -705,7 +705,10 @@ impl Repo {
             for e in fs::read_dir(&dir).at("reading", &dir)? {
                 let e = e.at("reading", &dir)?;
                 let name = e.file_name();
-                if name.to_string_lossy().starts_with('.') {
+                // podmanStore's links are podman's, not published names.
+                if name.to_string_lossy().starts_with('.')
+                    || (rel.as_os_str().is_empty() && name == podman::STORE)
+                {
                     continue;
                 }
                 let ft = e.file_type().at("reading", e.path())?;

@@ -176,7 +176,8 @@ pub fn publish_index(
             .position(|a| *a == default)
             .unwrap_or_default();
         if published[pick] == default {
-            tracing::info!(
+            // Said at warning level: this tree does not behave as CVMFS's would.
+            tracing::warn!(
                 "the dir backend has no variant symlinks: {name} names this host's architecture ({default}); a CVMFS backend writes {VARIANT}"
             );
         } else {
