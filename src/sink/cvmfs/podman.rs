@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-use super::{BackendKind, Repo, relative_target, tree_bytes};
+use super::{BackendKind, Repo, relative_target};
 use crate::digest::Digest;
 use crate::error::IoContext;
 use crate::image::Image;
@@ -98,8 +98,11 @@ fn read_records(repo: &Repo, rel: &str) -> Result<Records> {
     }
 }
 
+/// Written sorted by ID: the same store whatever order images came in.
 fn write_records(repo: &Repo, rel: &str, records: &Records) -> Result<()> {
-    let mut data = serde_json::to_vec_pretty(records).expect("records serialize");
+    let mut records = records.clone();
+    records.sort_by(|a, b| field(a, "id").cmp(field(b, "id")));
+    let mut data = serde_json::to_vec_pretty(&records).expect("records serialize");
     data.push(b'\n');
     repo.put_file(Path::new(rel), &data)
 }
@@ -174,7 +177,7 @@ pub(super) fn add(repo: &Repo, names: &[String], image: &Image, flat: &Path) -> 
         // Size and digest must be set for podman to accept the layer: the
         // digest is a name of this tree (no tar has it, so podman never
         // takes the layer for one it pulls).
-        let size = tree_bytes(&repo.abs(flat));
+        let size = content_bytes(&repo.abs(flat));
         let record = json!({
             "id": layer,
             "created": created,
@@ -276,6 +279,30 @@ pub(super) fn remove(repo: &Repo, flats: &[&PathBuf]) -> Result<()> {
         repo.remove(&Path::new(OVERLAY).join(l))?;
     }
     Ok(())
+}
+
+/// Bytes of the regular files in a tree, each inode once (what podman shows
+/// as the image's size; apparent sizes, so the same tree gives the same
+/// number however its directories grew).
+fn content_bytes(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = BTreeSet::new();
+    let mut total = 0;
+    let mut todo = vec![p.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(m) = fs::symlink_metadata(&d) else {
+            continue;
+        };
+        if m.is_file() && seen.insert((m.dev(), m.ino())) {
+            total += m.size();
+        }
+        if m.is_dir()
+            && let Ok(rd) = fs::read_dir(&d)
+        {
+            todo.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+        }
+    }
+    total
 }
 
 /// Remove what a killed writer left uncommitted: image directories
