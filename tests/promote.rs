@@ -272,7 +272,11 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
         .map(|s| (s[0].as_str().unwrap().to_string(), s[1].as_u64().unwrap()))
         .collect();
     for stage in ["sif", "oci image", "cvmfs"] {
-        assert_eq!(merged.get(stage), Some(&0), "{stage} merged layers: {merged:?}");
+        assert_eq!(
+            merged.get(stage),
+            Some(&0),
+            "{stage} merged layers: {merged:?}"
+        );
     }
     assert_eq!(
         merged.values().sum::<u64>(),

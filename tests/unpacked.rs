@@ -119,13 +119,18 @@ fn podman_and_runc_run_the_published_debian_tree_as_chroot_does() {
             .unwrap(),
         "chroot",
     );
-    assert!(want.contains("\npython3 ") && want.ends_with("\n0\n"), "{want}");
+    assert!(
+        want.contains("\npython3 ") && want.ends_with("\n0\n"),
+        "{want}"
+    );
 
     // podman: the image by its public name from the repository's store.
     let store = root.join("podmanStore");
-    let inspect: serde_json::Value =
-        serde_json::from_str(&ok(podman(tmp.path(), &store, &["image", "inspect", &name]), "podman image inspect"))
-            .unwrap();
+    let inspect: serde_json::Value = serde_json::from_str(&ok(
+        podman(tmp.path(), &store, &["image", "inspect", &name]),
+        "podman image inspect",
+    ))
+    .unwrap();
     let i = &inspect[0];
     assert_eq!(i["Id"], hex);
     assert_eq!(
@@ -140,10 +145,7 @@ fn podman_and_runc_run_the_published_debian_tree_as_chroot_does() {
             .contains(&"GRIDSHIP_FIXTURE=debian".into())
     );
     // The store holds the registry's config bytes under the config digest.
-    let key = format!(
-        "={}",
-        base64_std(format!("sha256:{hex}").as_bytes())
-    );
+    let key = format!("={}", base64_std(format!("sha256:{hex}").as_bytes()));
     let stored = std::fs::read(store.join("overlay-images").join(hex).join(key)).unwrap();
     assert_eq!(sha256_bytes(&stored), hex);
     let got = ok(
@@ -170,7 +172,11 @@ fn podman_and_runc_run_the_published_debian_tree_as_chroot_does() {
     assert_eq!(got, want, "podman run differs from chroot");
     // Nothing was pulled into podman's own store.
     let own = ok(
-        podman(tmp.path(), &store, &["images", "--format", "{{.ID}} {{.ReadOnly}}"]),
+        podman(
+            tmp.path(),
+            &store,
+            &["images", "--format", "{{.ID}} {{.ReadOnly}}"],
+        ),
         "podman images",
     );
     assert_eq!(own.trim(), format!("{} true", &hex[..12]), "{own}");
@@ -201,7 +207,10 @@ fn podman_and_runc_run_the_published_debian_tree_as_chroot_does() {
         serde_json::json!(["/usr/local/bin/gridship-entrypoint", "/bin/sh", "-c", CMD])
     );
     assert_eq!(spec["process"]["cwd"], "/work");
-    assert_eq!(spec["process"]["user"], serde_json::json!({"uid": 0, "gid": 0}));
+    assert_eq!(
+        spec["process"]["user"],
+        serde_json::json!({"uid": 0, "gid": 0})
+    );
     let got = ok(
         Command::new("runc")
             .arg("--root")
@@ -296,7 +305,15 @@ fn multi_arch_index_behind_a_variant_link_and_gc_together() {
     );
     assert!(run.stderr.contains("no variant symlinks"), "{}", run.stderr);
     let ls = g
-        .run(&["--json", "cvmfs", "ls", "--repo", REPO, "--root", root.to_str().unwrap()])
+        .run(&[
+            "--json",
+            "cvmfs",
+            "ls",
+            "--repo",
+            REPO,
+            "--root",
+            root.to_str().unwrap(),
+        ])
         .ok()
         .json();
     assert_eq!(
@@ -338,7 +355,15 @@ fn multi_arch_index_behind_a_variant_link_and_gc_together() {
         Path::new("../../.multiarch/$(CVMFS_ARCH:-amd64)").join(name)
     );
     for arch in ["amd64", "arm64"] {
-        assert!(mount.join(REPO).join(".multiarch").join(arch).join(name).join("arch").is_file());
+        assert!(
+            mount
+                .join(REPO)
+                .join(".multiarch")
+                .join(arch)
+                .join(name)
+                .join("arch")
+                .is_file()
+        );
     }
 
     // gc keeps a published multi-arch image whole...
@@ -362,7 +387,13 @@ fn multi_arch_index_behind_a_variant_link_and_gc_together() {
     }
     for arch in ["amd64", "arm64"] {
         assert!(!root.join(".multiarch").join(arch).join(name).exists());
-        assert!(!root.join(".metadata/.multiarch").join(arch).join(name).exists());
+        assert!(
+            !root
+                .join(".metadata/.multiarch")
+                .join(arch)
+                .join(name)
+                .exists()
+        );
     }
     let imgs = images_json(&root);
     assert_eq!(imgs.len(), 1, "{imgs:?}");

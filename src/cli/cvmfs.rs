@@ -22,7 +22,7 @@ pub enum CvmfsCommand {
     Ls(RepoArgs),
     /// Write an OCI runtime bundle (config.json) that runs a published
     /// image's tree with runc or crun, the tree read-only as its root.
-    Bundle(BundleArgs),
+    Bundle(Box<BundleArgs>),
 }
 
 /// Which repository and how to write it; flattened into every cvmfs command.
@@ -388,51 +388,57 @@ pub fn publish(global: &GlobalOpts, args: &PublishArgs) -> anyhow::Result<()> {
             }
         });
         match result {
-            Ok(reports) => for report in reports {
-                if !global.json {
-                    println!(
-                        "published {} -> {} ({}{}{}) in {:.1}s",
-                        report.name,
-                        report.flat.display(),
-                        report.flat_status,
-                        if report.reused_files > 0 {
-                            format!(", {} files reused", report.reused_files)
-                        } else {
-                            String::new()
-                        },
-                        if args.layers {
-                            format!(
-                                ", layers: {} new, {} present",
-                                report.layers_built.len(),
-                                report.layers_present.len()
-                            )
-                        } else {
-                            String::new()
-                        },
-                        report.seconds
-                    );
-                    for t in &report.transforms {
-                        let what = match t.rule.as_str() {
-                            "cvmfs-publishable" => "owner rw/rwx",
-                            "world-readable" => "the owner's r/x for all",
-                            _ => continue,
-                        };
-                        if !t.changed.is_empty() {
-                            println!("  {}: {} entries widened ({what})", t.rule, t.changed.len());
+            Ok(reports) => {
+                for report in reports {
+                    if !global.json {
+                        println!(
+                            "published {} -> {} ({}{}{}) in {:.1}s",
+                            report.name,
+                            report.flat.display(),
+                            report.flat_status,
+                            if report.reused_files > 0 {
+                                format!(", {} files reused", report.reused_files)
+                            } else {
+                                String::new()
+                            },
+                            if args.layers {
+                                format!(
+                                    ", layers: {} new, {} present",
+                                    report.layers_built.len(),
+                                    report.layers_present.len()
+                                )
+                            } else {
+                                String::new()
+                            },
+                            report.seconds
+                        );
+                        for t in &report.transforms {
+                            let what = match t.rule.as_str() {
+                                "cvmfs-publishable" => "owner rw/rwx",
+                                "world-readable" => "the owner's r/x for all",
+                                _ => continue,
+                            };
+                            if !t.changed.is_empty() {
+                                println!(
+                                    "  {}: {} entries widened ({what})",
+                                    t.rule,
+                                    t.changed.len()
+                                );
+                            }
+                        }
+                        if let Some(old) = &report.replaced {
+                            println!("  the tag moved: {} is scheduled for gc", old.display());
+                        }
+                        if let Some(p) = &report.platform {
+                            println!("  platform {p}");
+                        }
+                        if let Some(id) = &report.podman_image {
+                            println!("  podmanStore image {id}");
                         }
                     }
-                    if let Some(old) = &report.replaced {
-                        println!("  the tag moved: {} is scheduled for gc", old.display());
-                    }
-                    if let Some(p) = &report.platform {
-                        println!("  platform {p}");
-                    }
-                    if let Some(id) = &report.podman_image {
-                        println!("  podmanStore image {id}");
-                    }
+                    view.published.push(report);
                 }
-                view.published.push(report);
-            },
+            }
             Err(e) => {
                 eprintln!("error: {r}: {e}");
                 view.failed.push(Failure {

@@ -109,7 +109,14 @@ fn user(root: &Path, spec: &str) -> Result<(u32, u32)> {
     let bad = |what: &str| {
         Error::bad_input(
             format!("User {spec:?} of the image config"),
-            format!("{what} is not a number and not in the tree's /etc/{}", if what.starts_with("group") { "group" } else { "passwd" }),
+            format!(
+                "{what} is not a number and not in the tree's /etc/{}",
+                if what.starts_with("group") {
+                    "group"
+                } else {
+                    "passwd"
+                }
+            ),
         )
     };
     let uid = match u.parse::<u32>() {
@@ -197,12 +204,16 @@ pub fn spec(image: &Published, args: Option<&[String]>, rootless: bool) -> Resul
         },
     ];
     if !rootless {
-        mounts.push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-                           "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}));
+        mounts.push(
+            json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                           "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+        );
     }
     // The root is read-only (it is CVMFS): scratch space where programs expect it.
-    mounts.push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                       "options": ["nosuid", "nodev", "mode=1777"]}));
+    mounts.push(
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                       "options": ["nosuid", "nodev", "mode=1777"]}),
+    );
     let mut namespaces = vec![json!({"type": "pid"})];
     if !rootless {
         namespaces.push(json!({"type": "network"}));

@@ -6,7 +6,11 @@
 //! .layers/xx/<layer digest>/layerfs/ one layer as it is (--layers), a nested catalog
 //! .metadata/REG/REPO:TAG/manifest.json   written last: the commit marker
 //! REG/REPO:TAG -> ../../.flat/xx/<digest>  the public, relative symlink
+//! podmanStore/                       podman's additional image store (podman.rs)
+//! .multiarch/ARCH/REG/REPO:TAG       one platform of an index (multiarch.rs)
 //! ```
+//!
+//! OCI runtime bundles over published trees are in bundle.rs.
 //!
 //! Every tree is built under a temporary name and renamed into place (dir and
 //! cvmfs-server backends) or ingested in one call (ingest backend), so a
@@ -174,7 +178,6 @@ impl PublicName {
     pub fn metadata_dir(&self) -> PathBuf {
         Path::new(".metadata").join(self.link_path())
     }
-
 }
 
 /// A relative symlink target from `link` to `to` (both relative to the
@@ -959,7 +962,14 @@ pub fn publish_prepared(
     tree: &Prepared,
     opts: &PublishOptions,
 ) -> Result<PublishReport> {
-    publish_at(repo, name, image, Some(tree), opts, &Placement::public(name))
+    publish_at(
+        repo,
+        name,
+        image,
+        Some(tree),
+        opts,
+        &Placement::public(name),
+    )
 }
 
 pub(crate) fn publish_at(
@@ -1330,7 +1340,10 @@ pub fn gc(repo: &mut Repo, grace_days: u64, dry_run: bool) -> Result<Vec<GcItem>
             multiarch::remove_stale(repo, &multi)?;
             // The podman store's entries first: it never names a tree
             // that is gone.
-            let flats: Vec<&PathBuf> = to_remove.iter().filter(|c| c.starts_with(".flat")).collect();
+            let flats: Vec<&PathBuf> = to_remove
+                .iter()
+                .filter(|c| c.starts_with(".flat"))
+                .collect();
             podman::remove(repo, &flats)?;
             for c in &to_remove {
                 repo.remove(c)?;

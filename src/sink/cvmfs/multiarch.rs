@@ -72,9 +72,9 @@ pub fn index_of(
             return Ok(None);
         }
         let raw = layout.read_blob(&desc.digest, Some(desc.size))?;
-        serde_json::from_slice(&raw).map(Some).map_err(|e| {
-            Error::bad_input(src.to_string(), format!("unreadable image index: {e}"))
-        })
+        serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| Error::bad_input(src.to_string(), format!("unreadable image index: {e}")))
     };
     match src {
         ImageRef::Registry(r) => crate::registry::index(r, &ctx.registry),

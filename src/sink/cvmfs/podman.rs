@@ -332,10 +332,7 @@ fn sweep_locked(repo: &Repo) -> Result<()> {
     if records.len() != n {
         write_records(repo, &format!("{LAYERS}/layers.json"), &records)?;
     }
-    let layers: BTreeSet<String> = records
-        .iter()
-        .map(|r| field(r, "id").to_string())
-        .collect();
+    let layers: BTreeSet<String> = records.iter().map(|r| field(r, "id").to_string()).collect();
     let entries = |rel: &str| -> Result<Vec<(String, PathBuf)>> {
         let dir = repo.abs(Path::new(rel));
         let Ok(rd) = fs::read_dir(&dir) else {
