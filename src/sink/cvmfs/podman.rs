@@ -47,9 +47,9 @@ pub fn layer_id(config: &Digest) -> String {
         .to_string()
 }
 
-/// The layer's short name under `overlay/l/` (containers/storage uses 26
-/// upper-case characters; these cannot collide with its random ones,
-/// which are base32 without `0`, `1`, `8` and `9`... but start with `GS`).
+/// The layer's short name under `overlay/l/`: 26 characters, as
+/// containers/storage's own, derived from the layer ID so that a rewrite
+/// gives the same name.
 fn short_id(layer: &str) -> String {
     format!("GS{}", layer[..24].to_uppercase())
 }
