@@ -155,7 +155,7 @@ impl PlatformWanted {
         })
     }
 
-    fn matches(&self, p: &Platform) -> bool {
+    pub fn matches(&self, p: &Platform) -> bool {
         p.os == self.os
             && p.architecture == self.architecture
             && match (&self.variant, &p.variant) {

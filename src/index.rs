@@ -149,6 +149,15 @@ fn components(name: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
     Ok(out)
 }
 
+/// Layers read and merged into an index by this process (the merge cache's
+/// hits are not reads): what promote and publish report, so a test can see
+/// a tree is merged once.
+static LAYERS_MERGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn layers_merged() -> u64 {
+    LAYERS_MERGED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn display_path(key: &[u8]) -> String {
     format!("/{}", String::from_utf8_lossy(key))
 }
@@ -170,6 +179,7 @@ impl FsIndex {
 
     /// Read layer `i` of `image` (verifying its blob) and merge it on top.
     fn merge_layer(&mut self, image: &Image, i: usize) -> Result<()> {
+        LAYERS_MERGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut layer = LayerReader::open(image, i)?;
         let entries = self
             .apply_layer(&mut layer)

@@ -543,6 +543,24 @@ pub fn pull(
     })
 }
 
+/// The image index `target` names, or None when it names one manifest
+/// (multi-arch publishing pulls each platform's image after).
+pub fn index(target: &RegistryRef, opts: &RegistryOptions) -> Result<Option<IndexJson>> {
+    runtime().block_on(async {
+        let session = Session::connect(target, opts, RegistryOperation::Pull).await?;
+        let (raw, _, media_type) = session.manifest(&target.reference()).await?;
+        if !media::is_index(&media_type) {
+            return Ok(None);
+        }
+        serde_json::from_slice(&raw).map(Some).map_err(|e| {
+            Error::bad_input(
+                format!("docker://{target}"),
+                format!("unreadable image index: {e}"),
+            )
+        })
+    })
+}
+
 /// Push an image from its layout to `target`. Returns the manifest digest
 /// and how many blobs were uploaded (the rest were there already).
 pub fn push(

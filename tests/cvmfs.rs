@@ -437,6 +437,7 @@ fn repo_snapshot(root: &Path) -> Snapshot {
     for (p, e) in s.entries.iter_mut() {
         let publish_time = p.ends_with("/.cvmfscatalog")
             || p.starts_with("/.metadata")
+            || p.starts_with("/podmanStore")
             || (e.kind == "symlink" && !p.starts_with("/.flat") && !p.starts_with("/.layers"));
         if publish_time {
             e.mtime = None;
@@ -685,9 +686,41 @@ fn a_second_publisher_is_turned_away() {
     to_run(first.wait_with_output().unwrap()).ok();
 }
 
-/// Kill publishes at random moments; after each, every public symlink
-/// points at a complete tree; a final run makes the repository equal to a
-/// clean publish.
+/// Every image podmanStore/ lists has its big data and a layer whose diff
+/// is a complete tree.
+fn assert_podman_store_complete(root: &Path, what: &str) {
+    let read = |p: &str| -> Vec<serde_json::Value> {
+        std::fs::read(root.join("podmanStore").join(p))
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap_or_default()
+    };
+    let layers = read("overlay-layers/layers.json");
+    for i in read("overlay-images/images.json") {
+        let id = i["id"].as_str().unwrap();
+        let layer = i["layer"].as_str().unwrap();
+        assert!(
+            layers.iter().any(|l| l["id"] == layer),
+            "{what}: image {id}'s layer is not recorded"
+        );
+        assert!(
+            root.join("podmanStore/overlay-images")
+                .join(id)
+                .join("manifest")
+                .is_file(),
+            "{what}: image {id} has no manifest"
+        );
+        let diff = root.join("podmanStore/overlay").join(layer).join("diff");
+        assert!(
+            diff.join(".cvmfscatalog").is_file(),
+            "{what}: {} is not a complete tree",
+            diff.display()
+        );
+    }
+}
+
+/// Kill publishes (with the podman store) at random moments; after each,
+/// every public symlink and podman image leads to a complete tree; a final
+/// run makes the repository equal to a clean publish.
 #[test]
 fn killed_publishes_leave_the_repository_consistent() {
     let g = Gridship::new();
@@ -700,7 +733,7 @@ fn killed_publishes_leave_the_repository_consistent() {
     let images: Vec<&str> = images.iter().map(String::as_str).collect();
     let clean = tmp.path().join("clean");
     let started = std::time::Instant::now();
-    publish(&g, &clean, &images, &["--layers"]).ok();
+    publish(&g, &clean, &images, &["--layers", "--podman"]).ok();
     let full = started.elapsed();
 
     let root = tmp.path().join("killed");
@@ -723,6 +756,7 @@ fn killed_publishes_leave_the_repository_consistent() {
             "--root".into(),
             root.display().to_string(),
             "--layers".into(),
+            "--podman".into(),
         ]);
         args.extend(creds_args());
         let mut child = g
@@ -757,9 +791,10 @@ fn killed_publishes_leave_the_repository_consistent() {
                     "round {round} (killed after {at:?}): {l}"
                 );
             }
+            assert_podman_store_complete(&root, &format!("round {round} (killed after {at:?})"));
         }
     }
-    publish(&g, &root, &images, &["--layers"]).ok();
+    publish(&g, &root, &images, &["--layers", "--podman"]).ok();
     let d = diff(&repo_snapshot(&root), &repo_snapshot(&clean));
     assert!(
         d.is_empty(),

@@ -263,6 +263,27 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
         assert!(!r.stdout.contains(f), "the report holds {f:?}");
     }
 
+    // The session's layers are read and merged once: the SIF, the OCI
+    // image and the CVMFS tree are written from that one merged tree.
+    let merged: BTreeMap<String, u64> = report["layers_merged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_str().unwrap().to_string(), s[1].as_u64().unwrap()))
+        .collect();
+    for stage in ["sif", "oci image", "cvmfs"] {
+        assert_eq!(
+            merged.get(stage),
+            Some(&0),
+            "{stage} merged layers: {merged:?}"
+        );
+    }
+    assert_eq!(
+        merged.values().sum::<u64>(),
+        merged["merge"] + merged["site overlay"],
+        "only the merge (and the overlay's own listing) read layers: {merged:?}"
+    );
+
     // strip-sshd
     let sshd = removed_paths(&report, "strip-sshd");
     for p in [

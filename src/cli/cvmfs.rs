@@ -20,6 +20,9 @@ pub enum CvmfsCommand {
     Gc(GcArgs),
     /// List the published images and whether each is complete.
     Ls(RepoArgs),
+    /// Write an OCI runtime bundle (config.json) that runs a published
+    /// image's tree with runc or crun, the tree read-only as its root.
+    Bundle(Box<BundleArgs>),
 }
 
 /// Which repository and how to write it; flattened into every cvmfs command.
@@ -93,6 +96,17 @@ pub struct PublishArgs {
     /// Also write each layer under .layers/xx/DIGEST/layerfs.
     #[arg(long)]
     pub layers: bool,
+    /// Also enter each image in the podman additional image store
+    /// podmanStore/ (podman --storage-opt additionalimagestore=REPO/podmanStore
+    /// run NAME runs the published tree, nothing pulled). Wishlist key:
+    /// `podman: true`.
+    #[arg(long)]
+    pub podman: bool,
+    /// For a multi-arch image (an index), publish only this platform
+    /// (amd64, arm64/v8, linux/arm/v7; repeat for several). Default: every
+    /// Linux platform of the index. Wishlist key: `platforms: [...]`.
+    #[arg(long = "platform", value_name = "PLATFORM")]
+    pub platforms: Vec<String>,
     /// Write every file anew instead of hardlinking unchanged ones from an
     /// earlier tree (dir backend).
     #[arg(long)]
@@ -118,6 +132,12 @@ struct Wishlist {
     #[allow(dead_code)] // thin-image names; gridship makes no thin images
     output_format: Option<String>,
     input: Vec<String>,
+    /// gridship's: also write the podman store (as --podman).
+    #[serde(default)]
+    podman: bool,
+    /// gridship's: the platforms of multi-arch inputs (as --platform).
+    #[serde(default)]
+    platforms: Vec<String>,
 }
 
 /// One wishlist input: `[https://|http://]REG/REPO:TAG` (tags may hold `*`).
@@ -206,6 +226,8 @@ pub fn publish(global: &GlobalOpts, args: &PublishArgs) -> anyhow::Result<()> {
     // (image, public name, plain http?)
     let mut work: Vec<(ImageRef, PublicName, bool)> = Vec::new();
     let mut wish_repo = None;
+    let mut podman = args.podman;
+    let mut platform_args = args.platforms.clone();
     if let Some(file) = &args.wishlist {
         let text = std::fs::read_to_string(file).map_err(|e| Error::io_path(file, "reading", e))?;
         let w: Wishlist = serde_saphyr::from_str(&text).map_err(|e| Error::BadInput {
@@ -222,6 +244,10 @@ pub fn publish(global: &GlobalOpts, args: &PublishArgs) -> anyhow::Result<()> {
             .into());
         }
         wish_repo = Some(w.cvmfs_repo.clone());
+        podman |= w.podman;
+        if platform_args.is_empty() {
+            platform_args = w.platforms.clone();
+        }
         // Refuse a mismatch before contacting any registry.
         if let Some(r) = &args.repo.repo
             && *r != w.cvmfs_repo
@@ -293,6 +319,10 @@ pub fn publish(global: &GlobalOpts, args: &PublishArgs) -> anyhow::Result<()> {
         }
         .into());
     }
+    let platforms = platform_args
+        .iter()
+        .map(|p| crate::image::PlatformWanted::parse(p))
+        .collect::<Result<Vec<_>>>()?;
     let mut repo = args.repo.open(wish_repo.as_deref())?;
     let epoch = super::sif::source_date_epoch()?;
     let store = ctx.store().ok();
@@ -306,65 +336,108 @@ pub fn publish(global: &GlobalOpts, args: &PublishArgs) -> anyhow::Result<()> {
     let verify = ctx.registry.tls_verify;
     for (r, name, plain) in &work {
         ctx.registry.tls_verify = verify && !plain;
-        let result = transport::open(r, &ctx).and_then(|image| {
-            // Keep the image's blobs in the store, so a later publish can
-            // find this tree's layers and reuse its unchanged files.
-            if let Some(store) = &store
-                && image.layout.root() != store.root()
-            {
-                transport::copy_blobs(&image, store)?;
+        let open = |ctx: &transport::Context| {
+            transport::open(r, ctx).and_then(|image| {
+                // Keep the image's blobs in the store, so a later publish can
+                // find this tree's layers and reuse its unchanged files.
+                if let Some(store) = &store
+                    && image.layout.root() != store.root()
+                {
+                    transport::copy_blobs(&image, store)?;
+                }
+                let created = epoch
+                    .or_else(|| super::sif::created_epoch(image.config.created.as_deref()))
+                    .unwrap_or(0);
+                let opts = PublishOptions {
+                    layers: args.layers,
+                    created,
+                    reuse: !args.no_reuse,
+                    store: store.clone(),
+                    world_readable: args.readable.world_readable,
+                    podman,
+                };
+                Ok((image, opts))
+            })
+        };
+        let result = cvmfs::multiarch::index_of(r, &ctx).and_then(|index| match index {
+            None => {
+                let (image, opts) = open(&ctx)?;
+                Ok(vec![cvmfs::publish(&mut repo, name, &image, &opts)?])
             }
-            let created = epoch
-                .or_else(|| super::sif::created_epoch(image.config.created.as_deref()))
-                .unwrap_or(0);
-            let opts = PublishOptions {
-                layers: args.layers,
-                created,
-                reuse: !args.no_reuse,
-                store: store.clone(),
-                world_readable: args.readable.world_readable,
-            };
-            cvmfs::publish(&mut repo, name, &image, &opts)
+            Some(index) => {
+                let chosen = cvmfs::multiarch::select(&index, &platforms, &r.to_string())?;
+                let mut images = Vec::new();
+                let mut opts = None;
+                for p in chosen {
+                    let mut c = ctx.clone();
+                    c.platform = crate::image::PlatformWanted {
+                        os: p.os.clone(),
+                        architecture: p.architecture.clone(),
+                        variant: p.variant.clone(),
+                    };
+                    let (image, o) = open(&c)?;
+                    opts.get_or_insert(o);
+                    images.push((p, image));
+                }
+                cvmfs::multiarch::publish_index(
+                    &mut repo,
+                    name,
+                    &images,
+                    &opts.expect("an index has a platform"),
+                )
+            }
         });
         match result {
-            Ok(report) => {
-                if !global.json {
-                    println!(
-                        "published {} -> {} ({}{}{}) in {:.1}s",
-                        report.name,
-                        report.flat.display(),
-                        report.flat_status,
-                        if report.reused_files > 0 {
-                            format!(", {} files reused", report.reused_files)
-                        } else {
-                            String::new()
-                        },
-                        if args.layers {
-                            format!(
-                                ", layers: {} new, {} present",
-                                report.layers_built.len(),
-                                report.layers_present.len()
-                            )
-                        } else {
-                            String::new()
-                        },
-                        report.seconds
-                    );
-                    for t in &report.transforms {
-                        let what = match t.rule.as_str() {
-                            "cvmfs-publishable" => "owner rw/rwx",
-                            "world-readable" => "the owner's r/x for all",
-                            _ => continue,
-                        };
-                        if !t.changed.is_empty() {
-                            println!("  {}: {} entries widened ({what})", t.rule, t.changed.len());
+            Ok(reports) => {
+                for report in reports {
+                    if !global.json {
+                        println!(
+                            "published {} -> {} ({}{}{}) in {:.1}s",
+                            report.name,
+                            report.flat.display(),
+                            report.flat_status,
+                            if report.reused_files > 0 {
+                                format!(", {} files reused", report.reused_files)
+                            } else {
+                                String::new()
+                            },
+                            if args.layers {
+                                format!(
+                                    ", layers: {} new, {} present",
+                                    report.layers_built.len(),
+                                    report.layers_present.len()
+                                )
+                            } else {
+                                String::new()
+                            },
+                            report.seconds
+                        );
+                        for t in &report.transforms {
+                            let what = match t.rule.as_str() {
+                                "cvmfs-publishable" => "owner rw/rwx",
+                                "world-readable" => "the owner's r/x for all",
+                                _ => continue,
+                            };
+                            if !t.changed.is_empty() {
+                                println!(
+                                    "  {}: {} entries widened ({what})",
+                                    t.rule,
+                                    t.changed.len()
+                                );
+                            }
+                        }
+                        if let Some(old) = &report.replaced {
+                            println!("  the tag moved: {} is scheduled for gc", old.display());
+                        }
+                        if let Some(p) = &report.platform {
+                            println!("  platform {p}");
+                        }
+                        if let Some(id) = &report.podman_image {
+                            println!("  podmanStore image {id}");
                         }
                     }
-                    if let Some(old) = &report.replaced {
-                        println!("  the tag moved: {} is scheduled for gc", old.display());
-                    }
+                    view.published.push(report);
                 }
-                view.published.push(report);
             }
             Err(e) => {
                 eprintln!("error: {r}: {e}");
@@ -443,11 +516,50 @@ pub fn ls(global: &GlobalOpts, args: &RepoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// The published name, REG/REPO:TAG.
+    pub name: String,
+    /// The bundle directory: config.json is written there (runc run -b DIR ID).
+    pub dir: PathBuf,
+    /// The command to run instead of the image's Cmd (after the Entrypoint).
+    #[arg(last = true)]
+    pub args: Vec<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub access: AccessOpts,
+}
+
+pub fn bundle(global: &GlobalOpts, args: &BundleArgs) -> anyhow::Result<()> {
+    let name = PublicName::parse(&args.name)?;
+    let repo = args.repo.open(None)?;
+    let store = args.access.context(global).store().ok();
+    let image = cvmfs::bundle::find(&repo, &name, store.as_ref())?;
+    let path = cvmfs::bundle::write(&image, &args.dir, Some(&args.args))?;
+    if global.json {
+        return print_json(&serde_json::json!({
+            "name": name.to_string(),
+            "config": path,
+            "root": image.root,
+            "config_digest": image.config_digest.to_string(),
+        }));
+    }
+    println!(
+        "wrote {} (root {} read-only); run it with: runc run -b {} ID",
+        path.display(),
+        image.root.display(),
+        args.dir.display()
+    );
+    Ok(())
+}
+
 pub fn run(global: &GlobalOpts, cmd: &CvmfsCommand) -> anyhow::Result<()> {
     match cmd {
         CvmfsCommand::Publish(a) => publish(global, a),
         CvmfsCommand::Gc(a) => gc(global, a),
         CvmfsCommand::Ls(a) => ls(global, a),
+        CvmfsCommand::Bundle(a) => bundle(global, a),
     }
 }
 

@@ -165,6 +165,9 @@ pub struct PromoteReport {
     pub warnings: Vec<String>,
     /// Seconds per stage, in order.
     pub stages: Vec<(String, f64)>,
+    /// Layers read and merged per stage (the merge cache's hits are not
+    /// reads): the session's layers are merged once, in "merge".
+    pub layers_merged: Vec<(String, u64)>,
     pub seconds: f64,
     /// Whether everything asked for was made and every smoke check passed
     /// or was skipped.
@@ -174,19 +177,27 @@ pub struct PromoteReport {
 /// Stage timing and the progress line of each stage.
 struct Stages {
     done: Vec<(String, f64)>,
-    current: Option<(String, Instant, indicatif::ProgressBar)>,
+    merged: Vec<(String, u64)>,
+    current: Option<(String, Instant, u64, indicatif::ProgressBar)>,
 }
 
 impl Stages {
     fn start(&mut self, name: &str) {
         self.finish();
         let bar = crate::progress::spinner(name.to_string());
-        self.current = Some((name.to_string(), Instant::now(), bar));
+        self.current = Some((
+            name.to_string(),
+            Instant::now(),
+            crate::index::layers_merged(),
+            bar,
+        ));
     }
     fn finish(&mut self) {
-        if let Some((n, t, bar)) = self.current.take() {
+        if let Some((n, t, merged, bar)) = self.current.take() {
             let s = t.elapsed().as_secs_f64();
             bar.finish_with_message(format!("{n} ({s:.1}s)"));
+            self.merged
+                .push((n.clone(), crate::index::layers_merged() - merged));
             self.done.push((n, s));
         }
     }
@@ -214,6 +225,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     let started = Instant::now();
     let mut stages = Stages {
         done: Vec::new(),
+        merged: Vec::new(),
         current: None,
     };
     let mut warnings = Vec::new();
@@ -434,12 +446,14 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         smoke: None,
         warnings: Vec::new(),
         stages: Vec::new(),
+        layers_merged: Vec::new(),
         seconds: 0.0,
         ok: true,
     };
     if opts.dry_run {
         report.warnings = warnings;
         report.stages = stages.done;
+        report.layers_merged = stages.merged;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
@@ -560,10 +574,16 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         }
         let repo_name = repo_config.name.clone();
         let mut repo = Repo::open(repo_config)?;
-        let r = cvmfs::publish(
+        // The tree merged and transformed above, under the written image's
+        // digests: the session's layers are not read and merged again.
+        let r = cvmfs::publish_prepared(
             &mut repo,
             &public,
             img,
+            &cvmfs::Prepared {
+                index: &index,
+                data: &image,
+            },
             &PublishOptions {
                 layers: false,
                 created: opts.created,
@@ -571,6 +591,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
                 store: Some(store.clone()),
                 // Already applied to the promoted tree, as --no-world-readable says.
                 world_readable: false,
+                podman: false,
             },
         )?;
         let tree = repo.root().join(&r.flat);
@@ -713,6 +734,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     stages.finish();
     report.warnings = warnings;
     report.stages = stages.done;
+    report.layers_merged = stages.merged;
     report.seconds = started.elapsed().as_secs_f64();
     let json = serde_json::to_vec_pretty(&report).expect("report serializes");
     crate::store::write_atomic(&opts.out.join(format!("{}.promote.json", name)), &json)?;

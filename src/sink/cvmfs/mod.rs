@@ -6,7 +6,11 @@
 //! .layers/xx/<layer digest>/layerfs/ one layer as it is (--layers), a nested catalog
 //! .metadata/REG/REPO:TAG/manifest.json   written last: the commit marker
 //! REG/REPO:TAG -> ../../.flat/xx/<digest>  the public, relative symlink
+//! podmanStore/                       podman's additional image store (podman.rs)
+//! .multiarch/ARCH/REG/REPO:TAG       one platform of an index (multiarch.rs)
 //! ```
+//!
+//! OCI runtime bundles over published trees are in bundle.rs.
 //!
 //! Every tree is built under a temporary name and renamed into place (dir and
 //! cvmfs-server backends) or ingested in one call (ingest backend), so a
@@ -33,6 +37,10 @@ use crate::sink::dir::{UnpackOptions, write_tree};
 use crate::store::{Descriptor, write_atomic};
 use crate::transform::{RuleReport, Transform};
 use crate::{Error, Result};
+
+pub mod bundle;
+pub mod multiarch;
+pub mod podman;
 
 const TMP_MARK: &str = ".gridship-tmp-";
 const CATALOG: &str = ".cvmfscatalog";
@@ -170,16 +178,17 @@ impl PublicName {
     pub fn metadata_dir(&self) -> PathBuf {
         Path::new(".metadata").join(self.link_path())
     }
+}
 
-    /// The symlink's target: up to the root, then into `.flat`.
-    fn link_target(&self, flat: &Path) -> PathBuf {
-        let depth = self.link_path().components().count() - 1;
-        let mut t = PathBuf::new();
-        for _ in 0..depth {
-            t.push("..");
-        }
-        t.join(flat)
+/// A relative symlink target from `link` to `to` (both relative to the
+/// repository root): up to the root, then down.
+pub(crate) fn relative_target(link: &Path, to: &Path) -> PathBuf {
+    let depth = link.components().count() - 1;
+    let mut t = PathBuf::new();
+    for _ in 0..depth {
+        t.push("..");
     }
+    t.join(to)
 }
 
 impl std::fmt::Display for PublicName {
@@ -254,6 +263,14 @@ pub struct PublishReport {
     pub reused_files: u64,
     /// Lower layers whose merge came from the cache (not read again).
     pub merge_cached_layers: usize,
+    /// Layers read and merged by this publish (0 when given a merged tree).
+    pub layers_merged: u64,
+    /// `linux/arm64/v8` for one platform of a multi-arch index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// The image's ID in `podmanStore/` (--podman): its config digest's hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub podman_image: Option<String>,
     /// The tag pointed at another tree before (now scheduled for gc).
     pub replaced: Option<PathBuf>,
     pub transforms: Vec<RuleReport>,
@@ -340,6 +357,7 @@ impl Repo {
         if repo.config.backend == BackendKind::Dir {
             fs::create_dir_all(&repo.config.root).at("creating", &repo.config.root)?;
             repo.clean_leftovers()?;
+            podman::sweep(&repo)?;
         }
         Ok(repo)
     }
@@ -690,7 +708,10 @@ impl Repo {
             for e in fs::read_dir(&dir).at("reading", &dir)? {
                 let e = e.at("reading", &dir)?;
                 let name = e.file_name();
-                if name.to_string_lossy().starts_with('.') {
+                // podmanStore's links are podman's, not published names.
+                if name.to_string_lossy().starts_with('.')
+                    || (rel.as_os_str().is_empty() && name == podman::STORE)
+                {
                     continue;
                 }
                 let ft = e.file_type().at("reading", e.path())?;
@@ -718,6 +739,10 @@ impl Repo {
                 std::path::Component::Normal(n) => resolved.push(n),
                 _ => return None,
             }
+        }
+        if resolved.starts_with(".multiarch") {
+            // A variant link: follow the platform entry it names.
+            return multiarch::flat_of_entry(self, &resolved);
         }
         resolved.starts_with(".flat").then_some(resolved)
     }
@@ -843,6 +868,36 @@ pub struct PublishOptions {
     /// Run the world-readable rule on the flat tree (before the publisher's
     /// own widening, so it follows the image's owner bits).
     pub world_readable: bool,
+    /// Also enter the image in the podman additional image store
+    /// (`podmanStore/`), its one layer being the flat tree.
+    pub podman: bool,
+}
+
+/// A tree merged and transformed already (promote's): published as it is,
+/// plus the Apptainer layout, without reading the layers again.
+pub struct Prepared<'a> {
+    pub index: &'a FsIndex,
+    /// The image whose layers the index's file contents come from.
+    pub data: &'a Image,
+}
+
+/// Where an image's link and manifest go: the public name, or one
+/// platform's entry under `.multiarch/`.
+pub(crate) struct Placement {
+    pub link: PathBuf,
+    pub metadata: PathBuf,
+    /// Name the image in podmanStore (one image per name there).
+    pub podman_name: bool,
+}
+
+impl Placement {
+    pub fn public(name: &PublicName) -> Placement {
+        Placement {
+            link: name.link_path(),
+            metadata: name.metadata_dir(),
+            podman_name: true,
+        }
+    }
 }
 
 /// Where merge states of published images are kept: beside the store,
@@ -857,13 +912,15 @@ fn flat_index(
     image: &Image,
     name: &PublicName,
     opts: &PublishOptions,
+    prepared: Option<&Prepared>,
 ) -> Result<(FsIndex, Vec<RuleReport>, usize)> {
     let (created, store) = (opts.created, opts.store.as_ref());
     // A nightly image differs from yesterday's in its top layers: merge
     // from the cached state of the shared lower ones.
-    let (mut index, cached) = match store {
-        Some(store) => crate::index::cache::from_image(image, &merge_cache_dir(store))?,
-        None => (FsIndex::from_image(image)?, 0),
+    let (mut index, cached) = match (prepared, store) {
+        (Some(p), _) => (p.index.clone(), 0),
+        (None, Some(store)) => crate::index::cache::from_image(image, &merge_cache_dir(store))?,
+        (None, None) => (FsIndex::from_image(image)?, 0),
     };
     let mut config = image.config.clone();
     let mut app = crate::transform::apptainer::ApptainerOptions::for_image(
@@ -892,7 +949,39 @@ pub fn publish(
     image: &Image,
     opts: &PublishOptions,
 ) -> Result<PublishReport> {
+    publish_at(repo, name, image, None, opts, &Placement::public(name))
+}
+
+/// Publish a tree promote merged and transformed already, under the
+/// digests of the image promote wrote (`image`: its manifest and config),
+/// so no layer is read and merged a second time.
+pub fn publish_prepared(
+    repo: &mut Repo,
+    name: &PublicName,
+    image: &Image,
+    tree: &Prepared,
+    opts: &PublishOptions,
+) -> Result<PublishReport> {
+    publish_at(
+        repo,
+        name,
+        image,
+        Some(tree),
+        opts,
+        &Placement::public(name),
+    )
+}
+
+pub(crate) fn publish_at(
+    repo: &mut Repo,
+    name: &PublicName,
+    image: &Image,
+    prepared: Option<&Prepared>,
+    opts: &PublishOptions,
+    place: &Placement,
+) -> Result<PublishReport> {
     let started = std::time::Instant::now();
+    let merged_before = crate::index::layers_merged();
     let config_digest = image.manifest.config.digest.clone();
     let flat = flat_path(&config_digest);
     let mut report = PublishReport {
@@ -901,7 +990,9 @@ pub fn publish(
         flat: flat.clone(),
         ..Default::default()
     };
-    let link = name.link_path();
+    let link = place.link.clone();
+    // File contents come from the layers the index was merged from.
+    let data = prepared.map_or(image, |p| p.data);
     if let Ok(m) = fs::symlink_metadata(repo.abs(&link))
         && !m.file_type().is_symlink()
     {
@@ -917,15 +1008,17 @@ pub fn publish(
         if repo.exists(&flat) {
             report.flat_status = "present".into();
         } else {
-            let (index, transforms, cached) = flat_index(image, name, opts)?;
+            let (index, transforms, cached) = flat_index(image, name, opts, prepared)?;
             report.transforms = transforms;
             report.merge_cached_layers = cached;
             let mut unpack = UnpackOptions::for_current_user();
-            if opts.reuse && repo.config.backend == BackendKind::Dir {
+            // Reuse matches files by the layers of earlier published
+            // manifests, which a prepared tree's working layers are not.
+            if opts.reuse && prepared.is_none() && repo.config.backend == BackendKind::Dir {
                 unpack.reuse = reusable_files(repo, name, image, &index, opts)?;
                 report.reused_files = unpack.reuse.len() as u64;
             }
-            repo.put_tree(&flat, &index, image, &unpack, true)?;
+            repo.put_tree(&flat, &index, data, &unpack, true)?;
             report.flat_status = "built".into();
         }
         if opts.layers {
@@ -949,8 +1042,16 @@ pub fn publish(
                 report.layers_built.push(l.digest.to_string());
             }
         }
+        if opts.podman {
+            let names = if place.podman_name {
+                vec![name.to_string()]
+            } else {
+                Vec::new()
+            };
+            report.podman_image = Some(podman::add(repo, &names, image, &flat)?);
+        }
         // The public symlink: a moved tag schedules its old tree for gc.
-        let target = name.link_target(&flat);
+        let target = relative_target(&link, &flat);
         let old = fs::read_link(repo.abs(&link)).ok();
         if old.as_deref() != Some(target.as_path()) {
             if let Some(old_flat) = repo.flat_of_link(&link)
@@ -970,12 +1071,13 @@ pub fn publish(
         }
         // The manifest last: the commit marker.
         let manifest = serde_json::to_vec(&DuccManifest::of(image)).expect("manifest serializes");
-        let mrel = name.metadata_dir().join("manifest.json");
+        let mrel = place.metadata.join("manifest.json");
         if fs::read(repo.abs(&mrel)).ok().as_deref() != Some(manifest.as_slice()) {
             repo.put_file(&mrel, &manifest)?;
         }
         Ok(())
     })?;
+    report.layers_merged = crate::index::layers_merged() - merged_before;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -1038,7 +1140,7 @@ fn reusable_files(
         },
         "earlier published image",
     )?;
-    let (old_index, _, _) = flat_index(&old_image, name, opts)?;
+    let (old_index, _, _) = flat_index(&old_image, name, opts, None)?;
     let old_root = repo.abs(&flat_path(&old.config.digest));
     // (layer digest, header position) → old path and node, in shared layers.
     let mut old_files: HashMap<(Digest, u64), (Vec<u8>, NodeId)> = HashMap::new();
@@ -1166,11 +1268,16 @@ pub struct GcItem {
 /// once they have been unused for `grace_days`.
 pub fn gc(repo: &mut Repo, grace_days: u64, dry_run: bool) -> Result<Vec<GcItem>> {
     let now = now();
-    let used_flats: BTreeSet<PathBuf> = repo
+    let mut used_flats: BTreeSet<PathBuf> = repo
         .public_links()?
         .iter()
         .filter_map(|l| repo.flat_of_link(l))
         .collect();
+    // Every platform of a multi-arch name is used while its public link is
+    // the variant link; a platform entry of a name published otherwise since
+    // goes, and its tree with the rest.
+    let multi = multiarch::scan(repo)?;
+    used_flats.extend(multi.live_flats.iter().cloned());
     let used_layers: BTreeSet<PathBuf> = published_manifests(repo)?
         .iter()
         .flat_map(|m| m.layers.iter().map(|l| layer_path(&l.digest)))
@@ -1230,6 +1337,14 @@ pub fn gc(repo: &mut Repo, grace_days: u64, dry_run: bool) -> Result<Vec<GcItem>
     }
     if !dry_run {
         repo.transaction(|repo| {
+            multiarch::remove_stale(repo, &multi)?;
+            // The podman store's entries first: it never names a tree
+            // that is gone.
+            let flats: Vec<&PathBuf> = to_remove
+                .iter()
+                .filter(|c| c.starts_with(".flat"))
+                .collect();
+            podman::remove(repo, &flats)?;
             for c in &to_remove {
                 repo.remove(c)?;
             }
