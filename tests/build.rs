@@ -633,7 +633,9 @@ fn yaml_as_json(path: &Path) -> serde_json::Value {
 
 /// Every `--flag` of a gridship command line is an option of that command.
 fn assert_real_flags(cmd: &str, what: &str) {
-    let start = cmd.find("gridship").unwrap_or_else(|| panic!("{what}: {cmd}"));
+    let start = cmd
+        .find("gridship")
+        .unwrap_or_else(|| panic!("{what}: {cmd}"));
     let words: Vec<&str> = cmd[start..].split_whitespace().collect();
     // The subcommand path: the words before the first option or argument.
     let sub: Vec<&str> = words[1..]
@@ -650,7 +652,10 @@ fn assert_real_flags(cmd: &str, what: &str) {
     let mut help_args = sub.clone();
     help_args.push("--help");
     let help = Gridship::new().run(&help_args).ok().stdout;
-    for f in words.iter().filter(|w| w.starts_with("--") && **w != "--json") {
+    for f in words
+        .iter()
+        .filter(|w| w.starts_with("--") && **w != "--json")
+    {
         let f = f.split('=').next().unwrap();
         assert!(
             help.contains(f),
@@ -737,10 +742,12 @@ fn nightly_ci_definitions_wire_the_matrix() {
         "{build_cmd}"
     );
     assert_real_flags(build_cmd, "gitlab build job");
-    assert!(template["variables"]["GRIDSHIP_STORE"]
-        .as_str()
-        .unwrap()
-        .starts_with("$CI_PROJECT_DIR"));
+    assert!(
+        template["variables"]["GRIDSHIP_STORE"]
+            .as_str()
+            .unwrap()
+            .starts_with("$CI_PROJECT_DIR")
+    );
     let publish = &gl["gridship-publish"];
     assert_eq!(publish["needs"], serde_json::json!(["gridship-build"]));
     assert!(publish["resource_group"].is_string());

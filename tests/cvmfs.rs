@@ -697,7 +697,10 @@ fn publishers_lock_per_image() {
         .json();
     let ls = ls.as_array().unwrap();
     assert_eq!(ls.len(), 2, "{ls:?}");
-    assert!(ls.iter().all(|l| l["complete"] == true && l["committed"] == true));
+    assert!(
+        ls.iter()
+            .all(|l| l["complete"] == true && l["committed"] == true)
+    );
     assert!(!before.is_empty());
     assert!(!list(&root).iter().any(|p| p.contains(".gridship-tmp-")));
 }
@@ -733,15 +736,19 @@ fn server_publishers_wait_for_the_transaction() {
     let r = to_run(cmd(&image, "1").output().unwrap());
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr
-            .contains(&format!("gave up after 1s waiting for the transaction on {REPO}"))
-            && r.stderr.contains("nothing was changed"),
+        r.stderr.contains(&format!(
+            "gave up after 1s waiting for the transaction on {REPO}"
+        )) && r.stderr.contains("nothing was changed"),
         "{}",
         r.stderr
     );
     let c = calls(&log);
-    assert!(!c.is_empty() && c.iter().all(|l| *l == format!("transaction {REPO}")), "{c:?}");
-    assert_eq!(list(&mount.join(REPO)), Vec::<String>::new());
+    assert!(
+        !c.is_empty() && c.iter().all(|l| *l == format!("transaction {REPO}")),
+        "{c:?}"
+    );
+    // Nothing was written: the repository holds only its root.
+    assert_eq!(list(&mount.join(REPO)), vec![String::new()]);
     // It closes while a publisher waits: the publish goes through.
     std::fs::remove_file(&log).unwrap();
     let waiting = cmd(&image, "60").spawn().unwrap();
@@ -749,7 +756,10 @@ fn server_publishers_wait_for_the_transaction() {
     std::fs::remove_file(&txn).unwrap();
     to_run(waiting.wait_with_output().unwrap()).ok();
     let c = calls(&log);
-    assert_eq!(c[c.len() - 2..], [format!("transaction {REPO}"), format!("publish {REPO}")]);
+    assert_eq!(
+        c[c.len() - 2..],
+        [format!("transaction {REPO}"), format!("publish {REPO}")]
+    );
     // Two gridship publishers at once: one transaction at a time, both done.
     std::fs::remove_file(&log).unwrap();
     let tag2 = push_tags(&g, &unique("turns").to_lowercase(), &["1"]).remove(0);
@@ -910,7 +920,10 @@ fn cvmfs_server_backend_runs_one_transaction_per_image() {
     // What the transaction wrote equals the dir backend's tree.
     let dir = tmp.path().join("dir");
     publish(&g, &dir, &[&image], &[]).ok();
-    let d = diff(&cvmfs_repo_snapshot(&mount.join(REPO)), &cvmfs_repo_snapshot(&dir));
+    let d = diff(
+        &cvmfs_repo_snapshot(&mount.join(REPO)),
+        &cvmfs_repo_snapshot(&dir),
+    );
     assert!(d.is_empty(), "{}", d.join("\n"));
 
     // A failing publish is aborted, and its own error is what is reported.
@@ -976,7 +989,10 @@ fn ingest_backend_streams_trees_and_small_files() {
     // What the ingests leave equals the dir backend's tree.
     let dir = tmp.path().join("dir");
     publish(&g, &dir, &[&image], &[]).ok();
-    let d = diff(&cvmfs_repo_snapshot(&mount.join(REPO)), &cvmfs_repo_snapshot(&dir));
+    let d = diff(
+        &cvmfs_repo_snapshot(&mount.join(REPO)),
+        &cvmfs_repo_snapshot(&dir),
+    );
     assert!(d.is_empty(), "{}", d.join("\n"));
     // gc deletes through ingest --delete.
     std::fs::remove_file(mount.join(REPO).join(&name)).unwrap();

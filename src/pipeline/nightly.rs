@@ -534,7 +534,11 @@ pub fn wishlist(opts: &NightlyOptions, repo: &str) -> Result<(String, Vec<Matrix
             continue;
         };
         let compact = crate::clock::compact_stamp(built)?;
-        inputs.push(repo_ref.with_tag(&dated_tag(&pair.site, &compact)).to_string());
+        inputs.push(
+            repo_ref
+                .with_tag(&dated_tag(&pair.site, &compact))
+                .to_string(),
+        );
         for t in moving_tags(&recipe, &pair.site) {
             inputs.push(repo_ref.with_tag(&t).to_string());
         }

@@ -142,9 +142,14 @@ mod tests {
         // Shared locks go together; an exclusive one waits for them.
         let b = try_take(&p, Mode::Shared).unwrap().unwrap();
         assert!(try_take(&p, Mode::Exclusive).unwrap().is_none());
-        let e = take(&p, Mode::Exclusive, Duration::from_millis(300), "the test image")
-            .unwrap_err()
-            .to_string();
+        let e = take(
+            &p,
+            Mode::Exclusive,
+            Duration::from_millis(300),
+            "the test image",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("waiting for the test image"), "{e}");
         assert!(e.contains("nothing was changed"), "{e}");
         drop((a, b));

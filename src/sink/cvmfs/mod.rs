@@ -335,12 +335,7 @@ impl Repo {
             match lock::try_take(&config.lock, lock::Mode::Exclusive)? {
                 Some(h) => (h, true),
                 None => (
-                    lock::take(
-                        &config.lock,
-                        lock::Mode::Shared,
-                        config.lock_timeout,
-                        &what,
-                    )?,
+                    lock::take(&config.lock, lock::Mode::Shared, config.lock_timeout, &what)?,
                     false,
                 ),
             }
@@ -1024,7 +1019,10 @@ pub fn publish(
     repo.transaction(|repo| {
         repo.ensure_catalog(Path::new(".flat"))?;
         let link_name = link.file_name().expect("named").to_string_lossy();
-        repo.sweep_tmp(link.parent().expect("REG/REPO:TAG"), &format!(".{link_name}"))?;
+        repo.sweep_tmp(
+            link.parent().expect("REG/REPO:TAG"),
+            &format!(".{link_name}"),
+        )?;
         repo.sweep_tmp(&name.metadata_dir(), "")?;
         // Trees are shared between images: one writer at a time each.
         let flat_lock = repo.lock_item(
@@ -1240,10 +1238,7 @@ fn published_manifests_at(repo: &Repo) -> Result<Vec<(PathBuf, DuccManifest)>> {
             } else if e.file_name() == "manifest.json" {
                 let b = fs::read(&p).at("reading", &p)?;
                 match serde_json::from_slice::<DuccManifest>(&b) {
-                    Ok(m) => out.push((
-                        p.strip_prefix(repo.root()).unwrap_or(&p).to_path_buf(),
-                        m,
-                    )),
+                    Ok(m) => out.push((p.strip_prefix(repo.root()).unwrap_or(&p).to_path_buf(), m)),
                     Err(e) => tracing::warn!("{}: not a manifest ({e}); ignored", p.display()),
                 }
             }

@@ -78,7 +78,10 @@ mod tests {
         ];
         assert_eq!(
             expired(&links, now, 30),
-            vec![name("glasgow", now - 90 * DAY), name("glasgow", now - 31 * DAY)]
+            vec![
+                name("glasgow", now - 90 * DAY),
+                name("glasgow", now - 31 * DAY)
+            ]
         );
         assert!(expired(&links, now, 100).is_empty());
         assert_eq!(dated(&links[5]), None);
