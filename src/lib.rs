@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod digest;
 pub mod engine;

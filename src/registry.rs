@@ -621,3 +621,66 @@ pub fn list_tags(target: &RegistryRef, opts: &RegistryOptions) -> Result<Vec<Str
         Ok(resp.tags)
     })
 }
+
+/// The manifest and config of the image a tag names now, without its
+/// layers: what a nightly needs to decide "unchanged" from the registry
+/// alone. `Ok(None)` when the repository or tag does not exist (or the tag
+/// names an index, which no nightly pushes); any other failure, an
+/// unreachable registry included, is an error, never "absent".
+pub fn fetch_config(
+    target: &RegistryRef,
+    opts: &RegistryOptions,
+) -> Result<Option<(Descriptor, crate::image::ImageConfig)>> {
+    runtime().block_on(async {
+        let session = match Session::connect(target, opts, RegistryOperation::Pull).await {
+            Ok(s) => s,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let (raw, digest, media_type) = match session.manifest(&target.reference()).await {
+            Ok(m) => m,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if !media::is_manifest(&media_type) {
+            return Ok(None);
+        }
+        let manifest: crate::image::Manifest = serde_json::from_slice(&raw).map_err(|e| {
+            Error::bad_input(
+                format!("docker://{target}"),
+                format!("unreadable manifest: {e}"),
+            )
+        })?;
+        let r = session.reference(&target.reference());
+        let desc = oci_client::manifest::OciDescriptor {
+            media_type: manifest.config.media_type.clone(),
+            digest: manifest.config.digest.to_string(),
+            size: manifest.config.size as i64,
+            ..Default::default()
+        };
+        let mut bytes: Vec<u8> = Vec::new();
+        session
+            .client
+            .pull_blob(&r, &desc, &mut bytes)
+            .await
+            .map_err(|e| session.map_err(e, &format!("config {}", manifest.config.digest)))?;
+        let actual = Digest::of_bytes(&bytes);
+        if actual != manifest.config.digest {
+            return Err(Error::DigestMismatch {
+                what: format!("config of docker://{target}"),
+                expected: manifest.config.digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        let config: crate::image::ImageConfig = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::bad_input(
+                format!("docker://{target}"),
+                format!("unreadable image config: {e}"),
+            )
+        })?;
+        Ok(Some((
+            Descriptor::new(media_type, digest, raw.len() as u64),
+            config,
+        )))
+    })
+}

@@ -618,6 +618,232 @@ fn nightly_ci_definitions_use_real_options() {
     }
 }
 
+/// A CI definition as JSON (python3's YAML reader, independent of ours).
+fn yaml_as_json(path: &Path) -> serde_json::Value {
+    let out = tool(
+        "/usr/bin/python3",
+        &[
+            "-c",
+            "import sys, yaml, json; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            path.to_str().unwrap(),
+        ],
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Every `--flag` of a gridship command line is an option of that command.
+fn assert_real_flags(cmd: &str, what: &str) {
+    let start = cmd
+        .find("gridship")
+        .unwrap_or_else(|| panic!("{what}: {cmd}"));
+    let words: Vec<&str> = cmd[start..].split_whitespace().collect();
+    // The subcommand path: the words before the first option or argument.
+    let sub: Vec<&str> = words[1..]
+        .iter()
+        .filter(|w| **w != "--json")
+        .take_while(|w| !w.starts_with('-') && !w.starts_with('"'))
+        .take(2)
+        .copied()
+        .collect();
+    let sub: Vec<&str> = match sub.first() {
+        Some(&"cvmfs") => sub,
+        _ => sub[..1].to_vec(),
+    };
+    let mut help_args = sub.clone();
+    help_args.push("--help");
+    let help = Gridship::new().run(&help_args).ok().stdout;
+    for f in words
+        .iter()
+        .filter(|w| w.starts_with("--") && **w != "--json")
+    {
+        let f = f.split('=').next().unwrap();
+        assert!(
+            help.contains(f),
+            "{what}: {f} is not an option of gridship {}",
+            sub.join(" ")
+        );
+    }
+}
+
+/// The shipped CI definitions run one build job per recipe × site from
+/// `nightly --list-matrix`, then one publish job: the GitLab plan job's
+/// script is run as it is (with the real binary) and the child pipeline it
+/// writes is read back; the GitHub matrix comes from the plan step's output.
+#[test]
+fn nightly_ci_definitions_wire_the_matrix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, recipes, _) = recipes_repo(tmp.path());
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_gridship"), bin.join("gridship")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let want: Vec<(String, String)> = ["glasgow", "manchester", "qmul", "bonn"]
+        .iter()
+        .map(|s| ("debian12-dev".to_string(), s.to_string()))
+        .collect();
+    let sorted = |mut v: Vec<(String, String)>| {
+        v.sort();
+        v
+    };
+    let bash = |script: &str, extra: &[(&str, &str)]| {
+        let mut c = Command::new("bash");
+        c.args(["-euo", "pipefail", "-c", script])
+            .current_dir(tmp.path())
+            .env("PATH", &path)
+            .env("GRIDSHIP_RECIPES", &recipes)
+            .env("GRIDSHIP_STORE", tmp.path().join("store"));
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    // GitLab: plan writes a child pipeline; build triggers it; publish last.
+    let gl = yaml_as_json(&project().join("ci/nightly/gitlab-ci.yml"));
+    let plan = &gl["gridship-plan"];
+    for line in plan["script"].as_array().unwrap() {
+        bash(line.as_str().unwrap(), &[]);
+    }
+    assert_eq!(plan["artifacts"]["paths"][0], "nightly-child.yml");
+    assert_eq!(
+        gl["gridship-build"]["trigger"]["include"][0]["artifact"],
+        "nightly-child.yml"
+    );
+    let child = yaml_as_json(&tmp.path().join("nightly-child.yml"));
+    let template = &child[".gridship-build"];
+    let mut pairs = Vec::new();
+    for (job, def) in child.as_object().unwrap() {
+        if job.starts_with('.') {
+            continue;
+        }
+        assert_eq!(def["extends"], ".gridship-build", "{job}");
+        for entry in def["parallel"]["matrix"].as_array().unwrap() {
+            pairs.push((
+                entry["RECIPE"].as_str().unwrap().to_string(),
+                entry["SITE"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    assert_eq!(sorted(pairs), sorted(want.clone()));
+    let build_cmd = template["script"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .find(|l| l.contains("gridship --json nightly"))
+        .unwrap();
+    assert!(
+        build_cmd.contains("--recipe \"$RECIPE\"") && build_cmd.contains("--site \"$SITE\""),
+        "{build_cmd}"
+    );
+    assert_real_flags(build_cmd, "gitlab build job");
+    assert!(
+        template["variables"]["GRIDSHIP_STORE"]
+            .as_str()
+            .unwrap()
+            .starts_with("$CI_PROJECT_DIR")
+    );
+    let publish = &gl["gridship-publish"];
+    assert_eq!(publish["needs"], serde_json::json!(["gridship-build"]));
+    assert!(publish["resource_group"].is_string());
+    let steps: Vec<&str> = publish["script"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    check_publish_steps(&steps, "gitlab publish job");
+
+    // GitHub: plan's output feeds strategy.matrix through fromJSON.
+    let gh = yaml_as_json(&project().join("ci/nightly/github-actions.yml"));
+    let jobs = &gh["jobs"];
+    let step = jobs["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "matrix")
+        .unwrap();
+    let out = tmp.path().join("github-output");
+    bash(
+        step["run"].as_str().unwrap(),
+        &[("GITHUB_OUTPUT", out.to_str().unwrap())],
+    );
+    let line = std::fs::read_to_string(&out).unwrap();
+    let matrix: serde_json::Value =
+        serde_json::from_str(line.trim().strip_prefix("matrix=").unwrap()).unwrap();
+    let pairs: Vec<(String, String)> = matrix["include"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["RECIPE"].as_str().unwrap().to_string(),
+                e["SITE"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(sorted(pairs), sorted(want));
+    assert_eq!(
+        jobs["plan"]["outputs"]["matrix"],
+        "${{ steps.matrix.outputs.matrix }}"
+    );
+    let build = &jobs["build"];
+    assert_eq!(build["needs"], "plan");
+    assert_eq!(
+        build["strategy"]["matrix"],
+        "${{ fromJSON(needs.plan.outputs.matrix) }}"
+    );
+    let run_cmd = build["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .find(|r| r.contains("gridship --json nightly"))
+        .unwrap();
+    assert!(
+        run_cmd.contains("--recipe \"${{ matrix.RECIPE }}\"")
+            && run_cmd.contains("--site \"${{ matrix.SITE }}\""),
+        "{run_cmd}"
+    );
+    assert_real_flags(run_cmd, "github build job");
+    assert_eq!(jobs["publish"]["needs"], "build");
+    let steps: Vec<&str> = jobs["publish"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .collect();
+    check_publish_steps(&steps, "github publish job");
+}
+
+/// Wishlist from the registry, publish with the cvmfs-server backend, gc
+/// with 30 days of retention, in that order, with real options only.
+fn check_publish_steps(steps: &[&str], what: &str) {
+    let at = |needle: &str| {
+        steps
+            .iter()
+            .position(|s| s.contains(needle))
+            .unwrap_or_else(|| panic!("{what}: no step runs {needle}: {steps:?}"))
+    };
+    let (wish, publish, gc) = (
+        at("nightly --wishlist-for"),
+        at("cvmfs publish --wishlist wishlist.yaml"),
+        at("cvmfs gc"),
+    );
+    assert!(wish < publish && publish < gc, "{what}: {steps:?}");
+    assert!(steps[wish].contains("> wishlist.yaml"), "{what}");
+    assert!(steps[publish].contains("--backend cvmfs-server"), "{what}");
+    assert!(steps[gc].contains("--retention-days 30"), "{what}");
+    for s in [wish, publish, gc] {
+        assert_real_flags(steps[s], what);
+    }
+}
+
 /// With no engine at DOCKER_HOST, the error says so and how to start one.
 #[test]
 fn no_engine_is_a_clear_error() {

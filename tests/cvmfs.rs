@@ -429,23 +429,6 @@ fn wishlist_wildcards_publish_matching_tags_only() {
     assert!(run.stderr.contains(REPO), "{}", run.stderr);
 }
 
-/// A snapshot with what legitimately differs between two publishes of the
-/// same images removed: times of files written at publish time (catalog
-/// markers, manifests, the public links themselves).
-fn repo_snapshot(root: &Path) -> Snapshot {
-    let mut s = snapshot(root);
-    for (p, e) in s.entries.iter_mut() {
-        let publish_time = p.ends_with("/.cvmfscatalog")
-            || p.starts_with("/.metadata")
-            || p.starts_with("/podmanStore")
-            || (e.kind == "symlink" && !p.starts_with("/.flat") && !p.starts_with("/.layers"));
-        if publish_time {
-            e.mtime = None;
-        }
-    }
-    s
-}
-
 fn base_and_top(top: &str) -> Vec<(layers::Comp, Vec<layers::Entry>)> {
     use layers::{Comp, dir, file};
     let mut base = vec![dir("usr", 0o755), dir("usr/lib", 0o755), dir("etc", 0o755)];
@@ -640,34 +623,44 @@ fn unsafe_layers_never_escape_the_root() {
     }
 }
 
+/// Dir backend: publishers of different images run at once; a second
+/// publisher of the same image waits for the first, and with a short
+/// timeout gives up with a message that says so, having changed nothing.
 #[test]
-fn a_second_publisher_is_turned_away() {
+fn publishers_lock_per_image() {
     let g = Gridship::new();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("repo");
-    let image = format!("docker://{}/fixtures/debian:1", registry());
-    let mut args = vec![
-        "cvmfs".to_string(),
-        "publish".into(),
-        image.clone(),
-        "--repo".into(),
-        REPO.into(),
-        "--root".into(),
-        root.display().to_string(),
-    ];
-    args.extend(creds_args());
+    let debian = format!("docker://{}/fixtures/debian:1", registry());
+    let busybox = format!("docker://{}/fixtures/busybox:1", registry());
+    let args = |image: &str, extra: &[&str]| {
+        let mut a = vec![
+            "cvmfs".to_string(),
+            "publish".into(),
+            image.to_string(),
+            "--repo".into(),
+            REPO.into(),
+            "--root".into(),
+            root.display().to_string(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend(creds_args());
+        a
+    };
     // Warm the store so the first publisher spends its time writing.
-    let mut copy = vec!["copy".to_string(), image.clone(), format!("store:warm")];
-    copy.extend(creds_args());
-    g.run(&copy).ok();
+    for image in [&debian, &busybox] {
+        let mut copy = vec!["copy".to_string(), image.clone(), "store:warm".into()];
+        copy.extend(creds_args());
+        g.run(&copy).ok();
+    }
     let first = g
         .cmd()
-        .args(&args)
+        .args(args(&debian, &[]))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until it holds the lock (its temporary tree appears).
+    // Wait until it holds the image's lock (its temporary tree appears).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !root.exists() || !list(&root).iter().any(|p| p.contains(".gridship-tmp-")) {
         assert!(
@@ -676,14 +669,113 @@ fn a_second_publisher_is_turned_away() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let second = g.run(&args);
+    let before = list(&root);
+    let second = g.run(&args(&debian, &["--lock-timeout", "0"]));
     assert_eq!(second.code, 1, "{}", second.stderr);
     assert!(
-        second.stderr.contains("locked by another publisher"),
+        second.stderr.contains("gave up after 0s waiting for image")
+            && second.stderr.contains("nothing was changed"),
         "{}",
         second.stderr
     );
+    // Another image goes in beside it.
+    let other = g.run(&args(&busybox, &[]));
+    other.ok();
     to_run(first.wait_with_output().unwrap()).ok();
+    // Both are there, complete; the refused publisher left nothing.
+    let ls = g
+        .run(&[
+            "--json",
+            "cvmfs",
+            "ls",
+            "--repo",
+            REPO,
+            "--root",
+            root.to_str().unwrap(),
+        ])
+        .ok()
+        .json();
+    let ls = ls.as_array().unwrap();
+    assert_eq!(ls.len(), 2, "{ls:?}");
+    assert!(
+        ls.iter()
+            .all(|l| l["complete"] == true && l["committed"] == true)
+    );
+    assert!(!before.is_empty());
+    assert!(!list(&root).iter().any(|p| p.contains(".gridship-tmp-")));
+}
+
+/// cvmfs-server backend: a transaction someone else holds open is waited
+/// for (then the publish goes through); with a timeout the publisher gives
+/// up before writing anything; two gridship publishers take turns, one
+/// transaction at a time.
+#[test]
+fn server_publishers_wait_for_the_transaction() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = format!("docker://{}/fixtures/busybox:1", registry());
+    let mount = tmp.path().join("cvmfs");
+    std::fs::create_dir_all(mount.join(REPO)).unwrap();
+    let log = tmp.path().join("calls.log");
+    let cmd = |image: &str, timeout: &str| {
+        let mut c = g.cmd();
+        c.env("GRIDSHIP_CVMFS_SERVER", standin())
+            .env("STANDIN_LOG", &log)
+            .env("STANDIN_MOUNT", &mount)
+            .args(["--json", "cvmfs", "publish", image, "--repo", REPO])
+            .args(["--backend", "cvmfs-server", "--lock-timeout", timeout])
+            .args(["--cvmfs-mount", mount.to_str().unwrap()])
+            .args(creds_args())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    // Someone else's transaction is open.
+    let txn = mount.join(format!(".txn-{REPO}"));
+    std::fs::write(&txn, "").unwrap();
+    let r = to_run(cmd(&image, "1").output().unwrap());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "gave up after 1s waiting for the transaction on {REPO}"
+        )) && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.stderr
+    );
+    let c = calls(&log);
+    assert!(
+        !c.is_empty() && c.iter().all(|l| *l == format!("transaction {REPO}")),
+        "{c:?}"
+    );
+    // Nothing was written: the repository holds only its root.
+    assert_eq!(list(&mount.join(REPO)), vec![String::new()]);
+    // It closes while a publisher waits: the publish goes through.
+    std::fs::remove_file(&log).unwrap();
+    let waiting = cmd(&image, "60").spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::fs::remove_file(&txn).unwrap();
+    to_run(waiting.wait_with_output().unwrap()).ok();
+    let c = calls(&log);
+    assert_eq!(
+        c[c.len() - 2..],
+        [format!("transaction {REPO}"), format!("publish {REPO}")]
+    );
+    // Two gridship publishers at once: one transaction at a time, both done.
+    std::fs::remove_file(&log).unwrap();
+    let tag2 = push_tags(&g, &unique("turns").to_lowercase(), &["1"]).remove(0);
+    let a = cmd(&image, "60").spawn().unwrap();
+    let b = cmd(&tag2, "60").spawn().unwrap();
+    to_run(a.wait_with_output().unwrap()).ok();
+    to_run(b.wait_with_output().unwrap()).ok();
+    assert_eq!(
+        calls(&log),
+        [
+            format!("transaction {REPO}"),
+            format!("publish {REPO}"),
+            format!("transaction {REPO}"),
+            format!("publish {REPO}"),
+        ]
+    );
 }
 
 /// Every image podmanStore/ lists has its big data and a layer whose diff
@@ -795,7 +887,7 @@ fn killed_publishes_leave_the_repository_consistent() {
         }
     }
     publish(&g, &root, &images, &["--layers", "--podman"]).ok();
-    let d = diff(&repo_snapshot(&root), &repo_snapshot(&clean));
+    let d = diff(&cvmfs_repo_snapshot(&root), &cvmfs_repo_snapshot(&clean));
     assert!(
         d.is_empty(),
         "after kills and a final run the repository differs from a clean publish:\n{}",
@@ -862,7 +954,10 @@ fn cvmfs_server_backend_runs_one_transaction_per_image() {
     // What the transaction wrote equals the dir backend's tree.
     let dir = tmp.path().join("dir");
     publish(&g, &dir, &[&image], &[]).ok();
-    let d = diff(&repo_snapshot(&mount.join(REPO)), &repo_snapshot(&dir));
+    let d = diff(
+        &cvmfs_repo_snapshot(&mount.join(REPO)),
+        &cvmfs_repo_snapshot(&dir),
+    );
     assert!(d.is_empty(), "{}", d.join("\n"));
 
     // A failing publish is aborted, and its own error is what is reported.
@@ -928,7 +1023,10 @@ fn ingest_backend_streams_trees_and_small_files() {
     // What the ingests leave equals the dir backend's tree.
     let dir = tmp.path().join("dir");
     publish(&g, &dir, &[&image], &[]).ok();
-    let d = diff(&repo_snapshot(&mount.join(REPO)), &repo_snapshot(&dir));
+    let d = diff(
+        &cvmfs_repo_snapshot(&mount.join(REPO)),
+        &cvmfs_repo_snapshot(&dir),
+    );
     assert!(d.is_empty(), "{}", d.join("\n"));
     // gc deletes through ingest --delete.
     std::fs::remove_file(mount.join(REPO).join(&name)).unwrap();

@@ -123,12 +123,37 @@ pub struct NightlyArgs {
     /// Dated builds older than this are dropped (the newest always stays).
     #[arg(long, default_value_t = 30, value_name = "DAYS")]
     pub keep_days: u64,
+    /// Build nothing; print the recipe × site pairs as a CI matrix (JSON):
+    /// `github` gives {"include": [{"RECIPE": R, "SITE": S}, ...]} for
+    /// strategy.matrix with fromJSON, `gitlab` the list parallel:matrix
+    /// takes. Each job then runs `nightly --recipe $RECIPE --site $SITE`.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        num_args = 0..=1,
+        default_missing_value = "github",
+        conflicts_with = "wishlist_for"
+    )]
+    pub list_matrix: Option<MatrixFormat>,
+    /// Build nothing; print a DUCC wishlist for CVMFS repository REPO: each
+    /// recipe × site's dated tag and moving tags as the registry's labels
+    /// say now (for `cvmfs publish --wishlist` after the matrix jobs).
+    #[arg(long, value_name = "REPO")]
+    pub wishlist_for: Option<String>,
     #[command(flatten)]
     pub recipe_opts: RecipeBuildOpts,
     #[command(flatten)]
     pub dirs: ProjectDirs,
     #[command(flatten)]
     pub access: AccessOpts,
+}
+
+/// The shape of `nightly --list-matrix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MatrixFormat {
+    Github,
+    Gitlab,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +263,27 @@ pub fn nightly(global: &GlobalOpts, a: &NightlyArgs) -> anyhow::Result<()> {
         state_dir: build.ctx.store.join("gridship-cache"),
         build,
     };
+    if let Some(format) = a.list_matrix {
+        let pairs = crate::pipeline::nightly::matrix(&opts)?;
+        let doc = match format {
+            MatrixFormat::Github => serde_json::json!({ "include": pairs }),
+            MatrixFormat::Gitlab => serde_json::json!(pairs),
+        };
+        // One line: CI systems read it as a step output or a variable.
+        println!("{doc}");
+        return Ok(());
+    }
+    if let Some(repo) = &a.wishlist_for {
+        let (text, missing) = crate::pipeline::nightly::wishlist(&opts, repo)?;
+        for p in &missing {
+            eprintln!(
+                "warning: {} for {}: no nightly image in the registry; left out of the wishlist",
+                p.recipe, p.site
+            );
+        }
+        print!("{text}");
+        return Ok(());
+    }
     let quiet = global.quiet || global.json;
     let report = run_nightly(&opts, &mut |l| {
         if quiet {

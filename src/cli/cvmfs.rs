@@ -44,6 +44,10 @@ pub struct RepoArgs {
     /// Where repositories are mounted (cvmfs-server and ingest backends).
     #[arg(long, value_name = "DIR")]
     pub cvmfs_mount: Option<PathBuf>,
+    /// How long to wait for another publisher: its image (dir backend),
+    /// the repository (gc; server backends) or an open transaction.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub lock_timeout: u64,
 }
 
 impl RepoArgs {
@@ -74,12 +78,9 @@ impl RepoArgs {
                 });
             }
         };
-        Repo::open(RepoConfig::new(
-            name,
-            backend,
-            root,
-            self.cvmfs_mount.clone(),
-        )?)
+        let mut config = RepoConfig::new(name, backend, root, self.cvmfs_mount.clone())?;
+        config.lock_timeout = std::time::Duration::from_secs(self.lock_timeout);
+        Repo::open(config)
     }
 }
 
@@ -467,6 +468,14 @@ pub struct GcArgs {
     /// Remove only what has been unused for this many days.
     #[arg(long, default_value_t = 30)]
     pub grace_period: u64,
+    /// Unpublish dated names (REG/REPO:SITE-nightly-YYYYMMDDTHHMMSSZ, as
+    /// `gridship nightly` pushes them) this many days after their build;
+    /// the newest of each REG/REPO:SITE always stays. Their trees then go
+    /// after --grace-period like any unused tree. The clock is the
+    /// system's, or GRIDSHIP_NOW (Unix seconds or RFC 3339) for tests and
+    /// what-if runs.
+    #[arg(long, value_name = "DAYS")]
+    pub retention_days: Option<u64>,
     /// List what would be removed, with sizes; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -476,7 +485,13 @@ pub struct GcArgs {
 
 pub fn gc(global: &GlobalOpts, args: &GcArgs) -> anyhow::Result<()> {
     let mut repo = args.repo.open(None)?;
-    let items = cvmfs::gc(&mut repo, args.grace_period, args.dry_run)?;
+    let opts = cvmfs::GcOptions {
+        grace_days: args.grace_period,
+        retention_days: args.retention_days,
+        dry_run: args.dry_run,
+        now: crate::clock::now()?,
+    };
+    let items = cvmfs::gc_with(&mut repo, &opts)?;
     if global.json {
         return print_json(&items);
     }

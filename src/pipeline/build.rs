@@ -204,7 +204,7 @@ pub fn build_recipe(
     let sites = prepared
         .overlays
         .iter()
-        .map(|o| site_image(recipe, opts, &built, o, &prepared))
+        .map(|o| site_image(recipe, opts, &built, o, &prepared, &BTreeMap::new()))
         .collect::<Result<Vec<_>>>()?;
     Ok(BuildReport {
         recipe: recipe.name.clone(),
@@ -281,6 +281,7 @@ pub fn site_image(
     built: &Image,
     overlay: &SiteOverlay,
     prepared: &Prepared,
+    extra_labels: &BTreeMap<String, String>,
 ) -> Result<SiteImage> {
     let store = opts.ctx.store()?;
     let names = store_names(recipe, &overlay.site);
@@ -301,6 +302,7 @@ pub fn site_image(
             overlay.apply_config(config);
             let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
             labels.extend(prepared.labels.clone());
+            labels.extend(extra_labels.clone());
             labels.insert("org.opencontainers.image.created".into(), created.clone());
         },
         &names[0],

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::build::{self, BuildOptions, SiteImage};
 use crate::digest::Digest;
 use crate::recipe::Recipe;
-use crate::reference::RegistryRef;
+use crate::reference::{ImageRef, RegistryRef};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -48,6 +48,12 @@ pub struct NightlyItem {
     pub outcome: Outcome,
     pub key: Option<String>,
     pub manifest_digest: Option<String>,
+    /// When the image now current for this pair was built (RFC 3339).
+    pub built_at: Option<String>,
+    /// Its dated tag in the registry (`docker://PREFIX/RECIPE:SITE-nightly-STAMP`).
+    pub dated: Option<String>,
+    /// The moving tags that name it (`TAG-SITE` for the recipe's tags, `latest-SITE`).
+    pub moving: Vec<String>,
     pub image: Option<SiteImage>,
     pub error: Option<String>,
     pub seconds: f64,
@@ -130,27 +136,90 @@ fn cache_key(
     Digest::of_bytes(doc.to_string().as_bytes())
 }
 
-fn utc_now() -> (i64, String) {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    (
-        t,
-        crate::transform::apptainer::rfc3339_utc(t).unwrap_or_default(),
-    )
-}
-
 /// The dated store name of a nightly build: sorts by time.
+#[cfg(test)]
 fn dated_name(recipe: &str, site: &str, stamp: &str) -> String {
     // 2026-11-22T04:00:00Z -> 20261122T040000Z (a valid tag).
     let compact: String = stamp.chars().filter(|c| *c != '-' && *c != ':').collect();
-    format!("recipe/{recipe}:{site}-nightly-{compact}")
+    format!("recipe/{recipe}:{}", dated_tag(site, &compact))
+}
+
+/// The dated tag of a build (store and registry): `SITE-nightly-20261122T040000Z`.
+pub fn dated_tag(site: &str, compact: &str) -> String {
+    format!("{site}-nightly-{compact}")
+}
+
+/// The moving tags of a recipe × site: `TAG-SITE` for each of the recipe's
+/// tags, and `latest-SITE` (always, last: the tag whose labels decide
+/// "unchanged", so a run killed while pushing builds again).
+pub fn moving_tags(recipe: &Recipe, site: &str) -> Vec<String> {
+    let mut tags: Vec<String> = recipe
+        .spec
+        .tags
+        .iter()
+        .filter(|t| *t != "latest")
+        .map(|t| format!("{t}-{site}"))
+        .collect();
+    tags.push(format!("latest-{site}"));
+    tags
+}
+
+/// Labels of every nightly image: the cache key of its inputs and when it
+/// was built, so the registry alone tells whether a rebuild is due.
+pub const LABEL_KEY: &str = "gridship.nightly.key";
+pub const LABEL_BUILT: &str = "gridship.nightly.built";
+
+/// The build that is current for these inputs, if any: from the registry
+/// when the nightly pushes (the only state runners share), else from the
+/// local state. An unreachable registry is an error, never "unchanged".
+fn decide(
+    opts: &NightlyOptions,
+    recipe: &Recipe,
+    site: &str,
+    key: &Digest,
+    state: &State,
+    store: &crate::store::Layout,
+) -> Result<Option<StateEntry>> {
+    let Some(prefix) = &opts.push_prefix else {
+        return Ok(state
+            .builds
+            .get(&key.to_string())
+            .filter(|p| store.has_blob(&p.manifest_digest, Some(p.manifest_size)))
+            .cloned());
+    };
+    let probe = RegistryRef {
+        repository: format!("{}/{}", prefix.repository, recipe.name),
+        tag: Some(format!("latest-{site}")),
+        digest: None,
+        ..prefix.clone()
+    };
+    let found = crate::registry::fetch_config(&probe, &opts.build.ctx.registry).map_err(|e| {
+        Error::Other(format!(
+            "cannot tell whether docker://{probe} is current: {e}\n  hint: the nightly decides \"unchanged\" from the registry; make it reachable and run again"
+        ))
+    })?;
+    let Some((desc, config)) = found else {
+        return Ok(None);
+    };
+    let labels = config.config.labels.unwrap_or_default();
+    if labels.get(LABEL_KEY) != Some(&key.to_string()) {
+        return Ok(None);
+    }
+    Ok(Some(StateEntry {
+        recipe: recipe.name.clone(),
+        site: site.to_string(),
+        manifest_digest: desc.digest,
+        manifest_media_type: desc.media_type,
+        manifest_size: desc.size,
+        built: labels.get(LABEL_BUILT).cloned().unwrap_or_default(),
+    }))
 }
 
 pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<NightlyReport> {
     let started = std::time::Instant::now();
-    let (_, stamp) = utc_now();
+    let now = crate::clock::now()?;
+    let stamp = crate::transform::apptainer::rfc3339_utc(now)?;
+    let compact = crate::clock::compact_stamp(now)?;
     let names = if opts.recipes.is_empty() {
         Recipe::list(&opts.build.recipes_dir)
     } else {
@@ -175,6 +244,9 @@ pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<N
                     outcome: Outcome::Failed,
                     key: None,
                     manifest_digest: None,
+                    built_at: None,
+                    dated: None,
+                    moving: Vec::new(),
                     image: None,
                     error: Some(e.to_string()),
                     seconds: t0.elapsed().as_secs_f64(),
@@ -246,63 +318,124 @@ pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<N
                 outcome: Outcome::Unchanged,
                 key: Some(key.to_string()),
                 manifest_digest: None,
+                built_at: None,
+                dated: None,
+                moving: Vec::new(),
                 image: None,
                 error: None,
                 seconds: 0.0,
             };
-            if let Some(prev) = state.builds.get(&key.to_string())
-                && store.has_blob(&prev.manifest_digest, Some(prev.manifest_size))
-            {
-                item.manifest_digest = Some(prev.manifest_digest.to_string());
-                // The names point at it again (a retention run may have moved them).
-                let desc = crate::store::Descriptor::new(
-                    prev.manifest_media_type.clone(),
-                    prev.manifest_digest.clone(),
-                    prev.manifest_size,
-                );
-                for n in build::store_names(&recipe, &overlay.site) {
-                    store.set_ref(&n, &desc)?;
+            match decide(opts, &recipe, &overlay.site, &key, &state, &store) {
+                Err(e) => {
+                    log(&format!("  {}: FAILED: {e}", overlay.site));
+                    item.outcome = Outcome::Failed;
+                    item.error = Some(e.to_string());
                 }
-                log(&format!("  {}: unchanged ({})", overlay.site, prev.built));
-            } else {
-                let engine = built.get_or_insert_with(|| {
-                    log(&format!("  building {name} from {}", base.name));
-                    build::build_in_engine(&recipe, &bopts, &prepared, &base, &mut |l| {
-                        tracing::info!("{l}")
-                    })
-                    .map_err(|e| e.to_string())
-                });
-                let result = match engine {
-                    Ok(image) => build::site_image(&recipe, &bopts, image, overlay, &prepared)
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.clone()),
-                };
-                match result {
-                    Ok(image) => {
-                        let dated = dated_name(name, &overlay.site, &stamp);
-                        let desc = store.resolve(Some(&image.store_names[0]))?;
-                        store.set_ref(&dated, &desc)?;
-                        state.builds.insert(
-                            key.to_string(),
-                            StateEntry {
-                                recipe: name.clone(),
-                                site: overlay.site.clone(),
-                                manifest_digest: desc.digest.clone(),
-                                manifest_media_type: desc.media_type.clone(),
-                                manifest_size: desc.size,
-                                built: stamp.clone(),
-                            },
+                Ok(Some(prev)) => {
+                    // The local names point at it again when the store has
+                    // it (a retention run may have moved them).
+                    if store.has_blob(&prev.manifest_digest, Some(prev.manifest_size)) {
+                        let desc = crate::store::Descriptor::new(
+                            prev.manifest_media_type.clone(),
+                            prev.manifest_digest.clone(),
+                            prev.manifest_size,
                         );
-                        save_state(&opts.state_dir, &state)?;
-                        item.outcome = Outcome::Built;
-                        item.manifest_digest = Some(desc.digest.to_string());
-                        item.image = Some(image);
-                        log(&format!("  {}: built {}", overlay.site, desc.digest));
+                        for n in build::store_names(&recipe, &overlay.site) {
+                            store.set_ref(&n, &desc)?;
+                        }
                     }
-                    Err(e) => {
-                        log(&format!("  {}: FAILED: {e}", overlay.site));
-                        item.outcome = Outcome::Failed;
-                        item.error = Some(e);
+                    if let Some(dest) = &bopts.push {
+                        let compact = crate::clock::parse_time(&prev.built)
+                            .and_then(|t| crate::clock::compact_stamp(t).ok())
+                            .unwrap_or_default();
+                        item.dated = Some(format!(
+                            "docker://{}",
+                            dest.with_tag(&dated_tag(&overlay.site, &compact))
+                        ));
+                        item.moving = moving_tags(&recipe, &overlay.site)
+                            .iter()
+                            .map(|t| format!("docker://{}", dest.with_tag(t)))
+                            .collect();
+                    }
+                    item.manifest_digest = Some(prev.manifest_digest.to_string());
+                    item.built_at = Some(prev.built.clone());
+                    log(&format!("  {}: unchanged ({})", overlay.site, prev.built));
+                    state.builds.insert(key.to_string(), prev);
+                }
+                Ok(None) => {
+                    let engine = built.get_or_insert_with(|| {
+                        log(&format!("  building {name} from {}", base.name));
+                        build::build_in_engine(&recipe, &bopts, &prepared, &base, &mut |l| {
+                            tracing::info!("{l}")
+                        })
+                        .map_err(|e| e.to_string())
+                    });
+                    let labels = BTreeMap::from([
+                        (LABEL_KEY.to_string(), key.to_string()),
+                        (LABEL_BUILT.to_string(), stamp.clone()),
+                    ]);
+                    let result = match engine {
+                        Ok(image) => {
+                            let mut local = bopts.clone();
+                            // Pushed below, dated tag first: the moving tags,
+                            // whose labels decide "unchanged", come last.
+                            local.push = None;
+                            build::site_image(&recipe, &local, image, overlay, &prepared, &labels)
+                                .and_then(|mut image| {
+                                    let desc = store.resolve(Some(&image.store_names[0]))?;
+                                    let dated = format!(
+                                        "recipe/{name}:{}",
+                                        dated_tag(&overlay.site, &compact)
+                                    );
+                                    store.set_ref(&dated, &desc)?;
+                                    if let Some(dest) = &bopts.push {
+                                        let mut tags = vec![dated_tag(&overlay.site, &compact)];
+                                        tags.extend(moving_tags(&recipe, &overlay.site));
+                                        for t in tags {
+                                            let d = dest.with_tag(&t);
+                                            crate::transport::copy(
+                                                &ImageRef::Store(image.store_names[0].clone()),
+                                                &ImageRef::Registry(d.clone()),
+                                                &bopts.ctx,
+                                            )?;
+                                            image.pushed.push(format!("docker://{d}"));
+                                        }
+                                    }
+                                    Ok((image, desc))
+                                })
+                                .map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(e.clone()),
+                    };
+                    match result {
+                        Ok((image, desc)) => {
+                            state.builds.insert(
+                                key.to_string(),
+                                StateEntry {
+                                    recipe: name.clone(),
+                                    site: overlay.site.clone(),
+                                    manifest_digest: desc.digest.clone(),
+                                    manifest_media_type: desc.media_type.clone(),
+                                    manifest_size: desc.size,
+                                    built: stamp.clone(),
+                                },
+                            );
+                            save_state(&opts.state_dir, &state)?;
+                            item.outcome = Outcome::Built;
+                            item.manifest_digest = Some(desc.digest.to_string());
+                            item.built_at = Some(stamp.clone());
+                            if bopts.push.is_some() {
+                                item.dated = image.pushed.first().cloned();
+                                item.moving = image.pushed[1..].to_vec();
+                            }
+                            item.image = Some(image);
+                            log(&format!("  {}: built {}", overlay.site, desc.digest));
+                        }
+                        Err(e) => {
+                            log(&format!("  {}: FAILED: {e}", overlay.site));
+                            item.outcome = Outcome::Failed;
+                            item.error = Some(e);
+                        }
                     }
                 }
             }
@@ -310,7 +443,7 @@ pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<N
             items.push(item);
         }
     }
-    let pruned = prune(&store, &mut state, opts.keep, opts.keep_days)?;
+    let pruned = prune(&store, &mut state, opts.keep, opts.keep_days, now)?;
     save_state(&opts.state_dir, &state)?;
     let blobs_removed = if pruned.is_empty() {
         0
@@ -330,6 +463,97 @@ pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<N
     })
 }
 
+/// One job of a CI matrix: a recipe and one of its sites.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MatrixPair {
+    #[serde(rename = "RECIPE")]
+    pub recipe: String,
+    #[serde(rename = "SITE")]
+    pub site: String,
+}
+
+/// The recipe × site pairs a nightly of `opts` builds, in order: one CI job
+/// each (`nightly --recipe R --site S`). A recipe that does not load is an
+/// error here: the matrix must not silently lose it.
+pub fn matrix(opts: &NightlyOptions) -> Result<Vec<MatrixPair>> {
+    let names = if opts.recipes.is_empty() {
+        Recipe::list(&opts.build.recipes_dir)
+    } else {
+        opts.recipes.clone()
+    };
+    if names.is_empty() {
+        return Err(Error::bad_input(
+            opts.build.recipes_dir.display().to_string(),
+            "no recipes (directories with a recipe.yaml)",
+        ));
+    }
+    let mut out = Vec::new();
+    for name in &names {
+        let recipe = Recipe::load(&opts.build.recipes_dir, name)?;
+        for site in &recipe.spec.sites {
+            if opts.sites.is_empty() || opts.sites.contains(site) {
+                out.push(MatrixPair {
+                    recipe: name.clone(),
+                    site: site.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A DUCC wishlist (version 1) for CVMFS repository `repo`: for every pair
+/// of the matrix, the dated tag of its current build and its moving tags,
+/// as the registry's labels say now. Pairs the registry has no nightly
+/// image of are left out and returned (a recipe whose first build failed).
+pub fn wishlist(opts: &NightlyOptions, repo: &str) -> Result<(String, Vec<MatrixPair>)> {
+    let Some(prefix) = &opts.push_prefix else {
+        return Err(Error::BadInput {
+            input: "gridship nightly --wishlist-for".into(),
+            place: String::new(),
+            reason: "needs the registry the nightly pushes to".into(),
+            hint: Some("add --push-prefix docker://REG/PREFIX (or push: in config.yaml)".into()),
+        });
+    };
+    let mut inputs = Vec::new();
+    let mut missing = Vec::new();
+    for pair in matrix(opts)? {
+        let recipe = Recipe::load(&opts.build.recipes_dir, &pair.recipe)?;
+        let repo_ref = RegistryRef {
+            repository: format!("{}/{}", prefix.repository, recipe.name),
+            tag: None,
+            digest: None,
+            ..prefix.clone()
+        };
+        let probe = repo_ref.with_tag(&format!("latest-{}", pair.site));
+        let built = crate::registry::fetch_config(&probe, &opts.build.ctx.registry)?
+            .and_then(|(_, c)| c.config.labels.unwrap_or_default().remove(LABEL_BUILT))
+            .and_then(|b| crate::clock::parse_time(&b));
+        let Some(built) = built else {
+            missing.push(pair);
+            continue;
+        };
+        let compact = crate::clock::compact_stamp(built)?;
+        inputs.push(
+            repo_ref
+                .with_tag(&dated_tag(&pair.site, &compact))
+                .to_string(),
+        );
+        for t in moving_tags(&recipe, &pair.site) {
+            inputs.push(repo_ref.with_tag(&t).to_string());
+        }
+    }
+    let doc = serde_json::json!({
+        "version": 1,
+        "cvmfs_repo": repo,
+        "input": inputs,
+    });
+    // JSON is YAML: the wishlist reader takes it as it is.
+    let mut text = serde_json::to_string_pretty(&doc).expect("wishlist serializes");
+    text.push('\n');
+    Ok((text, missing))
+}
+
 /// Drop dated nightly names beyond `keep` per recipe and site, or older
 /// than `keep_days`; the newest always stays. State entries whose manifest
 /// no name holds any more go too.
@@ -338,8 +562,8 @@ fn prune(
     state: &mut State,
     keep: usize,
     keep_days: u64,
+    now: i64,
 ) -> Result<Vec<String>> {
-    let (now, _) = utc_now();
     let horizon = now - (keep_days as i64) * 86_400;
     let horizon_name = crate::transform::apptainer::rfc3339_utc(horizon.max(0))
         .unwrap_or_default()
@@ -395,7 +619,7 @@ mod tests {
     use crate::store::{Descriptor, Layout};
 
     fn stamp_days_ago(days: i64) -> String {
-        let (now, _) = utc_now();
+        let now = crate::clock::now().unwrap();
         crate::transform::apptainer::rfc3339_utc(now - days * 86_400).unwrap()
     }
 
@@ -433,12 +657,12 @@ mod tests {
         }
         // 30 days, many builds: only the 40-day-old glasgow build goes;
         // bonn's one build is older but the newest of its group.
-        let dropped = prune(&store, &mut state, 10, 30).unwrap();
+        let dropped = prune(&store, &mut state, 10, 30, crate::clock::now().unwrap()).unwrap();
         assert_eq!(dropped, vec![name_of[&("glasgow", 40)].clone()]);
         assert!(!state.builds.contains_key("key-glasgow-40"));
         assert!(state.builds.contains_key("key-bonn-60"));
         // Keep 2: the third newest glasgow build goes too.
-        let dropped = prune(&store, &mut state, 2, 30).unwrap();
+        let dropped = prune(&store, &mut state, 2, 30, crate::clock::now().unwrap()).unwrap();
         assert_eq!(dropped, vec![name_of[&("glasgow", 3)].clone()]);
         let names: Vec<String> = store
             .read_index()

@@ -443,3 +443,20 @@ impl Apptainer {
         String::from_utf8(out.stdout).expect("UTF-8 output")
     }
 }
+
+/// A snapshot with what legitimately differs between two publishes of the
+/// same images removed: times of files written at publish time (catalog
+/// markers, manifests, the public links themselves).
+pub fn cvmfs_repo_snapshot(root: &Path) -> Snapshot {
+    let mut s = snapshot(root);
+    for (p, e) in s.entries.iter_mut() {
+        let publish_time = p.ends_with("/.cvmfscatalog")
+            || p.starts_with("/.metadata")
+            || p.starts_with("/podmanStore")
+            || (e.kind == "symlink" && !p.starts_with("/.flat") && !p.starts_with("/.layers"));
+        if publish_time {
+            e.mtime = None;
+        }
+    }
+    s
+}

@@ -39,8 +39,10 @@ use crate::transform::{RuleReport, Transform};
 use crate::{Error, Result};
 
 pub mod bundle;
+pub mod lock;
 pub mod multiarch;
 pub mod podman;
+pub mod retention;
 
 const TMP_MARK: &str = ".gridship-tmp-";
 const CATALOG: &str = ".cvmfscatalog";
@@ -79,8 +81,11 @@ pub struct RepoConfig {
     pub root: PathBuf,
     /// The `cvmfs_server` program (tests point it at a recording stand-in).
     pub cvmfs_server: PathBuf,
-    /// Lock file that keeps two publishers off one repository.
+    /// The repository's lock file (see `lock`): shared by `dir`
+    /// publishers, exclusive for gc and the server backends.
     pub lock: PathBuf,
+    /// How long to wait for another publisher's lock or transaction.
+    pub lock_timeout: std::time::Duration,
 }
 
 impl RepoConfig {
@@ -123,6 +128,7 @@ impl RepoConfig {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("cvmfs_server")),
             lock,
+            lock_timeout: std::time::Duration::from_secs(600),
         })
     }
 }
@@ -130,7 +136,10 @@ impl RepoConfig {
 /// An open repository: the lock is held while this lives.
 pub struct Repo {
     pub config: RepoConfig,
-    _lock: File,
+    lock: lock::Held,
+    /// The repository lock is exclusive (gc, server backends): nobody
+    /// else writes, per-image locks are not needed to sweep leftovers.
+    exclusive: bool,
     in_transaction: bool,
 }
 
@@ -277,11 +286,15 @@ pub struct PublishReport {
     pub seconds: f64,
 }
 
+/// Now, by the clock retention decisions use (`GRIDSHIP_NOW` in tests).
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::clock::now().unwrap_or_else(|e| {
+        tracing::warn!("{e}; using the system clock");
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    })
 }
 
 /// Make every entry readable by the publisher, as DUCC does before a
@@ -327,39 +340,96 @@ impl Transform for Publishable {
 }
 
 impl Repo {
-    /// Open a repository, taking its lock (fails at once if another
-    /// publisher holds it), and clear what a killed run left behind.
+    /// Open a repository, taking its lock: shared for the `dir` backend
+    /// (publishers of different images run at once, each locking its
+    /// image), exclusive for the server backends (one transaction at a
+    /// time); waits up to `lock_timeout` for other holders. When nobody
+    /// else has it open, what a killed run left behind is cleared.
     pub fn open(config: RepoConfig) -> Result<Repo> {
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&config.lock)
-            .at("opening the lock file", &config.lock)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::Other(format!(
-                    "repository {} is locked by another publisher ({})\n  hint: wait for it to finish; the lock is released when it exits",
-                    config.name,
-                    config.lock.display()
-                )));
+        let what = format!("repository {}", config.name);
+        let (held, exclusive) = if config.backend == BackendKind::Dir {
+            match lock::try_take(&config.lock, lock::Mode::Exclusive)? {
+                Some(h) => (h, true),
+                None => (
+                    lock::take(&config.lock, lock::Mode::Shared, config.lock_timeout, &what)?,
+                    false,
+                ),
             }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::io_path(&config.lock, "locking", e));
-            }
-        }
-        let repo = Repo {
+        } else {
+            let h = lock::take(
+                &config.lock,
+                lock::Mode::Exclusive,
+                config.lock_timeout,
+                &what,
+            )?;
+            (h, true)
+        };
+        let mut repo = Repo {
             config,
-            _lock: lock,
+            lock: held,
+            exclusive,
             in_transaction: false,
         };
         if repo.config.backend == BackendKind::Dir {
             fs::create_dir_all(&repo.config.root).at("creating", &repo.config.root)?;
-            repo.clean_leftovers()?;
+            if repo.exclusive {
+                repo.clean_leftovers()?;
+                // Other publishers may join now; each sweeps what it locks.
+                repo.lock.share(&repo.config.lock)?;
+                repo.exclusive = false;
+            }
+            // Under the store's own lock: safe beside live publishers.
             podman::sweep(&repo)?;
         }
         Ok(repo)
+    }
+
+    /// Make this the only publisher of the repository (gc), waiting for
+    /// the others to finish; then clear what killed runs left.
+    pub fn make_exclusive(&mut self) -> Result<()> {
+        if self.exclusive {
+            return Ok(());
+        }
+        let what = format!("repository {} (gc)", self.config.name);
+        self.lock
+            .make_exclusive(&self.config.lock, self.config.lock_timeout, &what)?;
+        self.exclusive = true;
+        if self.config.backend == BackendKind::Dir {
+            self.clean_leftovers()?;
+        }
+        Ok(())
+    }
+
+    /// Lock one public name, tree or the schedule (a no-op cost when the
+    /// repository lock is exclusive, but taken anyway: cheap, uniform).
+    fn lock_item(&self, key: &str, what: &str) -> Result<lock::Held> {
+        lock::take(
+            &lock::item_path(&self.config.lock, key),
+            lock::Mode::Exclusive,
+            self.config.lock_timeout,
+            what,
+        )
+    }
+
+    /// Temporary entries in `dir` (relative) named `.{stem}{TMP_MARK}...`:
+    /// only the holder of the lock of `stem` writes them, so the holder
+    /// may clear what a killed holder left.
+    fn sweep_tmp(&self, dir: &Path, stem: &str) -> Result<()> {
+        if self.config.backend == BackendKind::Ingest {
+            return Ok(());
+        }
+        let dir = self.abs(dir);
+        let prefix = format!("{stem}{TMP_MARK}");
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for e in rd {
+            let e = e.at("reading", &dir)?;
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                remove_any(&e.path())?;
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -445,11 +515,7 @@ impl Repo {
             tracing::warn!("aborting the transaction a killed gridship run left open on {name}");
             self.server(&["abort", "-f", &name])?;
         }
-        self.server(&["transaction", &name]).map_err(|e| {
-            Error::Other(format!(
-                "{e}\n  hint: if a transaction is open on {name}, finish or abort it (cvmfs_server abort -f {name})"
-            ))
-        })?;
+        self.open_transaction(&name)?;
         File::create(&marker).at("creating", &marker)?;
         self.in_transaction = true;
         let result = f(self).and_then(|v| self.server(&["publish", &name]).map(|()| v));
@@ -471,6 +537,34 @@ impl Repo {
             let _ = fs::remove_file(&marker);
         }
         closed
+    }
+
+    /// `cvmfs_server transaction`, waiting up to `lock_timeout` while it
+    /// fails (a transaction someone else opened, e.g. another machine or
+    /// an operator); nothing has been written when it gives up.
+    fn open_transaction(&self, name: &str) -> Result<()> {
+        let started = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            match self.server(&["transaction", name]) {
+                Ok(()) => return Ok(()),
+                // The program did not run at all: waiting will not help.
+                Err(e @ Error::Io { .. }) => return Err(e),
+                Err(e) if started.elapsed() >= self.config.lock_timeout => {
+                    return Err(Error::Other(format!(
+                        "gave up after {}s waiting for the transaction on {name} (nothing was changed): {e}\n  hint: another publisher has it open; let it publish, or abort it (cvmfs_server abort -f {name}), or wait longer with --lock-timeout SECONDS",
+                        self.config.lock_timeout.as_secs()
+                    )));
+                }
+                Err(e) => {
+                    if !said {
+                        tracing::warn!("waiting for the open transaction on {name}: {e}");
+                        said = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+            }
+        }
     }
 
     fn exists(&self, rel: &Path) -> bool {
@@ -747,6 +841,13 @@ impl Repo {
         resolved.starts_with(".flat").then_some(resolved)
     }
 
+    /// The gc schedule is one file all publishers of the repository update.
+    fn lock_schedule(&self) -> Result<lock::Held> {
+        let held = self.lock_item("schedule", "the gc schedule")?;
+        self.sweep_tmp(Path::new(".metadata"), "")?;
+        Ok(held)
+    }
+
     fn read_schedule(&self) -> Result<Vec<Scheduled>> {
         let p = self.abs(Path::new(SCHEDULE));
         match fs::read(&p) {
@@ -1003,8 +1104,26 @@ pub(crate) fn publish_at(
             hint: Some("move it away, or publish under another name".into()),
         });
     }
+    // Publishers of other images go on beside this one; a second
+    // publisher of this name waits for it.
+    let _name_lock = repo.lock_item(&format!("name:{name}"), &format!("image {name}"))?;
     repo.transaction(|repo| {
         repo.ensure_catalog(Path::new(".flat"))?;
+        let link_name = link.file_name().expect("named").to_string_lossy();
+        repo.sweep_tmp(
+            link.parent().expect("REG/REPO:TAG"),
+            &format!(".{link_name}"),
+        )?;
+        repo.sweep_tmp(&name.metadata_dir(), "")?;
+        // Trees are shared between images: one writer at a time each.
+        let flat_lock = repo.lock_item(
+            &format!("tree:{}", flat.display()),
+            &format!("tree {}", flat.display()),
+        )?;
+        repo.sweep_tmp(
+            flat.parent().expect(".flat/xx"),
+            &format!(".{}", config_digest.hex()),
+        )?;
         if repo.exists(&flat) {
             report.flat_status = "present".into();
         } else {
@@ -1021,11 +1140,17 @@ pub(crate) fn publish_at(
             repo.put_tree(&flat, &index, data, &unpack, true)?;
             report.flat_status = "built".into();
         }
+        drop(flat_lock);
         if opts.layers {
             repo.ensure_catalog(Path::new(".layers"))?;
             for (i, l) in image.layers().iter().enumerate() {
                 let lp = layer_path(&l.digest);
                 repo.ensure_catalog(lp.parent().expect("xx dir"))?;
+                let _layer_lock = repo.lock_item(
+                    &format!("tree:{}", lp.display()),
+                    &format!("tree {}", lp.display()),
+                )?;
+                repo.sweep_tmp(&lp, ".layerfs")?;
                 // layerfs is the unit renamed into place: it is there only complete.
                 if repo.exists(&lp.join("layerfs")) {
                     report.layers_present.push(l.digest.to_string());
@@ -1057,6 +1182,7 @@ pub(crate) fn publish_at(
             if let Some(old_flat) = repo.flat_of_link(&link)
                 && old_flat != flat
             {
+                let _schedule_lock = repo.lock_schedule()?;
                 let mut schedule = repo.read_schedule()?;
                 schedule.retain(|s| s.path != old_flat);
                 schedule.push(Scheduled {
@@ -1191,6 +1317,14 @@ fn reusable_files(
 
 /// Every `.metadata/**/manifest.json`.
 fn published_manifests(repo: &Repo) -> Result<Vec<DuccManifest>> {
+    Ok(published_manifests_at(repo)?
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect())
+}
+
+/// Every `.metadata/**/manifest.json`, with its path relative to the root.
+fn published_manifests_at(repo: &Repo) -> Result<Vec<(PathBuf, DuccManifest)>> {
     let mut out = Vec::new();
     let meta = repo.abs(Path::new(".metadata"));
     if !meta.is_dir() {
@@ -1206,7 +1340,7 @@ fn published_manifests(repo: &Repo) -> Result<Vec<DuccManifest>> {
             } else if e.file_name() == "manifest.json" {
                 let b = fs::read(&p).at("reading", &p)?;
                 match serde_json::from_slice::<DuccManifest>(&b) {
-                    Ok(m) => out.push(m),
+                    Ok(m) => out.push((p.strip_prefix(repo.root()).unwrap_or(&p).to_path_buf(), m)),
                     Err(e) => tracing::warn!("{}: not a manifest ({e}); ignored", p.display()),
                 }
             }
@@ -1264,23 +1398,65 @@ pub struct GcItem {
     pub action: String,
 }
 
+/// What gc removes and when.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Trees unused for this many days go.
+    pub grace_days: u64,
+    /// Dated names (`REG/REPO:SITE-nightly-STAMP`) this many days after
+    /// their build are unpublished, except each group's newest (see
+    /// `retention`); `None`: published names are never touched.
+    pub retention_days: Option<u64>,
+    pub dry_run: bool,
+    /// Unix seconds (`crate::clock::now()`).
+    pub now: i64,
+}
+
 /// Remove flat trees no public symlink uses and layers no manifest lists,
 /// once they have been unused for `grace_days`.
 pub fn gc(repo: &mut Repo, grace_days: u64, dry_run: bool) -> Result<Vec<GcItem>> {
-    let now = now();
-    let mut used_flats: BTreeSet<PathBuf> = repo
-        .public_links()?
+    gc_with(
+        repo,
+        &GcOptions {
+            grace_days,
+            retention_days: None,
+            dry_run,
+            now: now(),
+        },
+    )
+}
+
+/// gc with a retention policy for dated names: an expired name's link and
+/// metadata go first, then its tree, like any unused one, after the grace
+/// period. Waits for the repository's other publishers (they hold it
+/// shared) and keeps them out while it runs.
+pub fn gc_with(repo: &mut Repo, opts: &GcOptions) -> Result<Vec<GcItem>> {
+    let (grace_days, dry_run, now) = (opts.grace_days, opts.dry_run, opts.now);
+    repo.make_exclusive()?;
+    let links = repo.public_links()?;
+    let expired = match opts.retention_days {
+        Some(days) => retention::expired(&links, now, days),
+        None => Vec::new(),
+    };
+    let expired_manifests: BTreeSet<PathBuf> = expired
         .iter()
+        .map(|l| Path::new(".metadata").join(l).join("manifest.json"))
+        .collect();
+    let mut used_flats: BTreeSet<PathBuf> = links
+        .iter()
+        .filter(|l| !expired.contains(l))
         .filter_map(|l| repo.flat_of_link(l))
         .collect();
     // Every platform of a multi-arch name is used while its public link is
     // the variant link; a platform entry of a name published otherwise since
-    // goes, and its tree with the rest.
+    // goes, and its tree with the rest. (A multi-arch name expired in this
+    // run still counts as live: its platforms go in the next gc.)
     let multi = multiarch::scan(repo)?;
     used_flats.extend(multi.live_flats.iter().cloned());
-    let used_layers: BTreeSet<PathBuf> = published_manifests(repo)?
+    let used_layers: BTreeSet<PathBuf> = published_manifests_at(repo)?
         .iter()
-        .flat_map(|m| m.layers.iter().map(|l| layer_path(&l.digest)))
+        .filter(|(p, _)| !expired_manifests.contains(p))
+        .flat_map(|(_, m)| m.layers.iter().map(|l| layer_path(&l.digest)))
         .collect();
     let mut candidates = Vec::new();
     for (top, used) in [(".flat", &used_flats), (".layers", &used_layers)] {
@@ -1305,6 +1481,20 @@ pub fn gc(repo: &mut Repo, grace_days: u64, dry_run: bool) -> Result<Vec<GcItem>
     // What is used again leaves the schedule.
     schedule.retain(|s| candidates.contains(&s.path));
     let mut items = Vec::new();
+    for l in &expired {
+        let since = retention::dated(l).map_or(now, |(_, t)| t);
+        items.push(GcItem {
+            path: l.clone(),
+            bytes: 0,
+            since,
+            action: if dry_run {
+                "would unpublish (dated, past retention)"
+            } else {
+                "unpublished (dated, past retention)"
+            }
+            .into(),
+        });
+    }
     let grace = (grace_days * 86400) as i64;
     let mut to_remove = Vec::new();
     for c in &candidates {
@@ -1337,6 +1527,12 @@ pub fn gc(repo: &mut Repo, grace_days: u64, dry_run: bool) -> Result<Vec<GcItem>
     }
     if !dry_run {
         repo.transaction(|repo| {
+            // The commit marker first, then the link: a killed gc leaves a
+            // name that `ls` shows as uncommitted, never a dangling link.
+            for l in &expired {
+                repo.remove(&Path::new(".metadata").join(l))?;
+                repo.remove(l)?;
+            }
             multiarch::remove_stale(repo, &multi)?;
             // The podman store's entries first: it never names a tree
             // that is gone.
