@@ -250,6 +250,35 @@ impl FsIndex {
         self.entries.len()
     }
 
+    /// Set the mode of every directory and regular file to `new(is_dir,
+    /// mode)`; returns `(path, old, new)` for each change. A hardlinked
+    /// file is one node: changed and returned once, at its first path.
+    pub fn remap_modes(&mut self, new: impl Fn(bool, u32) -> u32) -> Vec<(String, u32, u32)> {
+        let mut seen = std::collections::HashSet::new();
+        let mut changes = Vec::new();
+        for (key, id, node) in self.iter() {
+            if !seen.insert(id) {
+                continue;
+            }
+            let dir = match node.kind {
+                Kind::Dir => true,
+                Kind::File { .. } => false,
+                _ => continue,
+            };
+            let (old, mode) = (node.meta.mode, new(dir, node.meta.mode));
+            if mode != old {
+                changes.push((id, display_path(key), old, mode));
+            }
+        }
+        changes
+            .into_iter()
+            .map(|(id, path, old, mode)| {
+                self.node_mut(id).meta.mode = mode;
+                (path, old, mode)
+            })
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.len() <= 1
     }

@@ -324,18 +324,7 @@ fn debian_from_the_registry_in_ducc_layout() {
         );
     }
     // ls sees it complete and committed.
-    let ls = g
-        .run(&[
-            "--json",
-            "cvmfs",
-            "ls",
-            "--repo",
-            REPO,
-            "--root",
-            root.to_str().unwrap(),
-        ])
-        .ok()
-        .json();
+    let ls = g.cvmfs_ls(REPO, &root);
     assert_eq!(ls[0]["name"], name);
     assert_eq!(
         (ls[0]["complete"].as_bool(), ls[0]["committed"].as_bool()),
@@ -683,18 +672,7 @@ fn publishers_lock_per_image() {
     other.ok();
     to_run(first.wait_with_output().unwrap()).ok();
     // Both are there, complete; the refused publisher left nothing.
-    let ls = g
-        .run(&[
-            "--json",
-            "cvmfs",
-            "ls",
-            "--repo",
-            REPO,
-            "--root",
-            root.to_str().unwrap(),
-        ])
-        .ok()
-        .json();
+    let ls = g.cvmfs_ls(REPO, &root);
     let ls = ls.as_array().unwrap();
     assert_eq!(ls.len(), 2, "{ls:?}");
     assert!(
@@ -865,18 +843,7 @@ fn killed_publishes_leave_the_repository_consistent() {
         let _ = child.wait();
         // Every public symlink leads to a complete tree.
         if root.exists() {
-            let ls = g
-                .run(&[
-                    "--json",
-                    "cvmfs",
-                    "ls",
-                    "--repo",
-                    REPO,
-                    "--root",
-                    root.to_str().unwrap(),
-                ])
-                .ok()
-                .json();
+            let ls = g.cvmfs_ls(REPO, &root);
             for l in ls.as_array().unwrap() {
                 assert_eq!(
                     l["complete"], true,

@@ -304,18 +304,7 @@ fn multi_arch_index_behind_a_variant_link_and_gc_together() {
         Path::new("../../.multiarch").join(host_arch()).join(name)
     );
     assert!(run.stderr.contains("no variant symlinks"), "{}", run.stderr);
-    let ls = g
-        .run(&[
-            "--json",
-            "cvmfs",
-            "ls",
-            "--repo",
-            REPO,
-            "--root",
-            root.to_str().unwrap(),
-        ])
-        .ok()
-        .json();
+    let ls = g.cvmfs_ls(REPO, &root);
     assert_eq!(
         (ls[0]["complete"].as_bool(), ls[0]["committed"].as_bool()),
         (Some(true), Some(true)),

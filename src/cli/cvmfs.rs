@@ -52,6 +52,10 @@ pub struct RepoArgs {
 
 impl RepoArgs {
     fn open(&self, repo: Option<&str>) -> Result<Repo> {
+        Repo::open(self.config(repo)?)
+    }
+
+    fn config(&self, repo: Option<&str>) -> Result<RepoConfig> {
         let d = super::defaults()?;
         // The config's repository only when neither option nor wishlist names one.
         let given = self.repo.clone().or_else(|| {
@@ -80,7 +84,7 @@ impl RepoArgs {
         };
         let mut config = RepoConfig::new(name, backend, root, self.cvmfs_mount.clone())?;
         config.lock_timeout = std::time::Duration::from_secs(self.lock_timeout);
-        Repo::open(config)
+        Ok(config)
     }
 }
 
@@ -484,7 +488,9 @@ pub struct GcArgs {
 }
 
 pub fn gc(global: &GlobalOpts, args: &GcArgs) -> anyhow::Result<()> {
-    let mut repo = args.repo.open(None)?;
+    let mut config = args.repo.config(None)?;
+    config.exclusive = true;
+    let mut repo = Repo::open(config)?;
     let opts = cvmfs::GcOptions {
         grace_days: args.grace_period,
         retention_days: args.retention_days,

@@ -215,11 +215,9 @@ fn decide(
     }))
 }
 
-pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<NightlyReport> {
-    let started = std::time::Instant::now();
-    let now = crate::clock::now()?;
-    let stamp = crate::transform::apptainer::rfc3339_utc(now)?;
-    let compact = crate::clock::compact_stamp(now)?;
+/// The recipes a nightly of `opts` covers: those asked for, else every
+/// recipe directory; none is an error.
+fn recipe_names(opts: &NightlyOptions) -> Result<Vec<String>> {
     let names = if opts.recipes.is_empty() {
         Recipe::list(&opts.build.recipes_dir)
     } else {
@@ -231,6 +229,15 @@ pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<N
             "no recipes (directories with a recipe.yaml)",
         ));
     }
+    Ok(names)
+}
+
+pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<NightlyReport> {
+    let started = std::time::Instant::now();
+    let now = crate::clock::now()?;
+    let stamp = crate::transform::apptainer::rfc3339_utc(now)?;
+    let compact = crate::clock::compact_stamp(now)?;
+    let names = recipe_names(opts)?;
     let store = opts.build.ctx.store()?;
     let mut state = load_state(&opts.state_dir)?;
     let mut items = Vec::new();
@@ -476,17 +483,7 @@ pub struct MatrixPair {
 /// each (`nightly --recipe R --site S`). A recipe that does not load is an
 /// error here: the matrix must not silently lose it.
 pub fn matrix(opts: &NightlyOptions) -> Result<Vec<MatrixPair>> {
-    let names = if opts.recipes.is_empty() {
-        Recipe::list(&opts.build.recipes_dir)
-    } else {
-        opts.recipes.clone()
-    };
-    if names.is_empty() {
-        return Err(Error::bad_input(
-            opts.build.recipes_dir.display().to_string(),
-            "no recipes (directories with a recipe.yaml)",
-        ));
-    }
+    let names = recipe_names(opts)?;
     let mut out = Vec::new();
     for name in &names {
         let recipe = Recipe::load(&opts.build.recipes_dir, name)?;

@@ -13,12 +13,10 @@
 //! execute (who may run it privileged stays as the image says). Symlinks,
 //! devices and fifos are left alone. Secrets are scrubbed before this runs.
 
-use std::collections::HashSet;
-
 use super::{RuleReport, Transform};
 use crate::Result;
 use crate::image::ImageConfig;
-use crate::index::{FsIndex, Kind, NodeId, display_path};
+use crate::index::FsIndex;
 
 const SETUID_SETGID: u32 = 0o6000;
 
@@ -26,7 +24,7 @@ const SETUID_SETGID: u32 = 0o6000;
 pub struct WorldReadable;
 
 /// The mode after the rule, for a directory (`dir`) or regular file.
-pub fn widened_mode(mode: u32, dir: bool) -> u32 {
+pub fn widened_mode(dir: bool, mode: u32) -> u32 {
     let mut add = 0;
     if mode & 0o400 != 0 {
         add |= 0o044;
@@ -50,28 +48,7 @@ impl Transform for WorldReadable {
         _config: &mut ImageConfig,
         report: &mut RuleReport,
     ) -> Result<()> {
-        // A hardlinked file is one node: changed and reported once, at its
-        // first path.
-        let mut seen = HashSet::new();
-        let mut changes: Vec<(NodeId, u32, String)> = Vec::new();
-        for (key, id, node) in index.iter() {
-            if !seen.insert(id) {
-                continue;
-            }
-            let dir = match node.kind {
-                Kind::Dir => true,
-                Kind::File { .. } => false,
-                _ => continue,
-            };
-            let mode = node.meta.mode;
-            let new = widened_mode(mode, dir);
-            if new != mode {
-                changes.push((id, new, display_path(key)));
-            }
-        }
-        for (id, new, path) in changes {
-            let old = index.node(id).meta.mode;
-            index.node_mut(id).meta.mode = new;
+        for (path, old, new) in index.remap_modes(widened_mode) {
             let held_back = if old & SETUID_SETGID != 0 && old & 0o100 != 0 && new & 0o011 != 0o011
             {
                 " (setuid/setgid: execute not extended)"
@@ -87,6 +64,7 @@ impl Transform for WorldReadable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::Kind;
 
     #[test]
     fn modes() {
@@ -113,7 +91,7 @@ mod tests {
             (0o6500, false, 0o6544),
         ] {
             assert_eq!(
-                widened_mode(mode, dir),
+                widened_mode(dir, mode),
                 want,
                 "{mode:04o} ({})",
                 if dir { "dir" } else { "file" }

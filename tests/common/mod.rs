@@ -94,6 +94,21 @@ impl Gridship {
         let out = self.cmd().args(args).output().expect("gridship runs");
         to_run(out)
     }
+
+    /// `cvmfs ls --json` of the `dir` repository `repo` at `root`.
+    pub fn cvmfs_ls(&self, repo: &str, root: &Path) -> serde_json::Value {
+        self.run(&[
+            "--json",
+            "cvmfs",
+            "ls",
+            "--repo",
+            repo,
+            "--root",
+            root.to_str().unwrap(),
+        ])
+        .ok()
+        .json()
+    }
 }
 
 pub fn to_run(out: Output) -> Run {

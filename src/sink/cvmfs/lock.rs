@@ -130,6 +130,19 @@ pub fn item_path(repo_lock: &Path, key: &str) -> PathBuf {
     repo_lock.with_extension("d").join(format!("{hex}.lock"))
 }
 
+/// Remove the item lock files of the repository whose lock is `repo_lock`.
+/// Only for the holder of the exclusive repository lock: item locks are
+/// taken under the shared one, so nobody holds or waits on them then.
+pub fn clear_items(repo_lock: &Path) -> Result<()> {
+    let dir = repo_lock.with_extension("d");
+    match fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io_path(&dir, "removing", e))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,9 @@ pub struct RepoConfig {
     pub lock: PathBuf,
     /// How long to wait for another publisher's lock or transaction.
     pub lock_timeout: std::time::Duration,
+    /// Hold the repository alone from the start (gc): waiting for a shared
+    /// lock to turn exclusive would let two such holders starve each other.
+    pub exclusive: bool,
 }
 
 impl RepoConfig {
@@ -129,6 +132,7 @@ impl RepoConfig {
                 .unwrap_or_else(|| PathBuf::from("cvmfs_server")),
             lock,
             lock_timeout: std::time::Duration::from_secs(600),
+            exclusive: false,
         })
     }
 }
@@ -315,24 +319,9 @@ impl Transform for Publishable {
         _config: &mut crate::image::ImageConfig,
         report: &mut RuleReport,
     ) -> Result<()> {
-        let mut changes: Vec<(NodeId, u32, String)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for (key, id, node) in index.iter() {
-            if !seen.insert(id) {
-                continue;
-            }
-            let add = match node.kind {
-                Kind::Dir => 0o700,
-                Kind::File { .. } => 0o600,
-                _ => continue,
-            };
-            if node.meta.mode & add != add {
-                changes.push((id, node.meta.mode | add, crate::index::display_path(key)));
-            }
-        }
-        for (id, mode, path) in changes {
-            let old = index.node(id).meta.mode;
-            index.node_mut(id).meta.mode = mode;
+        // Owner rw (files) and rwx (directories), as DUCC does.
+        let owner = |dir: bool, mode: u32| mode | if dir { 0o700 } else { 0o600 };
+        for (path, old, mode) in index.remap_modes(owner) {
             report.change(path, format!("mode {old:04o} -> {mode:04o}"));
         }
         Ok(())
@@ -343,11 +332,12 @@ impl Repo {
     /// Open a repository, taking its lock: shared for the `dir` backend
     /// (publishers of different images run at once, each locking its
     /// image), exclusive for the server backends (one transaction at a
-    /// time); waits up to `lock_timeout` for other holders. When nobody
+    /// time, and for gc: `config.exclusive`); waits up to `lock_timeout`
+    /// for other holders. When nobody
     /// else has it open, what a killed run left behind is cleared.
     pub fn open(config: RepoConfig) -> Result<Repo> {
         let what = format!("repository {}", config.name);
-        let (held, exclusive) = if config.backend == BackendKind::Dir {
+        let (held, exclusive) = if config.backend == BackendKind::Dir && !config.exclusive {
             match lock::try_take(&config.lock, lock::Mode::Exclusive)? {
                 Some(h) => (h, true),
                 None => (
@@ -374,9 +364,11 @@ impl Repo {
             fs::create_dir_all(&repo.config.root).at("creating", &repo.config.root)?;
             if repo.exclusive {
                 repo.clean_leftovers()?;
-                // Other publishers may join now; each sweeps what it locks.
-                repo.lock.share(&repo.config.lock)?;
-                repo.exclusive = false;
+                if !repo.config.exclusive {
+                    // Other publishers may join now; each sweeps what it locks.
+                    repo.lock.share(&repo.config.lock)?;
+                    repo.exclusive = false;
+                }
             }
             // Under the store's own lock: safe beside live publishers.
             podman::sweep(&repo)?;
@@ -1433,6 +1425,8 @@ pub fn gc(repo: &mut Repo, grace_days: u64, dry_run: bool) -> Result<Vec<GcItem>
 pub fn gc_with(repo: &mut Repo, opts: &GcOptions) -> Result<Vec<GcItem>> {
     let (grace_days, dry_run, now) = (opts.grace_days, opts.dry_run, opts.now);
     repo.make_exclusive()?;
+    // One lock file per name and tree ever published would pile up.
+    lock::clear_items(&repo.config.lock)?;
     let links = repo.public_links()?;
     let expired = match opts.retention_days {
         Some(days) => retention::expired(&links, now, days),
