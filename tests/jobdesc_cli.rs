@@ -387,6 +387,7 @@ fn help_lists_only_working_commands() {
             "get",
             "kill",
             "clean",
+            "pressure",
             "sites",
             "templates",
             "suites",
