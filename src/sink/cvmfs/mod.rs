@@ -480,16 +480,21 @@ impl Repo {
                     e,
                 )
             })?;
-        if !out.status.success() {
-            return Err(Error::Other(format!(
-                "{} {} failed ({}): {}",
-                self.config.cvmfs_server.display(),
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+        self.server_status(args, &out)
+    }
+
+    /// A `cvmfs_server` call that failed is an error with its stderr.
+    fn server_status(&self, args: &[&str], out: &std::process::Output) -> Result<()> {
+        if out.status.success() {
+            return Ok(());
         }
-        Ok(())
+        Err(Error::Other(format!(
+            "{} {} failed ({}): {}",
+            self.config.cvmfs_server.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 
     /// Run `f` in one transaction (cvmfs-server), aborting on any error and
@@ -574,24 +579,8 @@ impl Repo {
         catalog: bool,
     ) -> Result<()> {
         match self.config.backend {
-            BackendKind::Ingest => {
-                let rel_s = rel.to_string_lossy().into_owned();
-                let mut args = vec!["ingest"];
-                if catalog {
-                    args.push("--catalog");
-                }
-                args.extend(["-t", "-", "-b", &rel_s, &self.config.name]);
-                let mut child = Command::new(&self.config.cvmfs_server)
-                    .args(&args)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .map_err(|e| {
-                        Error::io(format!("running {}", self.config.cvmfs_server.display()), e)
-                    })?;
-                let stdin = child.stdin.take().expect("piped");
-                let written = crate::sink::tar::write_tar(
+            BackendKind::Ingest => self.ingest(&rel.to_string_lossy(), catalog, |stdin| {
+                crate::sink::tar::write_tar(
                     index,
                     image,
                     io::BufWriter::new(stdin),
@@ -599,20 +588,9 @@ impl Repo {
                         reproducible: None,
                         omit_root: false,
                     },
-                );
-                let out = child
-                    .wait_with_output()
-                    .map_err(|e| Error::io("waiting for cvmfs_server ingest", e))?;
-                if !out.status.success() {
-                    return Err(Error::Other(format!(
-                        "cvmfs_server {} failed ({}): {}",
-                        args.join(" "),
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )));
-                }
-                written.map(|_| ())
-            }
+                )
+                .map(|_| ())
+            }),
             _ => {
                 let dest = self.abs(rel);
                 let parent = dest.parent().expect("tree paths have a parent");
@@ -714,6 +692,22 @@ impl Repo {
     /// `cvmfs_server ingest [--catalog] -t - -b BASE REPO` with `tar` on
     /// its standard input.
     fn ingest_tar(&self, base: &str, catalog: bool, tar: &[u8]) -> Result<()> {
+        self.ingest(base, catalog, |mut stdin| {
+            stdin
+                .write_all(tar)
+                .map_err(|e| Error::io("feeding cvmfs_server ingest", e))
+        })
+    }
+
+    /// `cvmfs_server ingest [--catalog] -t - -b BASE REPO`, its standard
+    /// input written by `feed`. The server's own failure is reported first:
+    /// a feed error then is only the broken pipe it caused.
+    fn ingest(
+        &self,
+        base: &str,
+        catalog: bool,
+        feed: impl FnOnce(std::process::ChildStdin) -> Result<()>,
+    ) -> Result<()> {
         let mut args = vec!["ingest"];
         if catalog {
             args.push("--catalog");
@@ -726,24 +720,12 @@ impl Repo {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| Error::io(format!("running {}", self.config.cvmfs_server.display()), e))?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(tar)
-            .map_err(|e| Error::io("feeding cvmfs_server ingest", e))?;
+        let fed = feed(child.stdin.take().expect("piped"));
         let out = child
             .wait_with_output()
             .map_err(|e| Error::io("waiting for cvmfs_server ingest", e))?;
-        if !out.status.success() {
-            return Err(Error::Other(format!(
-                "cvmfs_server {} failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        self.server_status(&args, &out)?;
+        fed
     }
 
     /// Remove a tree or file (gc).
