@@ -26,7 +26,7 @@ pub async fn connect() -> Result<Docker> {
         ))
     };
     let docker = Docker::connect_with_defaults().map_err(|e| no_engine(&e))?;
-    docker.ping().await.map_err(|e| no_engine(&e))?;
+    // One request both proves the engine answers and agrees the API version.
     docker.negotiate_version().await.map_err(|e| no_engine(&e))
 }
 

@@ -84,6 +84,7 @@ impl Session {
         opts: &RegistryOptions,
         op: RegistryOperation,
     ) -> Result<Session> {
+        tls_provider();
         // Without verification, plain HTTP is allowed when TLS is not spoken.
         let protocol = if opts.tls_verify || speaks_https(&target.registry).await {
             ClientProtocol::Https
@@ -107,9 +108,7 @@ impl Session {
             target: target.clone(),
         };
         let r = session.reference(&target.reference());
-        session
-            .client
-            .auth(&r, &session.auth, op)
+        retrying(|| session.client.auth(&r, &session.auth, op))
             .await
             .map_err(|e| session.map_err(e, "access"))?;
         Ok(session)
@@ -118,11 +117,12 @@ impl Session {
     /// Fetch a manifest by tag or digest, verifying its digest.
     async fn manifest(&self, reference: &str) -> Result<(Vec<u8>, Digest, String)> {
         let r = self.reference(reference);
-        let (bytes, _header_digest) = self
-            .client
-            .pull_manifest_raw(&r, &self.auth, MANIFEST_TYPES)
-            .await
-            .map_err(|e| self.map_err(e, &format!("manifest {reference}")))?;
+        let (bytes, _header_digest) = retrying(|| {
+            self.client
+                .pull_manifest_raw(&r, &self.auth, MANIFEST_TYPES)
+        })
+        .await
+        .map_err(|e| self.map_err(e, &format!("manifest {reference}")))?;
         let digest = Digest::of_bytes(&bytes);
         if reference.starts_with("sha256:") && digest.to_string() != reference {
             return Err(Error::DigestMismatch {
@@ -161,9 +161,7 @@ impl Session {
             size: desc.size as i64,
             ..Default::default()
         };
-        let mut stream = self
-            .client
-            .pull_blob_stream(&r, &layer)
+        let mut stream = retrying(|| self.client.pull_blob_stream(&r, &layer))
             .await
             .map_err(|e| self.map_err(e, &format!("blob {}", desc.digest)))?;
         let mut writer = layout.blob_writer()?;
@@ -194,9 +192,7 @@ impl Session {
     async fn push_blob(&self, layout: &Layout, desc: &Descriptor) -> Result<bool> {
         let r = self.reference(&self.target.reference());
         let digest = desc.digest.to_string();
-        if self
-            .client
-            .blob_exists(&r, &digest)
+        if retrying(|| self.client.blob_exists(&r, &digest))
             .await
             .map_err(|e| self.map_err(e, &format!("blob {digest}")))?
         {
@@ -207,21 +203,24 @@ impl Session {
         let mut check = layout.open_blob(&desc.digest, Some(desc.size))?;
         std::io::copy(&mut check, &mut std::io::sink())
             .map_err(|e| crate::digest::unwrap_io(e, || format!("reading blob {digest}")))?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| Error::io_path(&path, "opening", e))?;
         let bar = crate::progress::bytes(desc.size, format!("push {}", desc.digest.short()));
-        let counted = bar.clone();
-        let stream = file_chunks(file).map(move |c| {
-            if let Ok(b) = &c {
-                counted.inc(b.len() as u64);
-            }
-            c.map_err(OciDistributionError::IoError)
-        });
-        self.client
-            .push_blob_stream(&r, stream, &digest, Some(desc.size))
-            .await
-            .map_err(|e| self.map_err(e, &format!("upload of blob {digest}")))?;
+        retrying(|| async {
+            // Each try sends the whole blob again, from a fresh reader.
+            let file = tokio::fs::File::open(&path).await?;
+            bar.set_position(0);
+            let counted = bar.clone();
+            let stream = file_chunks(file).map(move |c| {
+                if let Ok(b) = &c {
+                    counted.inc(b.len() as u64);
+                }
+                c.map_err(OciDistributionError::IoError)
+            });
+            self.client
+                .push_blob_stream(&r, stream, &digest, Some(desc.size))
+                .await
+        })
+        .await
+        .map_err(|e| self.map_err(e, &format!("upload of blob {digest}")))?;
         bar.finish_and_clear();
         Ok(true)
     }
@@ -244,9 +243,63 @@ pub fn file_chunks(
     })
 }
 
+/// How often a request that met a passing server failure is tried.
+const TRIES: u32 = 4;
+
+/// Whether a registry's answer is a passing failure worth another try: a
+/// 5xx other than "not implemented". Registries give these for moments
+/// under load; distribution's filesystem driver, for one, answers a blob
+/// HEAD with 500 "invalid checksum digest format" while another client's
+/// upload of the same blob is writing its link file.
+fn transient(e: &OciDistributionError) -> bool {
+    let passing = |code: u16| (500..600).contains(&code) && code != 501 && code != 505;
+    match e {
+        OciDistributionError::RequestError(r) => r.status().is_some_and(|s| passing(s.as_u16())),
+        OciDistributionError::ServerError { code, .. } => passing(*code),
+        _ => false,
+    }
+}
+
+/// Run one registry request, again after 0.2, 0.4, 0.8 s while it meets a
+/// passing server failure; any other outcome is final at once.
+async fn retrying<T, F, Fut>(mut request: F) -> std::result::Result<T, OciDistributionError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
+{
+    let mut delay = std::time::Duration::from_millis(200);
+    let mut tried = 1;
+    loop {
+        match request().await {
+            Err(e) if tried < TRIES && transient(&e) => {
+                tracing::warn!("registry: {e}; trying again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                tried += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Registry TLS (oci-client's and our own reqwest clients, which take the
+/// process's default provider) runs on ring: it seeds its generator from the
+/// kernel, where aws-lc's first random bytes run a CPU-jitter entropy
+/// collector, about 25 ms of CPU in every process, most of what a nightly
+/// "unchanged" decision costs. ARC's client names aws-lc-rs itself (it needs
+/// P-521 and signs proxies), so it is not affected.
+fn tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An embedding program that chose a provider keeps it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Whether the registry answers TLS (for `--tls-verify=false`, which allows
 /// plain HTTP the way skopeo's insecure registries do).
 async fn speaks_https(registry: &str) -> bool {
+    tls_provider();
     let Ok(client) = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .timeout(std::time::Duration::from_secs(10))
@@ -484,6 +537,9 @@ fn map_oci_error(target: &RegistryRef, e: OciDistributionError, what: &str) -> E
             expected: String::new(),
             actual: d.to_string(),
         },
+        ref e if transient(e) => Error::Other(format!(
+            "{place}: {what}: {e} (the same answer {TRIES} times in a row)"
+        )),
         OciDistributionError::RequestError(r) => {
             let hint = if r.is_connect() || r.is_request() {
                 " (is the registry running? for a plain-HTTP registry pass --tls-verify=false)"
@@ -592,15 +648,14 @@ pub fn push(
         }
         let content_type = reqwest::header::HeaderValue::from_str(&image.manifest_desc.media_type)
             .map_err(|_| Error::Other("manifest media type is not a header value".into()))?;
-        session
-            .client
-            .push_manifest_raw(
-                &session.reference(&reference),
-                image.manifest_raw.clone(),
-                content_type,
-            )
-            .await
-            .map_err(|e| session.map_err(e, "upload of the manifest"))?;
+        let r = session.reference(&reference);
+        retrying(|| {
+            session
+                .client
+                .push_manifest_raw(&r, image.manifest_raw.clone(), content_type.clone())
+        })
+        .await
+        .map_err(|e| session.map_err(e, "upload of the manifest"))?;
         Ok((
             image.manifest_desc.digest.clone(),
             uploaded.iter().filter(|u| **u).count(),
@@ -613,9 +668,7 @@ pub fn list_tags(target: &RegistryRef, opts: &RegistryOptions) -> Result<Vec<Str
     runtime().block_on(async {
         let session = Session::connect(target, opts, RegistryOperation::Pull).await?;
         let r = session.reference(&target.reference());
-        let resp = session
-            .client
-            .list_tags(&r, &session.auth, None, None)
+        let resp = retrying(|| session.client.list_tags(&r, &session.auth, None, None))
             .await
             .map_err(|e| session.map_err(e, "tag list"))?;
         Ok(resp.tags)
@@ -658,12 +711,13 @@ pub fn fetch_config(
             size: manifest.config.size as i64,
             ..Default::default()
         };
-        let mut bytes: Vec<u8> = Vec::new();
-        session
-            .client
-            .pull_blob(&r, &desc, &mut bytes)
-            .await
-            .map_err(|e| session.map_err(e, &format!("config {}", manifest.config.digest)))?;
+        let bytes = retrying(|| async {
+            let mut bytes: Vec<u8> = Vec::new();
+            session.client.pull_blob(&r, &desc, &mut bytes).await?;
+            Ok(bytes)
+        })
+        .await
+        .map_err(|e| session.map_err(e, &format!("config {}", manifest.config.digest)))?;
         let actual = Digest::of_bytes(&bytes);
         if actual != manifest.config.digest {
             return Err(Error::DigestMismatch {

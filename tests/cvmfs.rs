@@ -19,17 +19,8 @@ fn creds_args() -> Vec<String> {
 }
 
 fn publish(g: &Gridship, root: &Path, images: &[&str], extra: &[&str]) -> Run {
-    let mut args: Vec<String> = vec!["--json".into(), "cvmfs".into(), "publish".into()];
-    args.extend(images.iter().map(|s| s.to_string()));
-    args.extend([
-        "--repo".into(),
-        REPO.into(),
-        "--root".into(),
-        root.display().to_string(),
-    ]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(creds_args());
-    g.run(&args)
+    let args: Vec<&str> = images.iter().chain(extra).copied().collect();
+    g.cvmfs_publish(REPO, root, &args)
 }
 
 /// umoci's tree with DUCC's widening applied to what the report says
@@ -524,19 +515,7 @@ fn incremental_publish_reuse_tag_moves_and_gc() {
         "{schedule}"
     );
 
-    let gc = |extra: &[&str]| {
-        let mut args = vec![
-            "--json",
-            "cvmfs",
-            "gc",
-            "--repo",
-            REPO,
-            "--root",
-            root.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        g.run(&args).ok().json()
-    };
+    let gc = |extra: &[&str]| g.cvmfs_run("gc", REPO, &root, extra).ok().json();
     // Within the grace period nothing goes; a dry run changes nothing.
     let kept = gc(&[]);
     let items = kept.as_array().unwrap();

@@ -59,7 +59,20 @@ impl Installed {
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        common::to_run(self.cmd().args(args).output().unwrap())
+        // The copy above had the binary open for writing; a child that
+        // another test thread forked meanwhile holds that descriptor until
+        // it execs, and exec of a file open for writing fails with ETXTBSY.
+        // The window is short, so retry (as Go's os/exec does).
+        let mut tries = 0;
+        loop {
+            match self.cmd().args(args).output() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                r => return common::to_run(r.unwrap()),
+            }
+        }
     }
 
     fn user_config(&self) -> PathBuf {

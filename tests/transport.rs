@@ -547,3 +547,157 @@ fn no_engine_says_how_to_start_one() {
     );
     assert!(run.stderr.contains("hint: start one"), "{}", run.stderr);
 }
+
+/// A proxy in front of the real registry that answers 500 to the first
+/// `failures` requests matching `method` and a path containing `path_has`,
+/// and passes everything else through, one request per connection.
+struct FlakyRegistry {
+    addr: String,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FlakyRegistry {
+    fn start(method: &'static str, path_has: &'static str, failures: usize) -> FlakyRegistry {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = failed.clone();
+        let upstream = registry();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { continue };
+                let counter = counter.clone();
+                let upstream = upstream.clone();
+                std::thread::spawn(move || {
+                    // The request head, and whatever of the body came with it.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let head_end = loop {
+                        let Ok(n) = client.read(&mut chunk) else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        // A TLS hello (gridship asks whether TLS is spoken):
+                        // answer as Go's plain-HTTP server does.
+                        if buf[0] == 0x16 {
+                            let _ = client.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n");
+                            return;
+                        }
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    let mut words = head.split_whitespace();
+                    let (m, p) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    if m == method
+                        && p.contains(path_has)
+                        && counter
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                (n < failures).then_some(n + 1)
+                            })
+                            .is_ok()
+                    {
+                        let body = r#"{"errors":[{"code":"UNKNOWN","message":"unknown error","detail":"invalid checksum digest format"}]}"#;
+                        let _ = write!(
+                            client,
+                            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                            if m == "HEAD" { 0 } else { body.len() },
+                            if m == "HEAD" { "" } else { body }
+                        );
+                        return;
+                    }
+                    // One request per connection: the registry closes after it.
+                    let head: String = head
+                        .split("\r\n")
+                        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                        .collect::<Vec<_>>()
+                        .join("\r\n");
+                    let head = head.trim_end().to_string() + "\r\nConnection: close\r\n\r\n";
+                    let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
+                        return;
+                    };
+                    let _ = up.write_all(head.as_bytes());
+                    let _ = up.write_all(&buf[head_end..]);
+                    let (mut c_in, mut up_out) =
+                        (client.try_clone().unwrap(), up.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c_in, &mut up_out);
+                    });
+                    let _ = std::io::copy(&mut up, &mut client);
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        FlakyRegistry { addr, failed }
+    }
+
+    fn failed(&self) -> usize {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn passing_registry_failures_are_tried_again_and_lasting_ones_named() {
+    let g = Gridship::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("unique");
+    layers::write_unique_image(&layout, "1");
+    let repo = unique("flaky");
+    let copy = |g: &Gridship, from: &str, to: &str| {
+        g.run(&["copy", from, to, "--creds", &creds(), "--tls-verify=false"])
+    };
+
+    // Blob checks answered 500 twice (as distribution does while another
+    // upload of the blob writes its link), then the manifest once: the
+    // push goes through, and the image is whole in the registry.
+    let heads = FlakyRegistry::start("HEAD", "/blobs/sha256:", 2);
+    let pushed = format!("docker://{}/{repo}:1", heads.addr);
+    copy(&g, &oci(&layout, "1"), &pushed).ok();
+    assert_eq!(heads.failed(), 2);
+    let manifests = FlakyRegistry::start("GET", "/manifests/1", 1);
+    let fresh = Gridship::new();
+    let pulled = tmp.path().join("pulled");
+    copy(
+        &fresh,
+        &format!("docker://{}/{repo}:1", manifests.addr),
+        &oci(&pulled, "1"),
+    )
+    .ok();
+    assert_eq!(manifests.failed(), 1);
+    assert_eq!(
+        tool("skopeo", &["inspect", "--raw", &oci(&pulled, "1")]),
+        tool("skopeo", &["inspect", "--raw", &oci(&layout, "1")]),
+    );
+
+    // A registry that keeps failing: the error names it, the request and
+    // how often it was tried; nothing is recorded.
+    let broken = FlakyRegistry::start("GET", "/manifests/1", usize::MAX);
+    let lasting = Gridship::new();
+    let run = copy(
+        &lasting,
+        &format!("docker://{}/{repo}:1", broken.addr),
+        &oci(&tmp.path().join("never"), "1"),
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    for needle in [
+        broken.addr.as_str(),
+        repo.as_str(),
+        "manifest 1",
+        "500",
+        "4 times in a row",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "names {needle}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(broken.failed(), 4);
+    assert!(!tmp.path().join("never").exists());
+}

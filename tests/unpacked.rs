@@ -15,34 +15,13 @@ use common::*;
 const REPO: &str = "unpacked.test";
 
 fn publish(g: &Gridship, root: &Path, args: &[&str]) -> Run {
-    let mut a: Vec<String> = vec!["--json".into(), "cvmfs".into(), "publish".into()];
-    a.extend(args.iter().map(|s| s.to_string()));
-    a.extend([
-        "--repo".into(),
-        REPO.into(),
-        "--root".into(),
-        root.display().to_string(),
-        "--creds".into(),
-        creds(),
-        "--tls-verify=false".into(),
-    ]);
-    g.run(&a)
+    g.cvmfs_publish(REPO, root, args)
 }
 
 fn gc(g: &Gridship, root: &Path) -> serde_json::Value {
-    g.run(&[
-        "--json",
-        "cvmfs",
-        "gc",
-        "--grace-period",
-        "0",
-        "--repo",
-        REPO,
-        "--root",
-        root.to_str().unwrap(),
-    ])
-    .ok()
-    .json()
+    g.cvmfs_run("gc", REPO, root, &["--grace-period", "0"])
+        .ok()
+        .json()
 }
 
 /// podman with a private main store (so anything pulled would show) and the

@@ -95,19 +95,37 @@ impl Gridship {
         to_run(out)
     }
 
+    /// `gridship --json cvmfs SUB --repo REPO --root ROOT` on a `dir`
+    /// repository; the caller adds the rest.
+    pub fn cvmfs_cmd(&self, sub: &str, repo: &str, root: &Path) -> Command {
+        let mut c = self.cmd();
+        c.args(["--json", "cvmfs", sub, "--repo", repo, "--root"])
+            .arg(root);
+        c
+    }
+
+    /// `cvmfs SUB ... ARGS` on the `dir` repository `repo` at `root`.
+    pub fn cvmfs_run(&self, sub: &str, repo: &str, root: &Path, args: &[&str]) -> Run {
+        to_run(
+            self.cvmfs_cmd(sub, repo, root)
+                .args(args)
+                .output()
+                .expect("gridship runs"),
+        )
+    }
+
+    /// `cvmfs publish ARGS` (images and options) into the `dir` repository
+    /// `repo` at `root`, with the test registry's credentials.
+    pub fn cvmfs_publish(&self, repo: &str, root: &Path, args: &[&str]) -> Run {
+        let creds = creds();
+        let mut all = args.to_vec();
+        all.extend(["--creds", &creds, "--tls-verify=false"]);
+        self.cvmfs_run("publish", repo, root, &all)
+    }
+
     /// `cvmfs ls --json` of the `dir` repository `repo` at `root`.
     pub fn cvmfs_ls(&self, repo: &str, root: &Path) -> serde_json::Value {
-        self.run(&[
-            "--json",
-            "cvmfs",
-            "ls",
-            "--repo",
-            repo,
-            "--root",
-            root.to_str().unwrap(),
-        ])
-        .ok()
-        .json()
+        self.cvmfs_run("ls", repo, root, &[]).ok().json()
     }
 }
 
