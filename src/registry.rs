@@ -247,7 +247,7 @@ pub fn file_chunks(
 const TRIES: u32 = 4;
 
 /// Whether a registry's answer is a passing failure worth another try: a
-/// 5xx other than "not implemented". Registries give these for moments
+/// 5xx other than 501 and 505, which a retry cannot change. Registries give these for moments
 /// under load; distribution's filesystem driver, for one, answers a blob
 /// HEAD with 500 "invalid checksum digest format" while another client's
 /// upload of the same blob is writing its link file.
@@ -283,7 +283,8 @@ where
 }
 
 /// Registry TLS (oci-client's and our own reqwest clients, which take the
-/// process's default provider) runs on ring: it seeds its generator from the
+/// process's default provider; `Session::connect` sets it up before either
+/// is built) runs on ring: it seeds its generator from the
 /// kernel, where aws-lc's first random bytes run a CPU-jitter entropy
 /// collector, about 25 ms of CPU in every process, most of what a nightly
 /// "unchanged" decision costs. ARC's client names aws-lc-rs itself (it needs
@@ -299,7 +300,6 @@ fn tls_provider() {
 /// Whether the registry answers TLS (for `--tls-verify=false`, which allows
 /// plain HTTP the way skopeo's insecure registries do).
 async fn speaks_https(registry: &str) -> bool {
-    tls_provider();
     let Ok(client) = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .timeout(std::time::Duration::from_secs(10))

@@ -14,10 +14,6 @@ use common::*;
 
 const REPO: &str = "unpacked.test";
 
-fn creds_args() -> Vec<String> {
-    vec!["--creds".into(), creds(), "--tls-verify=false".into()]
-}
-
 fn publish(g: &Gridship, root: &Path, images: &[&str], extra: &[&str]) -> Run {
     let args: Vec<&str> = images.iter().chain(extra).copied().collect();
     g.cvmfs_publish(REPO, root, &args)

@@ -62,7 +62,7 @@ impl Installed {
         // The copy above had the binary open for writing; a child that
         // another test thread forked meanwhile holds that descriptor until
         // it execs, and exec of a file open for writing fails with ETXTBSY.
-        // The window is short, so retry (as Go's os/exec does).
+        // The window is short, so try again for a few seconds.
         let mut tries = 0;
         loop {
             match self.cmd().args(args).output() {

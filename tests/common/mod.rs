@@ -41,6 +41,11 @@ pub fn creds() -> String {
     )
 }
 
+/// `--creds USER:PASS --tls-verify=false` for the plain-HTTP test registry.
+pub fn creds_args() -> Vec<String> {
+    vec!["--creds".into(), creds(), "--tls-verify=false".into()]
+}
+
 /// A unique name for registry repositories and files of one test run.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -117,10 +122,13 @@ impl Gridship {
     /// `cvmfs publish ARGS` (images and options) into the `dir` repository
     /// `repo` at `root`, with the test registry's credentials.
     pub fn cvmfs_publish(&self, repo: &str, root: &Path, args: &[&str]) -> Run {
-        let creds = creds();
-        let mut all = args.to_vec();
-        all.extend(["--creds", &creds, "--tls-verify=false"]);
-        self.cvmfs_run("publish", repo, root, &all)
+        to_run(
+            self.cvmfs_cmd("publish", repo, root)
+                .args(args)
+                .args(creds_args())
+                .output()
+                .expect("gridship runs"),
+        )
     }
 
     /// `cvmfs ls --json` of the `dir` repository `repo` at `root`.
