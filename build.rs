@@ -105,20 +105,29 @@ fn git_commit(root: &Path) -> Option<String> {
     let commit = git(&["rev-parse", "HEAD"])?;
     // Rebuild when HEAD moves (a worktree's .git is a file, so ask git).
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/HEAD");
+        watch(&Path::new(&dir).join("HEAD"));
+        // Every commit and checkout appends here, also when the branch's
+        // ref is only in packed-refs.
+        watch(&Path::new(&dir).join("logs/HEAD"));
         if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={dir}/{r}");
+            watch(&Path::new(&dir).join(r));
         }
         if let Some(common) = git(&["rev-parse", "--git-common-dir"]) {
             let common = root.join(common);
             if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                println!("cargo:rerun-if-changed={}", common.join(r).display());
+                watch(&common.join(r));
             }
-            println!(
-                "cargo:rerun-if-changed={}",
-                common.join("packed-refs").display()
-            );
+            watch(&common.join("packed-refs"));
         }
     }
     Some(commit)
+}
+
+/// Watch a git file for changes, if it exists: cargo reruns a build script
+/// every build for a watched path that is missing (a fresh checkout without
+/// packed-refs, a branch whose ref is only packed), recompiling the crate.
+fn watch(path: &Path) {
+    if path.exists() {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
 }

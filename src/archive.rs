@@ -252,17 +252,7 @@ pub fn import_docker_archive(
         };
         layers.push(Descriptor::new(mt, d, size));
     }
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(media::OCI_MANIFEST.into()),
-        config: Descriptor::new(media::OCI_CONFIG, config_digest, config_size),
-        layers,
-        annotations: BTreeMap::new(),
-        extra: BTreeMap::new(),
-    };
-    let raw = serde_json::to_vec(&manifest).expect("manifest serializes");
-    let (digest, size) = layout.put_blob(&raw)?;
-    Ok(Descriptor::new(media::OCI_MANIFEST, digest, size))
+    Manifest::put_oci(layout, (config_digest, config_size), layers)
 }
 
 fn sniff_blob(layout: &Layout, d: &Digest) -> Result<Compression> {

@@ -1,15 +1,24 @@
-//! The Docker Engine, through bollard: `docker-daemon:` images are read with
-//! the save endpoint (a docker-archive stream) and written with load.
+//! The Docker Engine, through bollard: `docker-daemon:` images are read
+//! into the store reusing the layers it has (by diff ID), from the engine's
+//! own layer store when it is local (see [`storage`]) or else with the save
+//! endpoint (a docker-archive stream), and written with load.
+
+mod storage;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use bollard::Docker;
 use futures_util::StreamExt;
+use serde::Serialize;
 
+use crate::archive;
+use crate::digest::Digest;
+use crate::image::{ImageConfig, Manifest, media};
 use crate::registry::runtime;
+use crate::store::{Descriptor, Layout};
 use crate::{Error, Result};
 
 fn engine_host() -> String {
@@ -34,13 +43,25 @@ pub async fn connect() -> Result<Docker> {
 pub struct ChannelReader {
     rx: mpsc::Receiver<io::Result<bytes::Bytes>>,
     current: bytes::Bytes,
+    received: u64,
+}
+
+impl ChannelReader {
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
             match self.rx.recv() {
-                Ok(chunk) => self.current = chunk?,
+                Ok(chunk) => {
+                    self.current = chunk?;
+                    self.received += self.current.len() as u64;
+                    crate::progress::advance(self.current.len() as u64);
+                }
                 Err(_) => return Ok(0),
             }
         }
@@ -50,20 +71,10 @@ impl Read for ChannelReader {
     }
 }
 
-/// Stream `docker save NAME` as a reader (a docker-archive).
+/// Stream `docker save NAME` as a reader (a docker-archive); NAME is known
+/// to exist (an engine error mid-stream fails the read).
 pub fn save(name: &str) -> Result<ChannelReader> {
     let docker = runtime().block_on(connect())?;
-    runtime()
-        .block_on(docker.inspect_image(name))
-        .map_err(|e| match e {
-            bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            } => Error::NotFound {
-                what: format!("image {name} in the Docker Engine at {}", engine_host()),
-                detail: "see `docker images`".into(),
-            },
-            e => Error::Other(format!("docker-daemon:{name}: {e}")),
-        })?;
     let (tx, rx) = mpsc::sync_channel(16);
     let name = name.to_string();
     runtime().spawn(async move {
@@ -79,7 +90,178 @@ pub fn save(name: &str) -> Result<ChannelReader> {
     Ok(ChannelReader {
         rx,
         current: bytes::Bytes::new(),
+        received: 0,
     })
+}
+
+/// How an engine image came into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadVia {
+    /// The store had every blob: nothing was read from the engine.
+    Store,
+    /// What the store lacked was read from the engine's layer store.
+    LayerStore,
+    /// `docker save` streamed the whole image.
+    DockerSave,
+}
+
+/// What reading an engine image took.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineRead {
+    /// The engine's image ID (its config digest).
+    pub image_id: String,
+    pub via: ReadVia,
+    pub layers: usize,
+    /// Layers the store had already (by diff ID): not read again.
+    pub layers_reused: usize,
+    /// Bytes the engine gave: config and layer tars from its layer store,
+    /// or the whole `docker save` stream.
+    pub bytes_exported: u64,
+}
+
+/// Bring engine image `name` into `store` and return its manifest
+/// descriptor; `source` is the name it gets in the store. The store's
+/// blobs are reused (the engine's image ID is the config digest, and an
+/// uncompressed layer blob's digest is its diff ID); what is missing is
+/// read from the engine's layer store when it can be, else the image is
+/// exported with `docker save`. Everything written is verified by sha256,
+/// and reused blobs are verified whenever they are read.
+pub fn read_into_store(
+    name: &str,
+    store: &Layout,
+    source: &str,
+) -> Result<(Descriptor, EngineRead)> {
+    let image = inspect_image(name)?;
+    if let Some(size) = image.size {
+        crate::progress::set_total(size);
+    }
+    let mut read = EngineRead {
+        image_id: image.id.clone(),
+        via: ReadVia::Store,
+        layers: image.layers,
+        layers_reused: 0,
+        bytes_exported: 0,
+    };
+    match reuse_stored_blobs(&image, store, source, &mut read) {
+        Ok(desc) => {
+            tracing::info!(
+                "{source}: {} of {} layers reused from the store, {} bytes read from the engine ({})",
+                read.layers_reused,
+                read.layers,
+                read.bytes_exported,
+                match read.via {
+                    ReadVia::Store => "no export",
+                    _ => "its layer store, no export",
+                }
+            );
+            return Ok((desc, read));
+        }
+        // Content that does not verify, or a layer store that cannot be
+        // read through, is worth a warning; an engine that is not local is not.
+        Err(why @ (Error::DigestMismatch { .. } | Error::Io { .. })) => {
+            tracing::warn!("{source}: exporting with docker save: {why}")
+        }
+        Err(why) => tracing::info!("{source}: exporting with docker save: {why}"),
+    }
+    let mut reader = save(name)?;
+    let wanted = (!name.starts_with("sha256:")).then_some(name);
+    let desc = archive::import_docker_archive(&mut reader, store, wanted, source)?;
+    read.via = ReadVia::DockerSave;
+    read.layers_reused = 0;
+    read.bytes_exported = reader.received();
+    tracing::info!(
+        "{source}: {} bytes exported with docker save",
+        read.bytes_exported
+    );
+    Ok((desc, read))
+}
+
+/// The size of a blob the store holds.
+fn stored_size(store: &Layout, digest: &Digest) -> Option<u64> {
+    std::fs::metadata(store.blob_path(digest))
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+}
+
+/// The image stored under `source`, when its config is `id` and all its
+/// blobs are there.
+fn stored_under(store: &Layout, source: &str, id: &Digest) -> Option<Descriptor> {
+    let desc = store.resolve(Some(source)).ok()?;
+    if !media::is_manifest(&desc.media_type) {
+        return None;
+    }
+    let raw = store.read_blob(&desc.digest, Some(desc.size)).ok()?;
+    let manifest: Manifest = serde_json::from_slice(&raw).ok()?;
+    let complete = manifest.config.digest == *id
+        && std::iter::once(&manifest.config)
+            .chain(&manifest.layers)
+            .all(|d| store.has_blob(&d.digest, Some(d.size)));
+    complete.then_some(desc)
+}
+
+/// The layer store of the local engine that holds `image`.
+fn layer_store(image: &EngineImage) -> Result<storage::LayerStore> {
+    if !engine_host().starts_with("unix://") {
+        return Err(Error::Other(format!(
+            "the engine at {} is not local",
+            engine_host()
+        )));
+    }
+    let (driver, upper) = image.storage.as_ref().ok_or_else(|| {
+        Error::Other("the engine reports no storage directory for the image".into())
+    })?;
+    storage::LayerStore::locate(driver, upper).map_err(Error::Other)
+}
+
+/// Assemble the image from the store's blobs, reading only what is
+/// missing from the engine's layer store; `Err` says why `docker save` is
+/// needed instead.
+fn reuse_stored_blobs(
+    image: &EngineImage,
+    store: &Layout,
+    source: &str,
+    read: &mut EngineRead,
+) -> Result<Descriptor> {
+    let id: Digest = image.id.parse()?;
+    if let Some(desc) = stored_under(store, source, &id) {
+        read.layers_reused = read.layers;
+        return Ok(desc);
+    }
+    if stored_size(store, &id).is_none() {
+        let raw = layer_store(image)?.config(&id)?;
+        store.put_blob(&raw)?;
+        read.bytes_exported += raw.len() as u64;
+        read.via = ReadVia::LayerStore;
+    }
+    let config_raw = store.read_blob(&id, None)?;
+    let config: ImageConfig = serde_json::from_slice(&config_raw)
+        .map_err(|e| Error::Other(format!("blob {id} is not an image config: {e}")))?;
+    if config.rootfs.diff_ids != image.diff_ids || image.diff_ids.len() != image.layers {
+        return Err(Error::Other(format!(
+            "the config {id} lists other layers than the engine reports"
+        )));
+    }
+    let chain_ids = storage::chain_ids(&config.rootfs.diff_ids);
+    let mut layers = Vec::with_capacity(chain_ids.len());
+    for (diff_id, chain_id) in config.rootfs.diff_ids.iter().zip(&chain_ids) {
+        let size = match stored_size(store, diff_id) {
+            Some(size) => {
+                read.layers_reused += 1;
+                size
+            }
+            None => {
+                let mut w = store.blob_writer()?;
+                read.bytes_exported += layer_store(image)?.write_layer(chain_id, &mut w)?;
+                read.via = ReadVia::LayerStore;
+                let what = format!("layer {diff_id} of {source} from the engine's layer store");
+                w.finish(Some((diff_id, u64::MAX)), &what)?.1
+            }
+        };
+        layers.push(Descriptor::new(media::OCI_LAYER, diff_id.clone(), size));
+    }
+    Manifest::put_oci(store, (id, config_raw.len() as u64), layers)
 }
 
 /// `docker load` a docker-archive file.
@@ -119,12 +301,20 @@ fn engine_error(what: &str, e: bollard::errors::Error) -> Error {
     }
 }
 
-/// An engine image: its id (config digest), repo digests, layer count.
+/// An engine image: its id (config digest), repo digests, layers.
 #[derive(Debug, Clone)]
 pub struct EngineImage {
     pub id: String,
     pub repo_digests: Vec<String>,
     pub layers: usize,
+    /// The layers' diff IDs (those that are sha256 digests).
+    pub diff_ids: Vec<Digest>,
+    /// The storage driver and the image's top layer directory, if the
+    /// engine says (overlay2: `ROOT/overlay2/ID/diff`).
+    pub storage: Option<(String, PathBuf)>,
+    /// Bytes of its layers, uncompressed, as the engine counts them: about
+    /// what an export reads (the progress total).
+    pub size: Option<u64>,
 }
 
 /// Look an image up in the engine.
@@ -135,10 +325,17 @@ pub fn inspect_image(name: &str) -> Result<EngineImage> {
             .inspect_image(name)
             .await
             .map_err(|e| engine_error(&format!("image {name}"), e))?;
+        let layers = i.root_fs.and_then(|r| r.layers).unwrap_or_default();
         Ok(EngineImage {
             id: i.id.unwrap_or_default(),
             repo_digests: i.repo_digests.unwrap_or_default(),
-            layers: i.root_fs.and_then(|r| r.layers).map_or(0, |l| l.len()),
+            layers: layers.len(),
+            diff_ids: layers.iter().filter_map(|l| l.parse().ok()).collect(),
+            storage: i.graph_driver.and_then(|g| {
+                let upper = g.data.get("UpperDir")?;
+                Some((g.name, PathBuf::from(upper)))
+            }),
+            size: i.size.and_then(|s| u64::try_from(s).ok()),
         })
     })
 }

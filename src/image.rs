@@ -52,6 +52,29 @@ pub struct Manifest {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+impl Manifest {
+    /// Store the OCI manifest of `config` (an OCI config blob) and `layers`
+    /// in `layout`, as gridship writes the images it assembles; returns
+    /// the manifest's descriptor.
+    pub fn put_oci(
+        layout: &Layout,
+        config: (Digest, u64),
+        layers: Vec<Descriptor>,
+    ) -> Result<Descriptor> {
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.into()),
+            config: Descriptor::new(media::OCI_CONFIG, config.0, config.1),
+            layers,
+            annotations: BTreeMap::new(),
+            extra: BTreeMap::new(),
+        };
+        let raw = serde_json::to_vec(&manifest).expect("manifest serializes");
+        let (digest, size) = layout.put_blob(&raw)?;
+        Ok(Descriptor::new(media::OCI_MANIFEST, digest, size))
+    }
+}
+
 /// The parts of an image config gridship reads; everything else is kept in
 /// the raw bytes (and in `extra`) untouched.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

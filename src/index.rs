@@ -250,10 +250,13 @@ impl FsIndex {
         self.entries.len()
     }
 
-    /// Set the mode of every directory and regular file to `new(is_dir,
-    /// mode)`; returns `(path, old, new)` for each change. A hardlinked
+    /// Set the mode of every directory and regular file to `new(node,
+    /// is_dir, mode)`; returns `(path, old, new)` for each change. A hardlinked
     /// file is one node: changed and returned once, at its first path.
-    pub fn remap_modes(&mut self, new: impl Fn(bool, u32) -> u32) -> Vec<(String, u32, u32)> {
+    pub fn remap_modes(
+        &mut self,
+        new: impl Fn(NodeId, bool, u32) -> u32,
+    ) -> Vec<(String, u32, u32)> {
         let mut seen = std::collections::HashSet::new();
         let mut changes = Vec::new();
         for (key, id, node) in self.iter() {
@@ -265,7 +268,7 @@ impl FsIndex {
                 Kind::File { .. } => false,
                 _ => continue,
             };
-            let (old, mode) = (node.meta.mode, new(dir, node.meta.mode));
+            let (old, mode) = (node.meta.mode, new(id, dir, node.meta.mode));
             if mode != old {
                 changes.push((id, display_path(key), old, mode));
             }
@@ -1141,7 +1144,7 @@ pub mod cache {
     }
 
     /// The file holding the state after `diff_ids` (all layers up to one).
-    fn state_path(dir: &Path, diff_ids: &[Digest]) -> PathBuf {
+    pub fn state_path(dir: &Path, diff_ids: &[Digest]) -> PathBuf {
         let mut key = format!("gridship merge state {FORMAT}\n");
         for d in diff_ids {
             key.push_str(&d.to_string());

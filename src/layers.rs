@@ -46,7 +46,9 @@ impl<R: Read> Read for DiffIdReader<R> {
     }
 }
 
-type BlobReader = BufReader<VerifyingReader<BufReader<std::fs::File>>>;
+/// A layer blob as the decoders read it, counted for the progress of the
+/// stage that reads it.
+type BlobReader = BufReader<crate::progress::Counted<VerifyingReader<BufReader<std::fs::File>>>>;
 
 /// The decompressor over a blob, kept concrete so the blob reader can be
 /// taken back at the end and read to its verified EOF.
@@ -95,7 +97,7 @@ impl LayerStream {
         let desc = &image.manifest.layers[index];
         let diff_id = image.config.rootfs.diff_ids[index].clone();
         let blob = image.layout.open_blob(&desc.digest, Some(desc.size))?;
-        let mut buf: BlobReader = BufReader::with_capacity(1 << 20, blob);
+        let mut buf: BlobReader = BufReader::with_capacity(1 << 20, crate::progress::Counted(blob));
         let head = buf
             .fill_buf()
             .map_err(|e| unwrap_io(e, || format!("reading layer {}", desc.digest)))?;
@@ -145,7 +147,7 @@ impl LayerStream {
         if trailing > 0 {
             tracing::warn!("{what}: {trailing} bytes after the compressed stream");
         }
-        debug_assert!(blob.get_ref().is_verified());
+        debug_assert!(blob.get_ref().0.is_verified());
         Ok(())
     }
 }

@@ -6,7 +6,9 @@
 //! resolved here, once, and every section is merged by the module that owns
 //! it, in the order parents first (see site-overlays/README.md):
 //! - `ce:` the last profile that has one;
-//! - `gpu_queues:` by queue name, a later queue replaces an earlier one whole;
+//! - `gpu_queues:` by queue name, field by field: a later profile's queue
+//!   of a name sets only the fields it gives (e.g. `driver_version`) over
+//!   the earlier one's; the merged queue is then checked as one;
 //! - `overlay:` env and labels by name, `files/` by path (transform::overlay);
 //! - `slim:` and `secrets:` applied in order (transform::slim).
 //!
@@ -58,9 +60,11 @@ struct TopLevel {
     slim: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     secrets: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    cvmfs: Option<serde::de::IgnoredAny>,
 }
 
-const TOP_HINT: &str = "site.yaml has extends, name, ce, gpu_queues, overlay, slim, secrets (see site-overlays/README.md)";
+const TOP_HINT: &str = "site.yaml has extends, name, ce, gpu_queues, cvmfs, overlay, slim, secrets (see site-overlays/README.md)";
 
 impl SiteChain {
     /// Find `site` on `search` and every profile it extends.
@@ -136,8 +140,23 @@ pub struct SiteProfile {
     pub chain: SiteChain,
     #[serde(default)]
     pub ce: Option<CeProfile>,
-    #[serde(default)]
+    /// Read apart, as [`QueuePart`]s merged along the chain.
+    #[serde(skip_deserializing)]
     pub gpu_queues: BTreeMap<String, GpuQueue>,
+    /// The CVMFS repository the site's worker nodes mount and promoted
+    /// images are published into (e.g. a site's own unpacked.* repository).
+    #[serde(default)]
+    pub cvmfs: Option<SiteCvmfs>,
+}
+
+/// A site's `cvmfs:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteCvmfs {
+    /// Repository name, as under /cvmfs on the worker nodes.
+    pub repo: String,
+    #[serde(default)]
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,54 +205,156 @@ pub struct RteSpec {
     pub options: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A GPU queue, merged along the chain and checked ([`QueuePart`] is how
+/// one site.yaml writes it).
+#[derive(Debug, Clone, Serialize)]
 pub struct GpuQueue {
     /// e.g. "NVIDIA A100-SXM4-40GB".
     pub gpu_model: String,
     /// Device memory per GPU.
-    #[serde(default)]
     pub gpu_memory_gb: Option<u32>,
     pub gpu_request: GpuRequest,
     /// `fixed`: what each job gets; otherwise the default when none is asked.
     pub gpus_per_job: u32,
     /// Upper bound for `cores` and `rte` (defaults to gpus_per_job).
-    #[serde(default)]
     pub max_gpus_per_job: Option<u32>,
     /// `rte`: the RTE whose first option is the GPU count.
-    #[serde(default)]
     pub gpu_rte: Option<String>,
     /// Cores (xRSL count) that come with one GPU.
     pub cores_per_gpu: u32,
     /// Host memory per GPU in MB; per-core memory = this / cores_per_gpu.
     pub memory_per_gpu_mb: u64,
     /// Longest walltime the queue allows, in hours.
-    #[serde(default)]
     pub max_walltime_hours: Option<u32>,
-    /// RTE that runs the job in a container; its first option is the image.
-    #[serde(default = "default_container_rte")]
+    /// RTE that runs the job in a container; its first option is the image
+    /// (default ENV/SINGULARITY).
     pub container_rte: String,
     /// RTEs every job on this queue must request.
-    #[serde(default)]
     pub rtes: Vec<RteSpec>,
     /// Environment every job on this queue gets.
-    #[serde(default)]
     pub environment: BTreeMap<String, String>,
     /// Further xRSL attributes the site needs, e.g. `rerun: "2"`; each value
     /// is one string or a list of strings, checked like any xRSL.
-    #[serde(default)]
     pub extra_attributes: BTreeMap<String, OneOrMany>,
     /// NVIDIA driver on the queue's nodes, e.g. "550.54.15" (`nvidia-smi`'s
     /// Driver Version): `gridship smoke` checks the image's CUDA runtime
     /// against it.
-    #[serde(default)]
     pub driver_version: Option<String>,
     /// The CUDA version that driver supports (`nvidia-smi`'s CUDA Version,
     /// e.g. "12.4"), when the exact driver version is not known.
-    #[serde(default)]
     pub cuda_driver_version: Option<String>,
-    #[serde(default)]
     pub comment: Option<String>,
+}
+
+/// A GPU queue as one site.yaml writes it: every field optional, so a
+/// profile that extends another can give only what differs (a
+/// `driver_version`) and take the rest from the parent's queue of the same
+/// name. The fields are [`GpuQueue`]'s.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueuePart {
+    gpu_model: Option<String>,
+    gpu_memory_gb: Option<u32>,
+    gpu_request: Option<GpuRequest>,
+    gpus_per_job: Option<u32>,
+    max_gpus_per_job: Option<u32>,
+    gpu_rte: Option<String>,
+    cores_per_gpu: Option<u32>,
+    memory_per_gpu_mb: Option<u64>,
+    max_walltime_hours: Option<u32>,
+    container_rte: Option<String>,
+    rtes: Option<Vec<RteSpec>>,
+    environment: Option<BTreeMap<String, String>>,
+    extra_attributes: Option<BTreeMap<String, OneOrMany>>,
+    driver_version: Option<String>,
+    cuda_driver_version: Option<String>,
+    comment: Option<String>,
+}
+
+impl QueuePart {
+    /// `later`'s fields over these; a field given replaces the earlier value
+    /// whole (maps and lists too).
+    fn then(self, later: QueuePart) -> QueuePart {
+        QueuePart {
+            gpu_model: later.gpu_model.or(self.gpu_model),
+            gpu_memory_gb: later.gpu_memory_gb.or(self.gpu_memory_gb),
+            gpu_request: later.gpu_request.or(self.gpu_request),
+            gpus_per_job: later.gpus_per_job.or(self.gpus_per_job),
+            max_gpus_per_job: later.max_gpus_per_job.or(self.max_gpus_per_job),
+            gpu_rte: later.gpu_rte.or(self.gpu_rte),
+            cores_per_gpu: later.cores_per_gpu.or(self.cores_per_gpu),
+            memory_per_gpu_mb: later.memory_per_gpu_mb.or(self.memory_per_gpu_mb),
+            max_walltime_hours: later.max_walltime_hours.or(self.max_walltime_hours),
+            container_rte: later.container_rte.or(self.container_rte),
+            rtes: later.rtes.or(self.rtes),
+            environment: later.environment.or(self.environment),
+            extra_attributes: later.extra_attributes.or(self.extra_attributes),
+            driver_version: later.driver_version.or(self.driver_version),
+            cuda_driver_version: later.cuda_driver_version.or(self.cuda_driver_version),
+            comment: later.comment.or(self.comment),
+        }
+    }
+
+    /// The whole queue, once every profile has given its part. `path` is the
+    /// site's own profile; `from` says which profiles gave parts.
+    fn into_queue(self, path: &Path, qn: &str, from: &str) -> Result<GpuQueue> {
+        let (
+            Some(gpu_model),
+            Some(gpu_request),
+            Some(gpus_per_job),
+            Some(cores_per_gpu),
+            Some(memory_per_gpu_mb),
+        ) = (
+            self.gpu_model.clone(),
+            self.gpu_request,
+            self.gpus_per_job,
+            self.cores_per_gpu,
+            self.memory_per_gpu_mb,
+        )
+        else {
+            let missing: Vec<&str> = [
+                ("gpu_model", self.gpu_model.is_none()),
+                ("gpu_request", self.gpu_request.is_none()),
+                ("gpus_per_job", self.gpus_per_job.is_none()),
+                ("cores_per_gpu", self.cores_per_gpu.is_none()),
+                ("memory_per_gpu_mb", self.memory_per_gpu_mb.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(k, m)| m.then_some(k))
+            .collect();
+            return Err(bad(
+                path,
+                format!("gpu_queues.{qn}: "),
+                format!("no {} ({from})", missing.join(", ")),
+                "a queue needs gpu_model, gpu_request, gpus_per_job, cores_per_gpu and memory_per_gpu_mb, given here or by a profile this one extends under the same queue name",
+            ));
+        };
+        Ok(GpuQueue {
+            gpu_model,
+            gpu_memory_gb: self.gpu_memory_gb,
+            gpu_request,
+            gpus_per_job,
+            max_gpus_per_job: self.max_gpus_per_job,
+            gpu_rte: self.gpu_rte,
+            cores_per_gpu,
+            memory_per_gpu_mb,
+            max_walltime_hours: self.max_walltime_hours,
+            container_rte: self.container_rte.unwrap_or_else(default_container_rte),
+            rtes: self.rtes.unwrap_or_default(),
+            environment: self.environment.unwrap_or_default(),
+            extra_attributes: self.extra_attributes.unwrap_or_default(),
+            driver_version: self.driver_version,
+            cuda_driver_version: self.cuda_driver_version,
+            comment: self.comment,
+        })
+    }
+}
+
+/// The `gpu_queues:` section of one site.yaml.
+#[derive(Debug, Default, Deserialize)]
+struct QueueSection {
+    #[serde(default)]
+    gpu_queues: BTreeMap<String, QueuePart>,
 }
 
 fn default_container_rte() -> String {
@@ -290,15 +411,25 @@ impl SiteProfile {
             chain: SiteChain::default(),
             ce: None,
             gpu_queues: BTreeMap::new(),
+            cvmfs: None,
         };
         for doc in &chain.docs {
             let p = Self::parse_unchecked(&doc.input, &doc.text)?;
             if p.ce.is_some() {
                 merged.ce = p.ce;
             }
-            merged.gpu_queues.extend(p.gpu_queues);
+            if p.cvmfs.is_some() {
+                merged.cvmfs = p.cvmfs;
+            }
         }
         merged.path = chain.own().map(|d| d.input.clone()).unwrap_or_default();
+        merged.gpu_queues = Self::merge_queues(
+            chain
+                .docs
+                .iter()
+                .map(|d| (d.input.as_path(), d.text.as_str())),
+            &merged.path,
+        )?;
         merged.chain = chain;
         merged.check()?;
         Ok(merged)
@@ -315,11 +446,47 @@ impl SiteProfile {
         })
     }
 
+    /// The `gpu_queues:` of profiles (path, text), parents first, merged
+    /// field by field per queue name; each whole queue is made as `own`'s.
+    fn merge_queues<'a>(
+        docs: impl Iterator<Item = (&'a Path, &'a str)>,
+        own: &Path,
+    ) -> Result<BTreeMap<String, GpuQueue>> {
+        let mut parts: BTreeMap<String, (QueuePart, Vec<String>)> = BTreeMap::new();
+        for (path, text) in docs {
+            let section: QueueSection = serde_saphyr::from_str(text).map_err(|e| {
+                bad(
+                    path,
+                    "",
+                    format!("{e}"),
+                    "see site-overlays/README.md for the gpu_queues: keys",
+                )
+            })?;
+            for (qn, part) in section.gpu_queues {
+                let (before, mut from) = parts.remove(&qn).unwrap_or_default();
+                from.push(path.display().to_string());
+                parts.insert(qn, (before.then(part), from));
+            }
+        }
+        parts
+            .into_iter()
+            .map(|(qn, (part, from))| {
+                let from = if from.len() == 1 {
+                    format!("the queue is given by {} alone", from[0])
+                } else {
+                    format!("merged from {}", from.join(", "))
+                };
+                part.into_queue(own, &qn, &from).map(|q| (qn, q))
+            })
+            .collect()
+    }
+
     /// One profile's text on its own (no `extends:`), checked.
     pub fn parse(path: &Path, site: &str, text: &str) -> Result<SiteProfile> {
         let mut p = Self::parse_unchecked(path, text)?;
         p.name = site.to_string();
         p.path = path.to_path_buf();
+        p.gpu_queues = Self::merge_queues(std::iter::once((path, text)), path)?;
         p.check()?;
         Ok(p)
     }

@@ -5,11 +5,17 @@
 //! its digest name. `index.json` is rewritten under an exclusive lock and
 //! renamed into place, so two processes writing the same image both succeed
 //! and readers never see a half-written file.
+//!
+//! Every process that opens the store to write it holds a shared lock on it
+//! until it ends; `gridship store gc` takes that lock exclusively, so it never
+//! removes a blob a running writer has put but not yet named (writers name
+//! an image last), nor one it found present and is about to name.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +26,11 @@ use crate::{Error, Result};
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 const LAYOUT_FILE: &str = "oci-layout";
 const LOCK_FILE: &str = ".gridship.lock";
+/// Held shared by every process writing the store, for its whole run, and
+/// exclusively by `store gc`.
+const USERS_LOCK_FILE: &str = ".gridship-users.lock";
+/// The users locks this process holds, one per store, until it ends.
+static USERS_LOCKS: std::sync::Mutex<Vec<(PathBuf, File)>> = std::sync::Mutex::new(Vec::new());
 /// Manifests and configs are read into memory; anything bigger is not one.
 pub const MAX_JSON_BLOB: u64 = 64 << 20;
 
@@ -95,6 +106,10 @@ impl Default for IndexJson {
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,
+    /// Opened to be written (the store, a destination): naming and
+    /// resolving a name mark its manifest used, which `store gc` orders
+    /// names by. A layout only read (`oci:DIR`) is left as it is.
+    track_use: bool,
 }
 
 impl Layout {
@@ -130,14 +145,22 @@ impl Layout {
                 hint: None,
             });
         }
-        Ok(Layout { root })
+        Ok(Layout {
+            root,
+            track_use: false,
+        })
     }
 
     /// Open a layout, creating an empty one if the directory has none.
+    /// This process holds the layout's users lock from now until it ends.
     pub fn open_or_create(root: impl Into<PathBuf>) -> Result<Layout> {
         let root = root.into();
         fs::create_dir_all(root.join("blobs/sha256")).at("creating", root.join("blobs/sha256"))?;
-        let layout = Layout { root };
+        let layout = Layout {
+            root,
+            track_use: true,
+        };
+        layout.hold_users_lock();
         if !layout.root.join(LAYOUT_FILE).exists() {
             layout.write_atomic(
                 &layout.root.join(LAYOUT_FILE),
@@ -150,7 +173,10 @@ impl Layout {
                 layout.write_index(&IndexJson::default())?;
             }
         }
-        Layout::open(&layout.root)
+        Ok(Layout {
+            track_use: true,
+            ..Layout::open(&layout.root)?
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -171,6 +197,7 @@ impl Layout {
     }
 
     pub fn blob_writer(&self) -> Result<BlobWriter> {
+        self.hold_users_lock();
         let dir = self.root.join("blobs/sha256");
         fs::create_dir_all(&dir).at("creating", &dir)?;
         let tmp = tempfile::Builder::new()
@@ -291,14 +318,95 @@ impl Layout {
     /// Exclusive lock over index.json updates (released on drop).
     fn lock(&self) -> Result<File> {
         let path = self.root.join(LOCK_FILE);
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .at("opening", &path)?;
+        let f = open_lock_file(&path)?;
         f.lock().at("locking", &path)?;
         Ok(f)
+    }
+
+    /// Hold this layout's users lock, shared, until the process ends (once
+    /// per layout and process). While `store gc` holds it, wait for it. A
+    /// filesystem without locks only loses gc's protection: a warning.
+    fn hold_users_lock(&self) {
+        let key = fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        let mut held = USERS_LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+        if held.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        let path = self.root.join(USERS_LOCK_FILE);
+        let locked = open_lock_file(&path).and_then(|f| match f.try_lock_shared() {
+            Ok(()) => Ok(f),
+            Err(fs::TryLockError::WouldBlock) => {
+                tracing::warn!(
+                    "{}: `gridship store gc` is cleaning this store; waiting for it",
+                    self.root.display()
+                );
+                f.lock_shared().at("locking", &path)?;
+                Ok(f)
+            }
+            Err(fs::TryLockError::Error(e)) => Err(Error::io_path(&path, "locking", e)),
+        });
+        match locked {
+            Ok(f) => held.push((key, f)),
+            Err(e) => tracing::warn!(
+                "{e}: a `gridship store gc` running meanwhile could remove blobs this run has not named yet"
+            ),
+        }
+    }
+
+    /// Take the users lock exclusively: no other process writes the store
+    /// until the returned lock is dropped. Waits up to `wait` for running
+    /// writers, then fails saying so.
+    pub fn lock_exclusive(&self, wait: Duration) -> Result<ExclusiveLock> {
+        let key = fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        let held = USERS_LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+        if held.iter().any(|(k, _)| *k == key) {
+            return Err(Error::Other(format!(
+                "{}: this process writes the store, so it cannot also have it alone",
+                self.root.display()
+            )));
+        }
+        drop(held);
+        let path = self.root.join(USERS_LOCK_FILE);
+        let file = open_lock_file(&path)?;
+        let started = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(ExclusiveLock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io_path(&path, "locking", e)),
+            }
+            if started.elapsed() >= wait {
+                return Err(Error::Other(format!(
+                    "{}: another gridship process is writing this store (a promote, copy, build or nightly; \
+                     it names what it wrote only at its end), so nothing was removed{}\n  \
+                     hint: run again when it has ended, or wait for it with --wait DURATION",
+                    self.root.display(),
+                    if wait.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" after waiting {}s", wait.as_secs())
+                    }
+                )));
+            }
+            if !said {
+                tracing::warn!(
+                    "{}: another gridship process is writing this store; waiting for it",
+                    self.root.display()
+                );
+                said = true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Mark a manifest used now (its blob's mtime), in a layout written here.
+    fn mark_used(&self, digest: &Digest) {
+        if self.track_use {
+            // Best effort: only gc's order of names depends on it.
+            let _ =
+                File::open(self.blob_path(digest)).and_then(|f| f.set_modified(SystemTime::now()));
+        }
     }
 
     /// Read-modify-write index.json under the lock.
@@ -318,53 +426,62 @@ impl Layout {
         let _lock = self.lock()?;
         let index = self.read_index()?;
         let mut reachable = std::collections::HashSet::new();
-        let mut todo: Vec<Descriptor> = index.manifests.clone();
+        for d in &index.manifests {
+            reachable.extend(self.reach(d).blobs);
+        }
+        let now = unix_secs(SystemTime::now()).unwrap_or(0);
+        let mut removed = 0;
+        for (name, file) in list_files(&self.root, "blobs/sha256")? {
+            let Ok(digest) = Digest::from_hex(&name) else {
+                continue;
+            };
+            let old = file
+                .modified
+                .is_some_and(|t| now - t >= min_age.as_secs() as i64);
+            if !reachable.contains(&digest) && old {
+                let path = self.blob_path(&digest);
+                fs::remove_file(&path).at("removing", &path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// What one index.json entry leads to: every blob it names (itself,
+    /// manifests, configs, layers) and the layers' diff_ids of each image.
+    /// A missing or unreadable document keeps what is known and adds
+    /// nothing below it.
+    fn reach(&self, entry: &Descriptor) -> Reach {
+        let mut reach = Reach::default();
+        let mut todo = vec![entry.clone()];
         while let Some(d) = todo.pop() {
-            if !reachable.insert(d.digest.clone()) {
+            if !reach.blobs.insert(d.digest.clone()) {
                 continue;
             }
             let is_manifest = crate::image::media::is_manifest(&d.media_type);
             if !(is_manifest || crate::image::media::is_index(&d.media_type)) {
                 continue;
             }
-            // A missing or unreadable document: keep what is known, drop nothing below.
             let Ok(raw) = self.read_blob(&d.digest, Some(d.size)) else {
                 continue;
             };
             if is_manifest {
                 if let Ok(m) = serde_json::from_slice::<crate::image::Manifest>(&raw) {
-                    todo.push(m.config);
+                    reach.blobs.insert(m.config.digest.clone());
+                    if let Ok(config) = self.read_blob(&m.config.digest, Some(m.config.size))
+                        && let Ok(config) =
+                            serde_json::from_slice::<crate::image::ImageConfig>(&config)
+                    {
+                        reach.created = reach.created.or(config.created);
+                        reach.diff_ids.push(config.rootfs.diff_ids);
+                    }
                     todo.extend(m.layers);
                 }
             } else if let Ok(i) = serde_json::from_slice::<IndexJson>(&raw) {
                 todo.extend(i.manifests);
             }
         }
-        let dir = self.root.join("blobs").join("sha256");
-        let now = std::time::SystemTime::now();
-        let mut removed = 0;
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::io_path(&dir, "reading", e)),
-        };
-        for entry in entries {
-            let entry = entry.at("reading", &dir)?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else {
-                continue;
-            };
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= min_age);
-            if !reachable.contains(&digest) && old {
-                fs::remove_file(entry.path()).at("removing", entry.path())?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        reach
     }
 
     /// Record `desc` under a ref name, replacing what had that name.
@@ -372,10 +489,13 @@ impl Layout {
         let mut desc = desc.clone();
         desc.annotations
             .insert(REF_NAME_ANNOTATION.into(), name.to_string());
+        let digest = desc.digest.clone();
         self.update_index(|index| {
             index.manifests.retain(|d| d.ref_name() != Some(name));
             index.manifests.push(desc);
-        })
+        })?;
+        self.mark_used(&digest);
+        Ok(())
     }
 
     /// Find the manifest (or index) descriptor for a ref name; with no name,
@@ -389,6 +509,7 @@ impl Layout {
                 .rev()
                 .find(|d| d.ref_name() == Some(n))
                 .cloned()
+                .inspect(|d| self.mark_used(&d.digest))
                 .ok_or_else(|| {
                     let known: Vec<&str> = index
                         .manifests
@@ -430,6 +551,568 @@ impl Layout {
     pub fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<()> {
         write_atomic(path, data)
     }
+}
+
+// ------------------------------------------------------------ ls, du, gc
+
+/// Names of temporary files in the store's own directories: blob writers
+/// (`.tmp-blob-`), [`write_atomic`], `copy ... docker-daemon:` archives.
+const TEMP_PREFIXES: [&str; 3] = [".tmp", ".gridship-tmp-", ".docker-load-"];
+
+/// What [`Layout::reach`] found below one index.json entry.
+#[derive(Default)]
+struct Reach {
+    blobs: std::collections::HashSet<Digest>,
+    /// The layers' diff_ids of each image config reached.
+    diff_ids: Vec<Vec<Digest>>,
+    /// The first image config's `created`.
+    created: Option<String>,
+}
+
+/// A file in the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredFile {
+    /// Relative to the store.
+    pub path: String,
+    pub bytes: u64,
+    /// Unix seconds.
+    pub modified: Option<i64>,
+}
+
+/// One entry of index.json, as `store ls` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredImage {
+    /// None: an entry without a name (kept like a named one).
+    pub name: Option<String>,
+    pub digest: Digest,
+    pub media_type: String,
+    /// The bytes of the blobs it leads to (manifest, config, layers).
+    pub bytes: u64,
+    /// Of those, the bytes another entry leads to as well.
+    pub shared_bytes: u64,
+    /// Blobs it names that are not in the store.
+    pub missing_blobs: usize,
+    /// The image config's `created`.
+    pub created: Option<String>,
+    /// Unix seconds it was last named or read by name.
+    pub last_used: Option<i64>,
+}
+
+/// A merge state (see [`crate::index::cache`]) and whether an image in the
+/// store needs it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeState {
+    #[serde(flatten)]
+    pub file: StoredFile,
+    pub needed: bool,
+}
+
+/// The store's bytes by kind. `total` counts like `du -sb`: every file
+/// once, directories included.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DiskUsage {
+    /// Blobs an index.json entry leads to, each counted once.
+    pub named: u64,
+    /// Of `named`, the blobs more than one entry leads to.
+    pub shared: u64,
+    /// Blobs no entry leads to (`store gc` removes them).
+    pub unreferenced: u64,
+    /// Temporary files: of running writers, or left by killed runs.
+    pub temp: u64,
+    /// Merge states, and of those the ones no image in the store needs.
+    pub merge_cache: u64,
+    pub merge_cache_unneeded: u64,
+    /// index.json, locks, the nightly state, directories.
+    pub other: u64,
+    pub total: u64,
+}
+
+/// Everything in a store: `store ls` and `store du`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    pub store: String,
+    pub images: Vec<StoredImage>,
+    pub unreferenced: Vec<StoredFile>,
+    pub temp: Vec<StoredFile>,
+    pub merge_states: Vec<MergeState>,
+    pub usage: DiskUsage,
+}
+
+impl Inventory {
+    /// A store that does not exist yet.
+    pub fn empty(root: &Path) -> Inventory {
+        Inventory {
+            store: root.display().to_string(),
+            images: Vec::new(),
+            unreferenced: Vec::new(),
+            temp: Vec::new(),
+            merge_states: Vec::new(),
+            usage: DiskUsage::default(),
+        }
+    }
+}
+
+/// What `store gc` removes besides unreferenced blobs, temporary files and
+/// merge states no image needs.
+#[derive(Debug, Clone, Default)]
+pub struct GcOptions {
+    /// Names not used for this long.
+    pub older_than: Option<Duration>,
+    /// Names, least recently used first, until the store takes at most
+    /// this many bytes.
+    pub max_size: Option<u64>,
+    pub dry_run: bool,
+    /// Unix seconds (see [`crate::clock`]).
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RemovedName {
+    pub name: String,
+    pub digest: Digest,
+    pub last_used: Option<i64>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GcReport {
+    pub store: String,
+    pub dry_run: bool,
+    pub names: Vec<RemovedName>,
+    pub blobs: Vec<StoredFile>,
+    pub temp: Vec<StoredFile>,
+    pub merge_states: Vec<StoredFile>,
+    /// The bytes of the files removed (or, with dry_run, that would be).
+    pub bytes_freed: u64,
+    pub before: DiskUsage,
+    /// Measured after gc; none for a dry run.
+    pub after: Option<DiskUsage>,
+}
+
+impl GcReport {
+    /// Nothing removed from a store that does not exist.
+    pub fn empty(root: &Path, dry_run: bool) -> GcReport {
+        GcReport {
+            store: root.display().to_string(),
+            dry_run,
+            names: Vec::new(),
+            blobs: Vec::new(),
+            temp: Vec::new(),
+            merge_states: Vec::new(),
+            bytes_freed: 0,
+            before: DiskUsage::default(),
+            after: None,
+        }
+    }
+}
+
+/// A store's files, classified, and what each index.json entry leads to.
+struct StoreScan {
+    index: IndexJson,
+    reaches: Vec<Reach>,
+    blobs: std::collections::HashMap<Digest, StoredFile>,
+    temp: Vec<StoredFile>,
+    states: Vec<StoredFile>,
+    merge_dir: PathBuf,
+    total: u64,
+}
+
+/// What is left to remove when only some entries stay.
+struct Sweep<'a> {
+    blobs: Vec<&'a StoredFile>,
+    states: Vec<&'a StoredFile>,
+    /// How many staying entries lead to each blob.
+    refs: std::collections::HashMap<&'a Digest, usize>,
+}
+
+impl StoreScan {
+    fn sweep(&self, stays: impl Fn(usize) -> bool) -> Sweep<'_> {
+        let mut refs = std::collections::HashMap::new();
+        let mut needed = std::collections::HashSet::new();
+        for (_, reach) in self.reaches.iter().enumerate().filter(|(i, _)| stays(*i)) {
+            for d in &reach.blobs {
+                *refs.entry(d).or_insert(0) += 1;
+            }
+            for ids in &reach.diff_ids {
+                needed.extend(
+                    (1..=ids.len())
+                        .map(|n| crate::index::cache::state_path(&self.merge_dir, &ids[..n])),
+                );
+            }
+        }
+        let blobs = self
+            .blobs
+            .iter()
+            .filter(|(d, _)| !refs.contains_key(d))
+            .map(|(_, f)| f)
+            .collect();
+        let states = self
+            .states
+            .iter()
+            .filter(|f| !needed.contains(&self.merge_dir.join(file_name(&f.path))))
+            .collect();
+        Sweep {
+            blobs,
+            states,
+            refs,
+        }
+    }
+
+    fn last_used(&self, i: usize) -> Option<i64> {
+        self.blobs
+            .get(&self.index.manifests[i].digest)
+            .and_then(|f| f.modified)
+    }
+}
+
+impl Sweep<'_> {
+    /// Bytes removed, with the temporary files of `scan`.
+    fn bytes(&self, scan: &StoreScan) -> u64 {
+        self.blobs
+            .iter()
+            .chain(&self.states)
+            .copied()
+            .chain(&scan.temp)
+            .map(|f| f.bytes)
+            .sum()
+    }
+}
+
+/// `30d`, `1d12h`, `90s`: how `--older-than` is written.
+fn short_duration(d: Duration) -> String {
+    let mut rest = d.as_secs();
+    let mut out = String::new();
+    for (unit, secs) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if rest >= secs || (rest == 0 && out.is_empty() && secs == 1) {
+            out.push_str(&format!("{}{unit}", rest / secs));
+            rest %= secs;
+        }
+    }
+    out
+}
+
+fn file_name(rel: &str) -> &str {
+    rel.rsplit('/').next().unwrap_or(rel)
+}
+
+fn unix_secs(t: SystemTime) -> Option<i64> {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs() as i64)
+}
+
+/// The regular files directly in `root/rel`, by name (none if it is missing).
+fn list_files(root: &Path, rel: &str) -> Result<Vec<(String, StoredFile)>> {
+    let dir = root.join(rel);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io_path(&dir, "reading", e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.at("reading", &dir)?;
+        let Ok(meta) = entry.metadata() else { continue };
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if meta.is_file() {
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let modified = meta.modified().ok().and_then(unix_secs);
+            files.push((
+                name,
+                StoredFile {
+                    path,
+                    bytes: meta.len(),
+                    modified,
+                },
+            ));
+        }
+    }
+    Ok(files)
+}
+
+/// Bytes under `path` as `du -sb` counts them: apparent sizes of every
+/// file, directory and link, a file with several links once.
+fn du_bytes(path: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let meta = match fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            // Gone meanwhile (a temporary file renamed).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io_path(&p, "reading", e)),
+        };
+        if !meta.is_dir() && meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        total += meta.len();
+        if meta.is_dir() {
+            match fs::read_dir(&p) {
+                Ok(entries) => todo.extend(entries.filter_map(|e| e.ok()).map(|e| e.path())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io_path(&p, "reading", e)),
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// The store held alone by `store gc` (see [`Layout::lock_exclusive`]).
+pub struct ExclusiveLock {
+    _file: File,
+}
+
+impl Layout {
+    fn scan(&self) -> Result<StoreScan> {
+        let index = self.read_index()?;
+        let reaches = index.manifests.iter().map(|d| self.reach(d)).collect();
+        let mut blobs = std::collections::HashMap::new();
+        let mut temp = Vec::new();
+        for (name, file) in list_files(&self.root, "blobs/sha256")? {
+            match Digest::from_hex(&name) {
+                Ok(d) => {
+                    blobs.insert(d, file);
+                }
+                Err(_) => temp.push(file),
+            }
+        }
+        for (name, file) in list_files(&self.root, "")? {
+            if TEMP_PREFIXES.iter().any(|p| name.starts_with(p)) {
+                temp.push(file);
+            }
+        }
+        let merge_dir = crate::sink::cvmfs::merge_cache_dir(self);
+        let merge_rel = merge_dir
+            .strip_prefix(&self.root)
+            .unwrap_or(&merge_dir)
+            .to_string_lossy()
+            .to_string();
+        let mut states = Vec::new();
+        for (name, file) in list_files(&self.root, &merge_rel)? {
+            if name.ends_with(".json") {
+                states.push(file);
+            } else {
+                temp.push(file);
+            }
+        }
+        Ok(StoreScan {
+            index,
+            reaches,
+            blobs,
+            temp,
+            states,
+            merge_dir,
+            total: du_bytes(&self.root)?,
+        })
+    }
+
+    fn usage(scan: &StoreScan, sweep: &Sweep) -> DiskUsage {
+        let sum =
+            |files: &mut dyn Iterator<Item = &StoredFile>| files.map(|f| f.bytes).sum::<u64>();
+        let on_disk = |min: usize| {
+            sweep
+                .refs
+                .iter()
+                .filter(|(_, n)| **n >= min)
+                .filter_map(|(d, _)| scan.blobs.get(*d))
+                .map(|f| f.bytes)
+                .sum::<u64>()
+        };
+        let mut u = DiskUsage {
+            named: on_disk(1),
+            shared: on_disk(2),
+            unreferenced: sum(&mut sweep.blobs.iter().copied()),
+            temp: sum(&mut scan.temp.iter()),
+            merge_cache: sum(&mut scan.states.iter()),
+            merge_cache_unneeded: sum(&mut sweep.states.iter().copied()),
+            other: 0,
+            total: scan.total,
+        };
+        u.other = u
+            .total
+            .saturating_sub(u.named + u.unreferenced + u.temp + u.merge_cache);
+        u
+    }
+
+    /// Every image, unreferenced blob, temporary file and merge state of
+    /// the store, with sizes.
+    pub fn inventory(&self) -> Result<Inventory> {
+        let scan = self.scan()?;
+        let sweep = scan.sweep(|_| true);
+        let images = scan
+            .index
+            .manifests
+            .iter()
+            .zip(&scan.reaches)
+            .enumerate()
+            .map(|(i, (d, reach))| {
+                let on_disk = reach
+                    .blobs
+                    .iter()
+                    .filter_map(|b| Some((b, scan.blobs.get(b)?)));
+                StoredImage {
+                    name: d.ref_name().map(str::to_string),
+                    digest: d.digest.clone(),
+                    media_type: d.media_type.clone(),
+                    bytes: on_disk.clone().map(|(_, f)| f.bytes).sum(),
+                    shared_bytes: on_disk
+                        .filter(|(b, _)| sweep.refs.get(b).is_some_and(|n| *n > 1))
+                        .map(|(_, f)| f.bytes)
+                        .sum(),
+                    missing_blobs: reach
+                        .blobs
+                        .iter()
+                        .filter(|b| !scan.blobs.contains_key(*b))
+                        .count(),
+                    created: reach.created.clone(),
+                    last_used: scan.last_used(i),
+                }
+            })
+            .collect();
+        let unneeded: std::collections::HashSet<&str> =
+            sweep.states.iter().map(|f| f.path.as_str()).collect();
+        let mut unreferenced: Vec<StoredFile> = sweep.blobs.iter().map(|f| (*f).clone()).collect();
+        unreferenced.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Inventory {
+            store: self.root.display().to_string(),
+            images,
+            unreferenced,
+            temp: scan.temp.clone(),
+            merge_states: scan
+                .states
+                .iter()
+                .map(|f| MergeState {
+                    file: f.clone(),
+                    needed: !unneeded.contains(f.path.as_str()),
+                })
+                .collect(),
+            usage: Self::usage(&scan, &sweep),
+        })
+    }
+
+    /// Remove what no name needs: unreferenced blobs, temporary files of
+    /// killed runs, merge states no image in the store needs; with
+    /// `older_than` and `max_size`, names too (least recently used first)
+    /// and then what only they needed. The caller holds the store alone
+    /// ([`Layout::lock_exclusive`]): no writer runs, so no temporary file
+    /// or unnamed blob belongs to a live one.
+    pub fn gc(&self, _alone: &ExclusiveLock, opts: &GcOptions) -> Result<GcReport> {
+        let scan = self.scan()?;
+        let before = Self::usage(&scan, &scan.sweep(|_| true));
+        let mut order: Vec<usize> = (0..scan.index.manifests.len())
+            .filter(|&i| scan.index.manifests[i].ref_name().is_some())
+            .collect();
+        order.sort_by_key(|&i| (scan.last_used(i), scan.index.manifests[i].ref_name()));
+        let mut dropped: Vec<(usize, String)> = Vec::new();
+        if let Some(age) = opts.older_than {
+            for &i in &order {
+                if scan
+                    .last_used(i)
+                    .is_none_or(|t| opts.now - t >= age.as_secs() as i64)
+                {
+                    dropped.push((
+                        i,
+                        format!("unused for {} or more (--older-than)", short_duration(age)),
+                    ));
+                }
+            }
+        }
+        if let Some(max) = opts.max_size {
+            for &i in &order {
+                let stays = |j| !dropped.iter().any(|(k, _)| *k == j);
+                if scan.total.saturating_sub(scan.sweep(stays).bytes(&scan)) <= max {
+                    break;
+                }
+                if stays(i) {
+                    dropped.push((
+                        i,
+                        format!(
+                            "least recently used while the store is over {max} bytes (--max-size)"
+                        ),
+                    ));
+                }
+            }
+        }
+        let sweep = scan.sweep(|j| !dropped.iter().any(|(k, _)| *k == j));
+        let names: Vec<RemovedName> = dropped
+            .iter()
+            .map(|(i, reason)| {
+                let d = &scan.index.manifests[*i];
+                RemovedName {
+                    name: d.ref_name().unwrap_or_default().to_string(),
+                    digest: d.digest.clone(),
+                    last_used: scan.last_used(*i),
+                    reason: reason.clone(),
+                }
+            })
+            .collect();
+        if !opts.dry_run {
+            // Names first, then the files nothing names any more.
+            if !names.is_empty() {
+                self.update_index(|index| {
+                    index.manifests.retain(|d| {
+                        !names
+                            .iter()
+                            .any(|n| d.ref_name() == Some(n.name.as_str()) && d.digest == n.digest)
+                    })
+                })?;
+            }
+            for f in sweep
+                .blobs
+                .iter()
+                .copied()
+                .chain(&scan.temp)
+                .chain(sweep.states.iter().copied())
+            {
+                let path = self.root.join(&f.path);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io_path(&path, "removing", e)),
+                }
+            }
+        }
+        let after = if opts.dry_run {
+            None
+        } else {
+            let scan = self.scan()?;
+            Some(Self::usage(&scan, &scan.sweep(|_| true)))
+        };
+        let sorted = |files: &[&StoredFile]| {
+            let mut v: Vec<StoredFile> = files.iter().map(|f| (*f).clone()).collect();
+            v.sort_by(|a, b| a.path.cmp(&b.path));
+            v
+        };
+        Ok(GcReport {
+            store: self.root.display().to_string(),
+            dry_run: opts.dry_run,
+            bytes_freed: sweep.bytes(&scan),
+            names,
+            blobs: sorted(&sweep.blobs),
+            temp: sorted(&scan.temp.iter().collect::<Vec<_>>()),
+            merge_states: sorted(&sweep.states),
+            before,
+            after,
+        })
+    }
+}
+
+/// Open (creating) a file that is only ever locked, never written.
+fn open_lock_file(path: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .at("opening", path)
 }
 
 /// Write `data` to a temporary file beside `path`, fsync, rename into place.

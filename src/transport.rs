@@ -47,13 +47,23 @@ impl Context {
 
 /// Open `src` for reading.
 pub fn open(src: &ImageRef, ctx: &Context) -> Result<Image> {
+    open_reporting(src, ctx).map(|(image, _)| image)
+}
+
+/// Open `src` for reading, and say what reading a `docker-daemon:` or
+/// `container:` source took from the engine.
+pub fn open_reporting(
+    src: &ImageRef,
+    ctx: &Context,
+) -> Result<(Image, Option<engine::EngineRead>)> {
     let name = src.to_string();
     let into_store = |desc| -> Result<Image> {
         let store = ctx.store()?;
         store.set_ref(&name, &desc)?;
         Image::load(store, desc, &name, &ctx.platform)
     };
-    match src {
+    let mut engine_read = None;
+    let image = match src {
         ImageRef::Registry(r) => {
             let store = ctx.store()?;
             let desc = registry::pull(r, &ctx.registry, &store, &ctx.platform)?;
@@ -61,9 +71,8 @@ pub fn open(src: &ImageRef, ctx: &Context) -> Result<Image> {
         }
         ImageRef::DockerDaemon(n) => {
             let store = ctx.store()?;
-            let reader = engine::save(n)?;
-            let wanted = (!n.starts_with("sha256:")).then_some(n.as_str());
-            let desc = archive::import_docker_archive(reader, &store, wanted, &name)?;
+            let (desc, read) = engine::read_into_store(n, &store, &name)?;
+            engine_read = Some(read);
             into_store(desc)
         }
         ImageRef::Oci { dir, tag } => {
@@ -90,22 +99,25 @@ pub fn open(src: &ImageRef, ctx: &Context) -> Result<Image> {
         }
         ImageRef::Container(c) => {
             let store = ctx.store()?;
-            let desc = snapshot_container(c, ctx.pause_containers, &store, &name)?;
+            let (desc, read) = snapshot_container(c, ctx.pause_containers, &store, &name)?;
+            engine_read = Some(read);
             into_store(desc)
         }
-    }
+    }?;
+    Ok((image, engine_read))
 }
 
 /// Capture a container through the engine: `docker commit` (the container
 /// keeps running; `pause` freezes it during the copy) gives its image's
 /// layers plus one layer of the changes made in it, which is read into
-/// the store like `docker-daemon:`. The engine keeps no name for it after.
+/// the store like `docker-daemon:` (the image's layers that the store has
+/// are not read again). The engine keeps no name for it after.
 fn snapshot_container(
     container: &str,
     pause: bool,
     store: &Layout,
     name: &str,
-) -> Result<crate::store::Descriptor> {
+) -> Result<(crate::store::Descriptor, engine::EngineRead)> {
     let info = engine::inspect_container(container)?;
     let tag = format!(
         "gridship-snapshot/{}:{}",
@@ -113,10 +125,7 @@ fn snapshot_container(
         std::process::id()
     );
     engine::commit(&info.id, &tag, pause)?;
-    let result = (|| {
-        let reader = engine::save(&tag)?;
-        archive::import_docker_archive(reader, store, Some(&tag), name)
-    })();
+    let result = engine::read_into_store(&tag, store, name);
     // The committed image stays in the engine only as long as needed.
     if let Err(e) = engine::remove_image(&tag) {
         tracing::warn!("could not remove the engine image {tag}: {e}");
@@ -133,6 +142,10 @@ pub struct CopyReport {
     /// Blobs written at the destination (others were there already).
     pub blobs_copied: usize,
     pub bytes: u64,
+    /// What reading a `docker-daemon:` or `container:` source took from
+    /// the engine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_read: Option<engine::EngineRead>,
 }
 
 /// Copy the blobs of `image` into `dest` (verified), skipping what is there.
@@ -176,7 +189,7 @@ pub fn copy(src: &ImageRef, dst: &ImageRef, ctx: &Context) -> Result<CopyReport>
             "a container is a source only; write to docker-daemon:NAME:TAG, store:NAME or a registry",
         ));
     }
-    let image = open(src, ctx)?;
+    let (image, engine_read) = open_reporting(src, ctx)?;
     let bytes = image.blobs().map(|d| d.size).sum::<u64>() + image.manifest_desc.size;
     let mut report = CopyReport {
         source: src.to_string(),
@@ -185,6 +198,7 @@ pub fn copy(src: &ImageRef, dst: &ImageRef, ctx: &Context) -> Result<CopyReport>
         media_type: image.manifest_desc.media_type.clone(),
         blobs_copied: 0,
         bytes,
+        engine_read,
     };
     match dst {
         ImageRef::Registry(r) => {

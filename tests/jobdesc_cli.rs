@@ -380,6 +380,7 @@ fn help_lists_only_working_commands() {
             "snapshot",
             "nightly",
             "promote",
+            "store",
             "smoke",
             "jobdesc",
             "submit",

@@ -58,45 +58,6 @@ fn docker(args: &[&str]) -> String {
     tool(&env("GRIDSHIP_DOCKER"), args)
 }
 
-/// A running session container, removed on drop.
-struct Session {
-    name: String,
-}
-
-impl Session {
-    fn start(prefix: &str) -> Session {
-        Session::start_from(prefix, "")
-    }
-
-    /// A session whose image says it came from `recipe` (label gridship.recipe).
-    fn start_from(prefix: &str, recipe: &str) -> Session {
-        let name = unique(prefix);
-        let out = Command::new(repo_root().join("tests/support/make-session"))
-            .args([&name, &CACHE_MB.to_string()])
-            .env("GRIDSHIP_SESSION_RECIPE", recipe)
-            .output()
-            .expect("make-session runs");
-        assert!(
-            out.status.success(),
-            "make-session: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Session { name }
-    }
-
-    fn exec(&self, script: &str) -> String {
-        docker(&["exec", &self.name, "/bin/sh", "-c", script])
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = Command::new(env("GRIDSHIP_DOCKER"))
-            .args(["rm", "-f", &self.name])
-            .output();
-    }
-}
-
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -191,6 +152,35 @@ fn artifact(report: &serde_json::Value, kind: &str) -> String {
         .to_string()
 }
 
+/// Credential files make-session leaves in the session (bob's password hash
+/// among them).
+const CREDENTIAL_FILES: &[&str] = &[
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/ssl/private",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/security/opasswd",
+    "/var/cache/debconf/passwords.dat",
+];
+
+/// `kept` of a rule's report: path → reason.
+fn kept_paths(report: &serde_json::Value, rule: &str) -> BTreeMap<String, String> {
+    report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["rule"] == rule)
+        .flat_map(|r| r["kept"].as_array().unwrap().iter())
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 fn changed_paths(report: &serde_json::Value, rule: &str) -> BTreeMap<String, String> {
     report["rules"]
         .as_array()
@@ -226,6 +216,17 @@ fn grid_runs(report: &serde_json::Value, out: &Path) -> Vec<(Apptainer, String)>
     ]
 }
 
+/// A directory repository under `out`, named as worker nodes would mount
+/// it: promote puts its /cvmfs path in the job only for a named repository.
+fn cvmfs_repo_args(out: &Path) -> [String; 4] {
+    [
+        "--cvmfs-repo".into(),
+        "promoted.gridship.test".into(),
+        "--cvmfs-root".into(),
+        out.join("cvmfs").display().to_string(),
+    ]
+}
+
 #[test]
 fn session_promoted_without_sshd_or_secrets_runs_the_project() {
     let s = Session::start("gs-promote");
@@ -239,6 +240,7 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
 
     let g = Gridship::new();
     let out = tempfile::tempdir().unwrap();
+    let repo = cvmfs_repo_args(out.path());
     let r = g
         .run(&[
             "--json",
@@ -255,6 +257,10 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
             "cd /work && python3 project/main.py",
             "--tag",
             "t1",
+            &repo[0],
+            &repo[1],
+            &repo[2],
+            &repo[3],
         ])
         .ok();
     let report = r.json();
@@ -378,6 +384,30 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
         );
     }
 
+    // Credentials keep the session's modes in both trees, and the report
+    // names each one the world-readable rule held back.
+    let cred_modes = s.exec(&format!("stat -c '%a %n' {}", CREDENTIAL_FILES.join(" ")));
+    let kept = kept_paths(&report, "world-readable");
+    for line in cred_modes.lines() {
+        let (mode, path) = line.split_once(' ').unwrap();
+        assert!(
+            kept.get(path)
+                .is_some_and(|r| r.starts_with("credential (")),
+            "{path} not reported as held back: {kept:#?}"
+        );
+        for (what, root) in [("SIF", &sif_root), ("CVMFS tree", &cvmfs_root)] {
+            use std::os::unix::fs::PermissionsExt;
+            let got = std::fs::symlink_metadata(root.join(&path[1..]))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777;
+            assert_eq!(format!("{got:o}"), mode, "{what}: {path}");
+        }
+    }
+    assert!(cred_modes.contains("640 /etc/shadow"), "{cred_modes}");
+    assert!(cred_modes.contains("700 /etc/ssl/private"), "{cred_modes}");
+
     // The projects run in Apptainer: /work's, and bob's from his 0700
     // home, readable by the pool account through the world-readable rule ...
     let widened = changed_paths(&report, "world-readable");
@@ -400,6 +430,14 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
         let uid = if app.is_root() { 0 } else { 65534 };
         let bob = app.ok(&["exec", &image, "python3", "/home/bob/project/run.py"]);
         assert_eq!(bob, format!("uid={uid} answer=42\n"), "{image}");
+        if !app.is_root() {
+            let o = app.output(&["exec", &image, "cat", "/etc/shadow"]);
+            assert!(
+                !o.status.success()
+                    && String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+                "{image}: a pool account reads /etc/shadow: {o:?}"
+            );
+        }
     }
     // ... and through the engine, with no entrypoint left to start sshd.
     let tag = format!("gridship-test/promoted:{}", s.name);
@@ -507,10 +545,12 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
         "keep-base vs flattened",
     );
 
-    // The raw snapshot is not left named in the store.
+    // The snapshot stays named (a later promote reuses its layers; `store
+    // gc` removes it); the working image's name is gone.
     let refs = std::fs::read_to_string(g.store.path().join("index.json")).unwrap();
     assert!(
-        !refs.contains("container:") && !refs.contains("gridship-promote/work"),
+        refs.contains(&format!("\"container:{}\"", s.name))
+            && !refs.contains("gridship-promote/work"),
         "{refs}"
     );
 }
@@ -523,6 +563,7 @@ fn without_world_readable_a_pool_account_cannot_read_the_home() {
     let s = Session::start("gs-private");
     let g = Gridship::new();
     let out = tempfile::tempdir().unwrap();
+    let repo = cvmfs_repo_args(out.path());
     let report = g
         .run(&[
             "--json",
@@ -539,6 +580,10 @@ fn without_world_readable_a_pool_account_cannot_read_the_home() {
             out.path().to_str().unwrap(),
             "--tag",
             "t1",
+            &repo[0],
+            &repo[1],
+            &repo[2],
+            &repo[3],
         ])
         .ok()
         .json();
@@ -699,6 +744,270 @@ fn fail_on_secrets_and_dry_run_write_nothing() {
     // A dry run leaves no promoted image either.
     let refs = std::fs::read_to_string(g.store.path().join("index.json")).unwrap_or_default();
     assert!(!refs.contains("promoted/"), "{refs}");
+}
+
+/// The job description names a CVMFS path only in a repository worker
+/// nodes mount: without one, the tree stays local and the job runs the SIF,
+/// and a warning says which; a site's own `cvmfs.repo` is such a repository.
+#[test]
+fn the_job_never_points_at_a_local_cvmfs_tree() {
+    let src = format!(
+        "docker-archive:{}",
+        fixtures().join("debian.docker-archive.tar").display()
+    );
+    let g = Gridship::new();
+    let out = tempfile::tempdir().unwrap();
+    let promote = |extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "promote",
+            &src,
+            "--to",
+            "sif,cvmfs",
+            "--run",
+            "echo hi",
+            "--tag",
+            "t1",
+            "--name",
+            "job",
+        ];
+        args.extend_from_slice(extra);
+        g.run(&args).ok().json()
+    };
+    let o = out.path().join("local");
+    let report = promote(&["--site", "glasgow", "--out", o.to_str().unwrap()]);
+    let kinds: Vec<&str> = report["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["sif", "cvmfs", "xrsl", "adl"], "{report:#}");
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!(
+            "the CVMFS tree under {} is local: no repository was named",
+            o.join("cvmfs").display()
+        )) && warnings.contains("the job uses the SIF, staged: it uploads"),
+        "{warnings}"
+    );
+    let sif = artifact(&report, "sif");
+    let xrsl = std::fs::read_to_string(artifact(&report, "xrsl")).unwrap();
+    let adl = std::fs::read_to_string(artifact(&report, "adl")).unwrap();
+    for p in common::arc::arc_parse(&[(xrsl, "nordugrid:xrsl"), (adl, "emies:adl")]) {
+        assert!(p.ok, "ARC could not parse: {}", p.error);
+        let job = p.jobs[0].to_string();
+        // ARC writes file:///PATH as file:/PATH.
+        assert!(job.contains(&format!("file:{sif}")), "{job}");
+        assert!(!job.contains("/cvmfs/"), "{job}");
+    }
+
+    // A site whose worker nodes mount its own repository, published here
+    // into a directory tree (--cvmfs-root): the job runs the tree.
+    let sites = out.path().join("sites");
+    std::fs::create_dir_all(sites.join("mysite")).unwrap();
+    std::fs::write(
+        sites.join("mysite/site.yaml"),
+        "extends: glasgow\ncvmfs:\n  repo: unpacked.mysite.test\n",
+    )
+    .unwrap();
+    let o = out.path().join("site");
+    let root = out.path().join("repo");
+    let report = promote(&[
+        "--site",
+        "mysite",
+        "--site-overlays",
+        sites.to_str().unwrap(),
+        "--out",
+        o.to_str().unwrap(),
+        "--cvmfs-root",
+        root.to_str().unwrap(),
+    ]);
+    let link = artifact(&report, "cvmfs-link");
+    assert!(link.starts_with("/cvmfs/unpacked.mysite.test/"), "{link}");
+    assert!(
+        !report["warnings"].to_string().contains("is local"),
+        "{:#}",
+        report["warnings"]
+    );
+    let xrsl = std::fs::read_to_string(artifact(&report, "xrsl")).unwrap();
+    let parsed = common::arc::arc_parse(&[(xrsl, "nordugrid:xrsl")]);
+    assert!(parsed[0].ok, "{}", parsed[0].error);
+    let job = parsed[0].jobs[0].to_string();
+    assert!(job.contains(&link) && !job.contains("image.sif"), "{job}");
+
+    // --to cvmfs alone with no repository: no job description, and why.
+    let o = out.path().join("none");
+    let report = g
+        .run(&[
+            "--json",
+            "promote",
+            &src,
+            "--to",
+            "cvmfs",
+            "--run",
+            "echo hi",
+            "--tag",
+            "t1",
+            "--name",
+            "job",
+            "--site",
+            "glasgow",
+            "--out",
+            o.to_str().unwrap(),
+        ])
+        .ok()
+        .json();
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains("no job description: the CVMFS tree is local and no SIF was made"),
+        "{:#}",
+        report["warnings"]
+    );
+    assert!(!o.join("job.xrsl").exists());
+}
+
+/// Without a terminal (a batch job, CI), each stage prints one line when it
+/// ends, with its time, and the merge with the bytes it read.
+#[test]
+fn stages_print_one_line_each_without_a_terminal() {
+    let src = format!(
+        "docker-archive:{}",
+        fixtures().join("debian.docker-archive.tar").display()
+    );
+    let g = Gridship::new();
+    let out = tempfile::tempdir().unwrap();
+    let r = g
+        .run(&[
+            "promote",
+            &src,
+            "--site",
+            "glasgow",
+            "--run",
+            "echo hi",
+            "--dry-run",
+            "--out",
+            out.path().to_str().unwrap(),
+        ])
+        .ok();
+    let stages: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_once(": ").map(|(name, _)| name))
+        .collect();
+    assert_eq!(
+        stages,
+        ["snapshot", "site overlay", "merge", "scan", "rules"],
+        "{}",
+        r.stderr
+    );
+    let time = regex::Regex::new(r"^[a-z ]+: [0-9]+\.[0-9]s").unwrap();
+    for l in r.stderr.lines() {
+        assert!(time.is_match(l), "{l}");
+    }
+    let merge = r.stderr.lines().find(|l| l.starts_with("merge: ")).unwrap();
+    let read =
+        regex::Regex::new(r"^merge: [0-9.]+s, [0-9.]+ [KMG]iB read \([0-9.]+ [KMG]?i?B/s\)$")
+            .unwrap();
+    assert!(read.is_match(merge), "{merge}");
+    // --quiet and --json print none.
+    for flag in ["--quiet", "--json"] {
+        let r = g
+            .run(&[
+                flag,
+                "promote",
+                &src,
+                "--site",
+                "glasgow",
+                "--run",
+                "echo hi",
+                "--dry-run",
+                "--out",
+                out.path().to_str().unwrap(),
+            ])
+            .ok();
+        assert!(!r.stderr.contains("merge: "), "{flag}: {}", r.stderr);
+    }
+}
+
+/// The opt-in package rules on real wheels (the pip-cuda fixture: a venv of
+/// PyPI's CUDA 13 runtime wheels): off, `headers` removes nothing and
+/// reports the wheel's headers with their bytes; on, it removes them and
+/// the runtime's libraries stay.
+#[test]
+fn header_rule_is_opt_in_on_a_real_cuda_venv() {
+    let src = env("GRIDSHIP_TEST_PIP_CUDA_IMAGE");
+    let g = Gridship::new();
+    let out = tempfile::tempdir().unwrap();
+    let promote = |extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "promote",
+            &src,
+            "--site",
+            "glasgow",
+            "--run",
+            "echo hi",
+            "--dry-run",
+            "--out",
+            out.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        g.run(&args).ok().json()
+    };
+    let include = "/opt/venv/lib/python3.11/site-packages/nvidia/cu13/include/";
+    let rule = |report: &serde_json::Value, list: &str| -> BTreeMap<String, (u64, String)> {
+        report["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["rule"] == "slim:headers")
+            .flat_map(|r| r[list].as_array().unwrap().iter())
+            .filter(|c| c["path"].as_str().unwrap().starts_with(include))
+            .map(|c| {
+                (
+                    c["path"].as_str().unwrap().to_string(),
+                    (
+                        c["bytes"].as_u64().unwrap(),
+                        c["reason"].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let off = promote(&[]);
+    let kept = rule(&off, "kept");
+    assert!(
+        kept.contains_key(&format!("{include}cuda_runtime_api.h")),
+        "{kept:#?}"
+    );
+    assert!(
+        kept.values()
+            .all(|(b, why)| *b > 0 && why.contains("opt-in rule, off"))
+    );
+    assert!(rule(&off, "removed").is_empty());
+    let on = promote(&["--enable-slim", "headers"]);
+    let removed = rule(&on, "removed");
+    assert_eq!(
+        removed.keys().collect::<Vec<_>>(),
+        kept.keys().collect::<Vec<_>>(),
+        "what was reported is what goes"
+    );
+    let freed: u64 = removed.values().map(|(b, _)| b).sum();
+    let reported: u64 = kept.values().map(|(b, _)| b).sum();
+    assert_eq!(freed, reported);
+    assert_eq!(
+        on["sizes"]["removed"].as_u64().unwrap() - off["sizes"]["removed"].as_u64().unwrap(),
+        on["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["rule"] == "slim:headers")
+            .flat_map(|r| r["removed"].as_array().unwrap().iter())
+            .map(|c| c["bytes"].as_u64().unwrap())
+            .sum::<u64>()
+    );
 }
 
 #[test]
@@ -872,6 +1181,7 @@ fn home_installs_are_slimmed_and_still_work() {
 
     let g = Gridship::new();
     let dir = tempfile::tempdir().unwrap();
+    let repo = cvmfs_repo_args(dir.path());
     let report = g
         .run(&[
             "--json",
@@ -887,6 +1197,10 @@ fn home_installs_are_slimmed_and_still_work() {
             "/home/bob/miniconda3/envs/soft/bin/python -c 'import gshello_soft'",
             "--tag",
             "t1",
+            &repo[0],
+            &repo[1],
+            &repo[2],
+            &repo[3],
         ])
         .ok()
         .json();

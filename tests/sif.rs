@@ -458,6 +458,17 @@ fn image_with_a_private_home(dir: &Path) -> String {
                 bob(d("home/bob/shared", 0o770)),
                 bob(file("home/bob/shared/notes", 0o660, b"n\n")),
                 bob(symlink("home/bob/latest", "project")),
+                // Credentials, as Debian leaves them: a password hash
+                // (bob set one for ssh) and the TLS private key directory.
+                file(
+                    "etc/shadow",
+                    0o640,
+                    b"root:*:19700:0:99999:7:::\nbob:$y$j9T$c2FsdA$aGFzaA:19700:0:99999:7:::\n",
+                ),
+                file("etc/gshadow", 0o640, b"root:*::\nbob:!::\n"),
+                d("etc/ssl", 0o755),
+                d("etc/ssl/private", 0o700),
+                file("etc/ssl/private/site.key", 0o600, b"not a key\n"),
                 d("usr/local", 0o755),
                 d("usr/local/bin", 0o755),
                 file("usr/local/bin/suid", 0o4750, b"#!/bin/sh\necho suid\n"),
@@ -506,9 +517,25 @@ fn assert_only_reported_widening(
         with.entries.keys().collect::<Vec<_>>(),
         "{what}: same paths"
     );
+    // Credentials the rule reported as held back keep their modes, and so
+    // does everything below them.
+    let held: Vec<String> = report["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap().to_string())
+        .collect();
+    let is_held = |p: &str| {
+        held.iter().any(|h| {
+            p == h
+                || p.strip_prefix(h.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        })
+    };
     for (p, a) in &without.entries {
         let b = &with.entries[p];
         let want = match a.kind {
+            _ if is_held(p) => a.mode,
             "dir" => pool_readable(a.mode, true),
             "file" => pool_readable(a.mode, false),
             _ => a.mode,
@@ -585,6 +612,25 @@ fn world_readable_opens_a_private_home_to_pool_accounts() {
     assert_eq!(mine, want);
     let without = sif(&g, &image, &tmp.path().join("without.sif"), &[], &epoch);
     assert_eq!(without.json["rules"], serde_json::json!([]));
+    // Without the rule: one warning that names the closed home and the option.
+    let warnings = without.json["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = warnings[0].as_str().unwrap();
+    assert!(
+        w.contains("/home/bob (0700)")
+            && w.contains("pool account")
+            && w.contains("--world-readable"),
+        "{w}"
+    );
+    assert_eq!(with.json["warnings"], serde_json::json!([]));
+    // The image's credentials stay closed with the rule, each reported.
+    let kept: Vec<&str> = rule["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, ["/etc/gshadow", "/etc/shadow", "/etc/ssl/private"]);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     unsquash_sif(&g, &without.path, &a);
     unsquash_sif(&g, &with.path, &b);

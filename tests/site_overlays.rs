@@ -66,6 +66,10 @@ fn every_site_has_overlay_section_and_files() {
         // The ARC sections still load.
         let p = SiteProfile::load(&sites(), site).unwrap();
         assert!(p.ce.is_some() && !p.gpu_queues.is_empty(), "{site}");
+        // gridship smoke's cuda-driver-compat needs a driver per GPU queue.
+        for (qn, q) in &p.gpu_queues {
+            assert!(q.driver_version.is_some(), "{site}/{qn}: no driver_version");
+        }
         let chain: Vec<&str> = p.chain.docs.iter().map(|d| d.found.name.as_str()).collect();
         assert_eq!(chain, ["common", site]);
         let o = SiteOverlay::from_profile(&p).unwrap();
@@ -249,7 +253,7 @@ fn extends_merges_as_the_readme_says() {
     write(
         "base/site.yaml",
         &format!(
-            "ce: {{endpoint: https://base.example.org/arex}}\ngpu_queues:\n  gpu:\n{}  old:\n{}overlay:\n  env: {{A: base, B: base}}\n  labels: {{l1: base}}\nslim:\n  keep: ['/opt/base/**']\n",
+            "ce: {{endpoint: https://base.example.org/arex}}\ngpu_queues:\n  gpu:\n{}    environment: {{A: base, B: base}}\n    max_walltime_hours: 48\n  old:\n{}overlay:\n  env: {{A: base, B: base}}\n  labels: {{l1: base}}\nslim:\n  keep: ['/opt/base/**']\n",
             queue("base-gpu"),
             queue("base-old")
         ),
@@ -267,12 +271,10 @@ fn extends_merges_as_the_readme_says() {
         "overlay:\n  env: {B: extra, C: extra}\nslim:\n  keep: ['/opt/extra/**']\n",
     );
     write("extra/files/etc/b.conf", "extra b\n");
+    // The child's gpu queue gives three fields; the rest comes from base's.
     write(
         "child/site.yaml",
-        &format!(
-            "extends: [base, extra]\nce: {{endpoint: https://child.example.org/arex}}\ngpu_queues:\n  gpu:\n{}overlay:\n  env: {{C: child}}\n  labels: {{l2: child}}\n",
-            queue("child-gpu")
-        ),
+        "extends: [base, extra]\nce: {endpoint: https://child.example.org/arex}\ngpu_queues:\n  gpu:\n    gpu_model: child-gpu\n    driver_version: \"580.95.05\"\n    environment: {C: child}\noverlay:\n  env: {C: child}\n  labels: {l2: child}\n",
     );
     write("child/files/etc/c.conf", "child c\n");
     // A file over the parent's directory replaces the directory whole.
@@ -282,13 +284,32 @@ fn extends_merges_as_the_readme_says() {
     let p = SiteProfile::load(&search, "child").unwrap();
     let order: Vec<&str> = p.chain.docs.iter().map(|x| x.found.name.as_str()).collect();
     assert_eq!(order, ["base", "extra", "child"]);
-    // ce: the last profile that has one; gpu_queues: by name, replaced whole.
+    // ce: the last profile that has one; gpu_queues: by name, field by
+    // field (a map given replaces the parent's whole).
     assert_eq!(
         p.ce.as_ref().unwrap().endpoint,
         "https://child.example.org/arex"
     );
-    assert_eq!(p.gpu_queues["gpu"].gpu_model, "child-gpu");
+    let gpu = &p.gpu_queues["gpu"];
+    assert_eq!(gpu.gpu_model, "child-gpu");
+    assert_eq!(gpu.driver_version.as_deref(), Some("580.95.05"));
+    assert_eq!(
+        (
+            gpu.cores_per_gpu,
+            gpu.memory_per_gpu_mb,
+            gpu.max_walltime_hours
+        ),
+        (4, 16000, Some(48))
+    );
+    assert_eq!(gpu.container_rte, "ENV/SINGULARITY");
+    let env: Vec<(&str, &str)> = gpu
+        .environment
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(env, [("C", "child")]);
     assert_eq!(p.gpu_queues["old"].gpu_model, "base-old");
+    assert_eq!(p.gpu_queues["old"].driver_version, None);
     // env and labels: by name, later wins.
     let o = SiteOverlay::from_profile(&p).unwrap();
     let env: Vec<(&str, &str)> = o
@@ -374,6 +395,39 @@ fn extends_merges_as_the_readme_says() {
     let m = SiteProfile::load(&search, "typo").unwrap_err().to_string();
     assert!(
         m.contains("typo/site.yaml") && m.contains("overlays"),
+        "{m}"
+    );
+    // Queues: each profile's part, then the merged queue as one.
+    let load_err = |site: &str, text: &str| {
+        write(&format!("{site}/site.yaml"), text);
+        let e = SiteProfile::load(&search, site).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        e.to_string()
+    };
+    // A misspelt key in a queue that only sets a field: its own file.
+    let m = load_err(
+        "qtypo",
+        "extends: base\ngpu_queues:\n  gpu:\n    driver_versoin: \"580.95.05\"\n",
+    );
+    assert!(
+        m.contains("qtypo/site.yaml") && m.contains("driver_versoin"),
+        "{m}"
+    );
+    // A queue no parent has must be whole.
+    let m = load_err(
+        "newq",
+        "extends: base\ngpu_queues:\n  fresh:\n    driver_version: \"580.95.05\"\n",
+    );
+    assert!(
+        m.contains("newq/site.yaml: gpu_queues.fresh: no gpu_model, gpu_request, gpus_per_job, cores_per_gpu, memory_per_gpu_mb"),
+        "{m}"
+    );
+    let m = load_err(
+        "badmerge",
+        "extends: base\ngpu_queues:\n  gpu:\n    max_gpus_per_job: 0\n    gpu_request: cores\n    gpus_per_job: 2\n",
+    );
+    assert!(
+        m.contains("badmerge/site.yaml: gpu_queues.gpu: max_gpus_per_job is below gpus_per_job"),
         "{m}"
     );
 }

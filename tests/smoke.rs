@@ -109,6 +109,24 @@ fn gpu_here() -> bool {
     Path::new("/dev/nvidia0").exists()
 }
 
+/// `smoke` of the fixture's image with its suite on the queue `queue` of
+/// its site `test`, as JSON.
+fn smoke_on_queue(g: &Gridship, f: &Fixture, queue: &str) -> common::Run {
+    g.run(&[
+        "smoke",
+        &oci(f),
+        "--suite",
+        f.suite.to_str().unwrap(),
+        "--site",
+        "test",
+        "--queue",
+        queue,
+        "--site-overlays",
+        f.sites.to_str().unwrap(),
+        "--json",
+    ])
+}
+
 #[test]
 fn smoke_planted_libcuda_fails_naming_the_path() {
     let f = fixture(
@@ -272,21 +290,7 @@ fn smoke_cuda_runtime_against_site_queue_drivers() {
     let f = fixture(&["PATH=/usr/bin:/bin", "CUDA_VERSION=12.6.3"], vec![]);
     let g = Gridship::new();
     let sites = f.sites.to_str().unwrap();
-    let run = |queue: &str| {
-        g.run(&[
-            "smoke",
-            &oci(&f),
-            "--suite",
-            f.suite.to_str().unwrap(),
-            "--site",
-            "test",
-            "--queue",
-            queue,
-            "--site-overlays",
-            sites,
-            "--json",
-        ])
-    };
+    let run = |queue: &str| smoke_on_queue(&g, &f, queue);
     // 470.x is an 11.x driver: the 12.6 runtime cannot run.
     let r = run("old");
     assert_eq!(r.code, 1, "{}", r.stderr);
@@ -358,19 +362,7 @@ fn smoke_cuda_from_libcudart_file_names() {
             ),
         ],
     );
-    let r = Gridship::new().run(&[
-        "smoke",
-        &oci(&f),
-        "--suite",
-        f.suite.to_str().unwrap(),
-        "--site",
-        "test",
-        "--queue",
-        "old",
-        "--site-overlays",
-        f.sites.to_str().unwrap(),
-        "--json",
-    ]);
+    let r = smoke_on_queue(&Gridship::new(), &f, "old");
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let d = check(&r.json(), "cuda-driver-compat")["detail"]
         .as_str()
@@ -1092,5 +1084,181 @@ fn smoke_bad_include_is_bad_input_naming_file_and_key() {
         r.stderr.contains("myrec/recipe.yaml: smoke_suite: "),
         "{}",
         r.stderr
+    );
+}
+
+// ---- CUDA of pip wheels: the PyTorch/CUDA 13 venv at small scale ----
+
+/// The image ci/fixtures makes (GRIDSHIP_TEST_PIP_CUDA_IMAGE): the Debian
+/// fixture plus /opt/venv as `pip install torch` (2.15.0, CUDA 13.2) leaves
+/// it, from real PyPI wheels: nvidia-cuda-runtime 13.2.86 (CUDA 13 naming,
+/// no -cu suffix: nvidia/cu13/lib/libcudart.so.13, no minor in the name),
+/// nvidia-cuda-runtime-cu12 12.9.79, cuda-toolkit 13.2.2, and the real
+/// nvidia-cublas 13.4.1.3 wheel's dist-info (read by HTTP range: the wheel
+/// is 405 MB). torch itself (GBs) is stood in for by a package named torch
+/// 2.15.0 whose torch/version.py has PyTorch's shape (`__version__ =
+/// '2.15.0+cu132'`, `cuda: Optional[str] = '13.2'`); see
+/// ci/fixtures.d/pip-cuda-venv.
+fn pip_cuda_image() -> Option<String> {
+    let v = std::env::var("GRIDSHIP_TEST_PIP_CUDA_IMAGE").ok();
+    if v.is_none() {
+        eprintln!(
+            "skipped: GRIDSHIP_TEST_PIP_CUDA_IMAGE is not set (ci/setup exports it; ci/fixtures builds the image)"
+        );
+    }
+    v
+}
+
+const CUDA_SUITE: &str = "name: cuda\nchecks:\n  - {name: cuda-driver-compat, kind: static}\n";
+const SITE_PACKAGES: &str = "/opt/venv/lib/python3.11/site-packages";
+
+/// `smoke IMAGE --suite (cuda-driver-compat) --site SITE [--queue gpu]`
+/// with `dir` as --site-overlays.
+fn smoke_cuda(image: &str, dir: &Path, site: &str, queue: Option<&str>) -> common::Run {
+    let suite = dir.join("cuda.yaml");
+    std::fs::write(&suite, CUDA_SUITE).unwrap();
+    let mut args = vec![
+        "smoke",
+        image,
+        "--suite",
+        suite.to_str().unwrap(),
+        "--site",
+        site,
+        "--site-overlays",
+        dir.to_str().unwrap(),
+        "--json",
+    ];
+    if let Some(q) = queue {
+        args.extend(["--queue", q]);
+    }
+    Gridship::new().run(&args)
+}
+
+/// A site profile in `dir` that extends the shipped glasgow and gives its
+/// `gpu` queue only a driver.
+fn glasgow_with_driver(dir: &Path, site: &str, driver: &str) {
+    std::fs::create_dir_all(dir.join(site)).unwrap();
+    std::fs::write(
+        dir.join(site).join("site.yaml"),
+        format!("extends: glasgow\ngpu_queues:\n  gpu:\n    driver_version: \"{driver}\"\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn smoke_pip_cuda_13_on_a_550_driver_fails() {
+    let Some(image) = pip_cuda_image() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    glasgow_with_driver(d.path(), "glasgow-550", "550.54.15");
+    let r = smoke_cuda(&image, d.path(), "glasgow-550", Some("gpu"));
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    let c = check(&j, "cuda-driver-compat");
+    assert_eq!(c["status"], "fail", "{c}");
+    let d = c["detail"].as_str().unwrap();
+    // The highest runtime, the dist-info it comes from, the driver.
+    assert!(d.starts_with("CUDA 13.2, the highest of 6 found: "), "{d}");
+    assert!(
+        d.contains(&format!(
+            "13.2 from {SITE_PACKAGES}/nvidia_cuda_runtime-13.2.86.dist-info"
+        )),
+        "{d}"
+    );
+    assert!(
+        d.contains("glasgow-550/gpu: incompatible: ")
+            && d.contains("driver 550.54.15 is below 580")
+            && d.contains("cudaErrorInsufficientDriver"),
+        "{d}"
+    );
+    // libcudart.so.13 has no minor: its owner's RECORD gives 13.2.
+    assert!(
+        d.contains(&format!(
+            "13.2 from {SITE_PACKAGES}/nvidia/cu13/lib/libcudart.so.13 (owned by {SITE_PACKAGES}/nvidia_cuda_runtime-13.2.86.dist-info: its RECORD lists it)"
+        )),
+        "{d}"
+    );
+    // Every source is listed: the -cu12 naming, the toolkit meta-package, torch.
+    for want in [
+        format!("12.9 from {SITE_PACKAGES}/nvidia_cuda_runtime_cu12-12.9.79.dist-info"),
+        format!(
+            "12.9 from {SITE_PACKAGES}/nvidia/cuda_runtime/lib/libcudart.so.12 (owned by {SITE_PACKAGES}/nvidia_cuda_runtime_cu12-12.9.79.dist-info"
+        ),
+        format!("13.2 from {SITE_PACKAGES}/cuda_toolkit-13.2.2.dist-info"),
+        format!("13.2 from {SITE_PACKAGES}/torch/version.py (torch 2.15.0+cu132, cuda '13.2')"),
+    ] {
+        assert!(d.contains(&want), "{want} missing: {d}");
+    }
+    // cuBLAS 13.4.1.3 is a library version, not the CUDA runtime's.
+    assert!(!d.contains("cublas") && !d.contains("13.4"), "{d}");
+    let facts = &j["facts"]["cuda"];
+    assert_eq!(facts[0]["value"], serde_json::json!([13, 2]), "{facts}");
+    assert_eq!(facts.as_array().unwrap().len(), 6, "{facts}");
+
+    // The same image on a 13.1-family driver: minor version compatibility.
+    let dir = tempfile::tempdir().unwrap();
+    glasgow_with_driver(dir.path(), "glasgow-590", "590.48.01");
+    let r = smoke_cuda(&image, dir.path(), "glasgow-590", Some("gpu"));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let c = check(&r.json(), "cuda-driver-compat").clone();
+    assert_eq!(c["status"], "pass", "{c}");
+    let d = c["detail"].as_str().unwrap();
+    assert!(
+        d.contains("glasgow-590/gpu: compatible-with-minor-version-compatibility: ")
+            && d.contains("driver 590.48.01 is >= 580"),
+        "{d}"
+    );
+}
+
+/// Every shipped site gives its GPU queues a driver: the check judges
+/// instead of skipping (the drivers are the sites' examples: manchester's
+/// R570 is too old for CUDA 13).
+#[test]
+fn smoke_pip_cuda_against_every_shipped_site() {
+    let Some(image) = pip_cuda_image() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    for (site, driver, status) in [
+        ("bonn", "595.58.03", "pass"),
+        ("glasgow", "580.95.05", "pass"),
+        ("manchester", "570.172.08", "fail"),
+        ("qmul", "580.126.09", "pass"),
+    ] {
+        let r = smoke_cuda(&image, d.path(), site, None);
+        let j = r.json();
+        let c = check(&j, "cuda-driver-compat");
+        assert_eq!(c["status"], status, "{site}: {c}");
+        assert_eq!(r.code, if status == "pass" { 0 } else { 1 }, "{site}");
+        let detail = c["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("{site}/gpu: ")) && detail.contains(driver),
+            "{site}: {detail}"
+        );
+    }
+}
+
+/// A libcudart.so.N that no dist-info owns gives the major alone, counted
+/// as N.0: CUDA 13 on an 11.x-family driver fails all the same.
+#[test]
+fn smoke_cudart_soname_without_dist_info_gives_the_major() {
+    let f = fixture(
+        &[],
+        vec![
+            dir("opt", 0o755),
+            dir("opt/app", 0o755),
+            file("opt/app/libcudart.so.13", 0o755, b"x"),
+        ],
+    );
+    let r = smoke_on_queue(&Gridship::new(), &f, "h100");
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let c = check(&r.json(), "cuda-driver-compat").clone();
+    assert_eq!(c["status"], "fail");
+    let d = c["detail"].as_str().unwrap();
+    assert!(
+        d.contains("CUDA 13.0 (from /opt/app/libcudart.so.13 (CUDA 13.x: no dist-info gives the minor; counted as 13.0))")
+            && d.contains("driver 560.35.03 is below 580"),
+        "{d}"
     );
 }

@@ -17,6 +17,7 @@ pub mod pressure;
 pub mod promote;
 pub mod sif;
 pub mod smoke;
+pub mod store;
 
 /// Options every command understands.
 #[derive(Debug, Clone, Args)]
@@ -161,6 +162,9 @@ pub enum Command {
     Nightly(build::NightlyArgs),
     /// Take a development session to the grid: snapshot, strip sshd, scrub secrets, slim, SIF/CVMFS/OCI, smoke tests, job description.
     Promote(Box<promote::PromoteArgs>),
+    /// What the local store holds (ls, du) and cleaning it (gc).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Check that an image will run on a site's GPUs: driver libraries, glibc, CUDA vs driver, and commands on the GPU.
     Smoke(smoke::SmokeArgs),
     /// Write the ARC job description (xRSL, ADL or JSON) that runs an image on a site's GPU queue.
@@ -208,6 +212,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nightly(a) => build::nightly(global, &a),
         Command::Promote(a) => promote::run(global, &a),
         Command::Smoke(a) => smoke::smoke(global, &a),
+        Command::Store(c) => store::run(global, &c),
         Command::Jobdesc(a) => arc::jobdesc(global, a),
         Command::Submit(a) => arc::submit(global, a),
         Command::Status(a) => arc::status(global, a),

@@ -56,7 +56,9 @@ pub struct PromoteArgs {
     pub keep: Vec<String>,
     /// Turn on an opt-in slim rule: huggingface-cache, torch-hub (models
     /// a job may need; off, they are only reported with their sizes),
-    /// julia-compiled (~/.julia/compiled); repeatable.
+    /// julia-compiled (~/.julia/compiled), static-archives (*.a), headers
+    /// (for jobs that compile nothing at run time), foreign-gpu-backends
+    /// (triton's AMD backend, JAX ROCm plugins); repeatable.
     #[arg(long, value_name = "RULE")]
     pub enable_slim: Vec<String>,
     /// Leave modes as the session had them, instead of giving group and
@@ -161,9 +163,20 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         (None, Some(prefix)) if a.to.oci => Some(prefix.value.clone()),
         _ => None,
     };
-    let cvmfs_repo = super::or_config(a.cvmfs_repo.as_deref(), &d.cvmfs_repo);
     let backend = d.cvmfs_backend(a.cvmfs_backend.as_ref())?;
     let cvmfs_root = d.cvmfs_root(a.cvmfs_root.as_deref());
+    // The repository: --cvmfs-repo, else config.yaml's, else the site's own
+    // when this machine can publish into it (a server backend, or a root
+    // for the dir backend); without one the tree stays local and the job
+    // uses the SIF (the pipeline warns).
+    let cvmfs_repo = super::or_config(a.cvmfs_repo.as_deref(), &d.cvmfs_repo).or_else(|| {
+        let publishable = backend != BackendKind::Dir || cvmfs_root.is_some();
+        crate::site::SiteProfile::load(&a.dirs.overlays.search(), &site)
+            .ok()
+            .and_then(|p| p.cvmfs)
+            .map(|c| c.repo)
+            .filter(|_| publishable)
+    });
     let cvmfs = match &cvmfs_repo {
         None => None,
         Some(repo) => Some(CvmfsTarget {

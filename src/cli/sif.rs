@@ -57,20 +57,39 @@ pub struct WorldReadableArg {
 }
 
 impl WorldReadableArg {
-    /// Run the rule when asked; its report (empty list when not).
+    /// Run the rule when asked; its report (empty list when not), and the
+    /// one warning a build without it gets when a home or the working
+    /// directory is closed to pool accounts.
     pub fn apply(
         &self,
         index: &mut FsIndex,
         image: &crate::image::Image,
-    ) -> Result<Vec<crate::transform::RuleReport>> {
+    ) -> Result<(Vec<crate::transform::RuleReport>, Vec<String>)> {
+        use crate::transform::readable;
         if !self.world_readable {
-            return Ok(Vec::new());
+            let closed = readable::closed_homes(index, &image.config);
+            if closed.is_empty() {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            let list: Vec<String> = closed
+                .iter()
+                .map(|(p, m)| format!("{p} ({m:04o})"))
+                .collect();
+            return Ok((
+                Vec::new(),
+                vec![format!(
+                    "{} closed to group and others: a grid job runs as a pool account, not the session's uid, and will not read {}; --world-readable gives them the owner's read and search bits (credential files excepted)",
+                    list.join(", "),
+                    if closed.len() == 1 { "it" } else { "them" }
+                )],
+            ));
         }
-        crate::transform::apply_all(
-            &[&crate::transform::readable::WorldReadable],
+        let rules = crate::transform::apply_all(
+            &[&readable::WorldReadable],
             index,
             &mut image.config.clone(),
-        )
+        )?;
+        Ok((rules, Vec::new()))
     }
 }
 
@@ -89,6 +108,8 @@ struct SifView {
     /// Rules asked for on the command line (--world-readable), in order.
     rules: Vec<crate::transform::RuleReport>,
     transform: crate::transform::RuleReport,
+    /// What the user should know (a home closed to pool accounts).
+    warnings: Vec<String>,
 }
 
 /// SOURCE_DATE_EPOCH as seconds, if set (a bad value is bad input).
@@ -118,7 +139,10 @@ pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
     let ctx = args.access.context(global);
     let image = transport::open(&args.image, &ctx)?;
     let mut index = FsIndex::from_image(&image)?;
-    let rules = args.readable.apply(&mut index, &image)?;
+    let (rules, warnings) = args.readable.apply(&mut index, &image)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
 
     // The build time: SOURCE_DATE_EPOCH, else (reproducible) the image's
     // creation time, else now.
@@ -169,6 +193,7 @@ pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
         squashfs: report.squashfs,
         rules,
         transform: report.transform,
+        warnings,
     };
     if global.json {
         return print_json(&view);

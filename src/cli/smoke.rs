@@ -8,7 +8,6 @@ use super::build::ProjectDirs;
 use super::image::{AccessOpts, parse_ref};
 use super::{GlobalOpts, print_json};
 use crate::config::SearchPath;
-use crate::index::FsIndex;
 use crate::recipe::{Recipe, default_recipes_dir};
 use crate::reference::ImageRef;
 use crate::site::SiteProfile;
@@ -133,7 +132,11 @@ pub fn smoke(global: &GlobalOpts, args: &SmokeArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None => suite::for_image(&image, Some(&args.recipes_dir()), &suites_dir)?,
     };
-    let index = FsIndex::from_image(&image)?;
+    // The merge state from the store's cache (as promote and cvmfs publish
+    // keep it): a second smoke of an image merges nothing again.
+    let store = ctx.store()?;
+    let (index, _) =
+        crate::index::cache::from_image(&image, &crate::sink::cvmfs::merge_cache_dir(&store))?;
     let opts = smoke::Options {
         backend: args.runtime.backend,
         apptainer: args.runtime.apptainer.clone(),

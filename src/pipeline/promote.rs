@@ -6,8 +6,11 @@
 //! `--fail-on-secrets` and `--dry-run` leave no file behind; each artifact
 //! is written under a temporary name and renamed into place by its sink.
 //!
-//! The raw snapshot (secrets and all) is only a working image in the store:
-//! its names are removed when promote ends, whatever the outcome.
+//! The store keeps only what was asked for or is needed again: the
+//! snapshot, under the source's name (a later promote of the session reuses
+//! its layers; `gridship store gc` removes it), and the flattened image only
+//! with `--to oci`. The working image's name is removed when promote ends,
+//! whatever the outcome.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -174,31 +177,28 @@ pub struct PromoteReport {
     pub ok: bool,
 }
 
-/// Stage timing and the progress line of each stage.
+/// Stage timing, and each stage's progress (crate::progress).
 struct Stages {
     done: Vec<(String, f64)>,
     merged: Vec<(String, u64)>,
-    current: Option<(String, Instant, u64, indicatif::ProgressBar)>,
+    current: Option<(crate::progress::Stage, u64)>,
 }
 
 impl Stages {
     fn start(&mut self, name: &str) {
         self.finish();
-        let bar = crate::progress::spinner(name.to_string());
         self.current = Some((
-            name.to_string(),
-            Instant::now(),
+            crate::progress::stage(name, None),
             crate::index::layers_merged(),
-            bar,
         ));
     }
     fn finish(&mut self) {
-        if let Some((n, t, merged, bar)) = self.current.take() {
-            let s = t.elapsed().as_secs_f64();
-            bar.finish_with_message(format!("{n} ({s:.1}s)"));
+        if let Some((stage, merged)) = self.current.take() {
+            let name = stage.name().to_string();
+            let s = stage.finish();
             self.merged
-                .push((n.clone(), crate::index::layers_merged() - merged));
-            self.done.push((n, s));
+                .push((name.clone(), crate::index::layers_merged() - merged));
+            self.done.push((name, s));
         }
     }
 }
@@ -243,7 +243,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     let store = opts.ctx.store()?;
     let mut work = WorkRefs {
         store: &store,
-        names: vec![opts.source.to_string()],
+        names: Vec::new(),
     };
 
     // Snapshot: commit + read into the store (the container keeps running).
@@ -316,6 +316,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     // Merge (lower layers from the cache when an earlier promote or publish
     // of the same base merged them).
     stages.start("merge");
+    crate::progress::set_total(image.layers().iter().map(|l| l.size).sum());
     let cache_dir = cvmfs::merge_cache_dir(&store);
     let (lower, mut index, cached) = if opts.keep_base {
         let (l, i, c) = cache::from_image_split(&image, &cache_dir, base_layers)?;
@@ -469,7 +470,11 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
 
     let mut promoted: Option<Image> = None;
     if opts.targets.oci || opts.targets.cvmfs {
-        stages.start("oci image");
+        stages.start(if opts.targets.oci {
+            "oci image"
+        } else {
+            "image digests"
+        });
         let store_name = format!("promoted/{}:{}", name, opts.tag);
         let keep = if opts.keep_base { base_layers } else { 0 };
         let diff;
@@ -489,6 +494,8 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
                 if opts.keep_base { " --keep-base" } else { "" }
             ),
         });
+        // The CVMFS metadata names the flattened image by its digests:
+        // without --to oci its layer is hashed, none of it kept.
         let img = crate::sink::oci::write_image(
             &image,
             keep,
@@ -505,26 +512,33 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
                 .map(|_| ())
             },
             &store_name,
+            if opts.targets.oci {
+                crate::sink::oci::WriteMode::Named
+            } else {
+                crate::sink::oci::WriteMode::DigestsOnly
+            },
         )?;
-        report.artifacts.push(Artifact {
-            kind: "oci".into(),
-            path: format!("{}:{}", store.root().display(), store_name),
-            digest: Some(img.manifest_desc.digest.to_string()),
-            bytes: img.layers().iter().map(|l| l.size).sum(),
-        });
-        if let Some(dest) = &push_dest {
-            stages.start("push");
-            transport::copy(
-                &ImageRef::Store(store_name.clone()),
-                &ImageRef::Registry(dest.clone()),
-                &opts.ctx,
-            )?;
+        if opts.targets.oci {
             report.artifacts.push(Artifact {
-                kind: "oci-pushed".into(),
-                path: format!("docker://{dest}"),
+                kind: "oci".into(),
+                path: format!("{}:{}", store.root().display(), store_name),
                 digest: Some(img.manifest_desc.digest.to_string()),
-                bytes: 0,
+                bytes: img.layers().iter().map(|l| l.size).sum(),
             });
+            if let Some(dest) = &push_dest {
+                stages.start("push");
+                transport::copy(
+                    &ImageRef::Store(store_name.clone()),
+                    &ImageRef::Registry(dest.clone()),
+                    &opts.ctx,
+                )?;
+                report.artifacts.push(Artifact {
+                    kind: "oci-pushed".into(),
+                    path: format!("docker://{dest}"),
+                    digest: Some(img.manifest_desc.digest.to_string()),
+                    bytes: 0,
+                });
+            }
         }
         promoted = Some(img);
     }
@@ -595,22 +609,32 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             },
         )?;
         let tree = repo.root().join(&r.flat);
-        let public = Path::new("/cvmfs")
-            .join(&repo_name)
-            .join(public.link_path());
         report.artifacts.push(Artifact {
             kind: "cvmfs".into(),
             path: tree.display().to_string(),
             digest: Some(r.config_digest.clone()),
             bytes: report.sizes.after,
         });
-        report.artifacts.push(Artifact {
-            kind: "cvmfs-link".into(),
-            path: public.display().to_string(),
-            digest: None,
-            bytes: 0,
-        });
-        cvmfs_path = Some(public);
+        // Only a repository the user, config.yaml or the site named is one
+        // worker nodes mount; the local tree under --out is not.
+        if opts.cvmfs.is_some() {
+            let public = Path::new("/cvmfs")
+                .join(&repo_name)
+                .join(public.link_path());
+            report.artifacts.push(Artifact {
+                kind: "cvmfs-link".into(),
+                path: public.display().to_string(),
+                digest: None,
+                bytes: 0,
+            });
+            cvmfs_path = Some(public);
+        } else {
+            warnings.push(format!(
+                "the CVMFS tree under {} is local: no repository was named (--cvmfs-repo, cvmfs.repo of config.yaml, or cvmfs.repo of site {}), so no worker node mounts it and the job description does not use it",
+                repo.root().display(),
+                opts.site
+            ));
+        }
     }
 
     // GPU smoke tests: the static checks always; the run checks when a GPU
@@ -674,35 +698,38 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         Some(q) => Some(q.clone()),
         None => site.gpu_queues.keys().next().cloned(),
     };
-    let image_ref = match (&cvmfs_path, &opts.sif_url, &sif_path) {
-        (Some(p), _, _) => Some(p.display().to_string()),
-        (None, Some(u), Some(_)) => Some(u.clone()),
+    let job_image = match (&cvmfs_path, &opts.sif_url, &sif_path) {
+        (Some(p), _, _) => Some(JobImage::Cvmfs(p.display().to_string())),
+        (None, Some(u), Some(_)) => Some(JobImage::SifUrl(u.clone())),
         // No URL: `gridship submit` uploads the SIF with the job.
-        (None, None, Some(sif)) => {
-            let abs = std::path::absolute(sif).map_err(|e| Error::io_path(sif, "resolving", e))?;
-            warnings.push(format!(
-                "the job description uploads {} with every job; give --sif-url (where the CE fetches it) or add cvmfs to --to for many jobs",
-                abs.display()
-            ));
-            Some(format!("file://{}", abs.display()))
-        }
+        (None, None, Some(sif)) => Some(JobImage::SifStaged(
+            std::path::absolute(sif).map_err(|e| Error::io_path(sif, "resolving", e))?,
+        )),
         _ => None,
     };
-    match (smoke_ok, queue, image_ref) {
+    match &job_image {
+        Some(JobImage::SifStaged(abs)) => warnings.push(format!(
+            "the job uses the SIF, staged: it uploads {} with every job; give --sif-url (where the CE fetches it) or a CVMFS repository (--cvmfs-repo) for many jobs",
+            abs.display()
+        )),
+        Some(JobImage::SifUrl(u)) if opts.targets.cvmfs => warnings.push(format!(
+            "the job uses the SIF from {u}, not the CVMFS tree"
+        )),
+        _ => {}
+    }
+    match (smoke_ok, queue, job_image) {
         (false, _, _) => report.ok = false,
         (true, None, _) => warnings.push(format!(
             "site {} has no gpu_queues: no job description written",
             opts.site
         )),
-        (true, Some(_), None) => warnings.push(
-            "no job description: no SIF or CVMFS tree was made (add sif or cvmfs to --to)".into(),
-        ),
-        (true, Some(q), Some(image_ref)) => {
-            let tname = if image_ref.starts_with("/cvmfs/") {
-                "gpu-cvmfs"
-            } else {
-                "gpu-sif-staged"
-            };
+        (true, Some(_), None) => warnings.push(if opts.targets.cvmfs {
+            "no job description: the CVMFS tree is local and no SIF was made (name a repository with --cvmfs-repo, or add sif to --to)".into()
+        } else {
+            "no job description: no SIF or CVMFS tree was made (add sif or cvmfs to --to)".into()
+        }),
+        (true, Some(q), Some(job_image)) => {
+            let (tname, image_ref) = job_image.template_and_ref();
             let template = crate::jobdesc::template::Template::load(&opts.templates, tname)?;
             let jobs = crate::jobdesc::for_image(
                 &site,
@@ -740,6 +767,28 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     crate::store::write_atomic(&opts.out.join(format!("{}.promote.json", name)), &json)?;
     drop(work);
     Ok(report)
+}
+
+/// What the job description runs: chosen from the artifacts made, never
+/// from the shape of a path.
+enum JobImage {
+    /// A tree in a repository worker nodes mount (/cvmfs/REPO/...).
+    Cvmfs(String),
+    /// A SIF the CE fetches from a URL.
+    SifUrl(String),
+    /// A SIF uploaded with every job.
+    SifStaged(PathBuf),
+}
+
+impl JobImage {
+    /// The job template's name and the image reference it is given.
+    fn template_and_ref(self) -> (&'static str, String) {
+        match self {
+            JobImage::Cvmfs(p) => ("gpu-cvmfs", p),
+            JobImage::SifUrl(u) => ("gpu-sif-staged", u),
+            JobImage::SifStaged(p) => ("gpu-sif-staged", format!("file://{}", p.display())),
+        }
+    }
 }
 
 /// A name for artifacts: lower case, `[a-z0-9._-]`.

@@ -108,26 +108,84 @@ fn put_image(
     Image::load(store.clone(), desc, name, &PlatformWanted::host())
 }
 
+/// What [`write_image`] keeps in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// The image, named.
+    Named,
+    /// The (small) config only: the new layer is hashed as it streams and
+    /// dropped, and no name is set (`name` is what errors call the image).
+    /// For a sink that names the image by its digests (CVMFS metadata) but
+    /// never reads the layer.
+    DigestsOnly,
+}
+
 /// Write a new OCI image into `store` under `name`: the first `keep` layers
 /// of `base` (media types in OCI spelling) plus one uncompressed layer that
 /// `write` streams (hashed while written; for a plain tar the digest is the
 /// diff_id), with `config` (its rootfs and history are set here: the kept
-/// layers' history, then `history`). The manifest is written last.
+/// layers' history, then `history`). The manifest is written last. Both
+/// modes give the same digests.
+#[allow(clippy::too_many_arguments)]
 pub fn write_image(
     base: &Image,
     keep: usize,
     store: &Layout,
-    mut config: ImageConfig,
+    config: ImageConfig,
     history: serde_json::Value,
     write: impl FnOnce(&mut dyn Write) -> Result<()>,
     name: &str,
+    mode: WriteMode,
 ) -> Result<Image> {
-    if store.root() != base.layout.root() && keep > 0 {
-        crate::transport::copy_blobs(base, store)?;
+    let (layer_digest, layer_size) = match mode {
+        WriteMode::Named => {
+            if store.root() != base.layout.root() && keep > 0 {
+                crate::transport::copy_blobs(base, store)?;
+            }
+            let mut w = store.blob_writer()?;
+            write(&mut w)?;
+            w.finish(None, "the promoted layer")?
+        }
+        WriteMode::DigestsOnly => {
+            let mut w = crate::digest::HashingWriter::new(std::io::sink());
+            write(&mut w)?;
+            let (_, digest, size) = w.finish();
+            (digest, size)
+        }
+    };
+    let (config, manifest) = flattened(base, keep, config, history, layer_digest, layer_size);
+    match mode {
+        WriteMode::Named => put_image(
+            store,
+            name,
+            &config,
+            media::OCI_CONFIG,
+            manifest,
+            media::OCI_MANIFEST,
+            base.manifest_desc.platform.clone(),
+        ),
+        WriteMode::DigestsOnly => {
+            let config_raw = serde_json::to_vec(&config).expect("config serializes");
+            let (digest, size) = store.put_blob(&config_raw)?;
+            Image::from_manifest(
+                store.clone(),
+                manifest(Descriptor::new(media::OCI_CONFIG, digest, size)),
+                name,
+            )
+        }
     }
-    let mut w = store.blob_writer()?;
-    write(&mut w)?;
-    let (layer_digest, layer_size) = w.finish(None, "the promoted layer")?;
+}
+
+/// The config and (around the config's descriptor) the manifest of `keep`
+/// layers of `base` plus one uncompressed layer.
+fn flattened(
+    base: &Image,
+    keep: usize,
+    mut config: ImageConfig,
+    history: serde_json::Value,
+    layer_digest: Digest,
+    layer_size: u64,
+) -> (ImageConfig, impl FnOnce(Descriptor) -> Manifest) {
     let oci_type = |t: &str| match t {
         media::DOCKER_LAYER_GZIP => media::OCI_LAYER_GZIP.to_string(),
         "application/vnd.docker.image.rootfs.diff.tar" => media::OCI_LAYER.to_string(),
@@ -164,20 +222,12 @@ pub fn write_image(
     }
     kept_history.push(history);
     config.history = kept_history;
-    put_image(
-        store,
-        name,
-        &config,
-        media::OCI_CONFIG,
-        |config| Manifest {
-            schema_version: 2,
-            media_type: Some(media::OCI_MANIFEST.into()),
-            config,
-            layers,
-            annotations: Default::default(),
-            extra: Default::default(),
-        },
-        media::OCI_MANIFEST,
-        base.manifest_desc.platform.clone(),
-    )
+    (config, move |config| Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.into()),
+        config,
+        layers,
+        annotations: Default::default(),
+        extra: Default::default(),
+    })
 }

@@ -197,6 +197,138 @@ pub fn verdict_for_driver_cuda(cuda: (u32, u32), driver_cuda: &str) -> Compat {
     }
 }
 
+/// A CUDA version as a package or a file gives it: major.minor, or the
+/// major alone (cupy-cuda12x, jax-cuda12-plugin, libcudart.so.12 with no
+/// dist-info beside it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaHint {
+    Exact(u32, u32),
+    Major(u32),
+}
+
+impl CudaHint {
+    /// What the driver check compares: the major alone counts as M.0, the
+    /// oldest runtime of the family (its driver floor is the family's).
+    pub fn version(self) -> (u32, u32) {
+        match self {
+            CudaHint::Exact(a, b) => (a, b),
+            CudaHint::Major(a) => (a, 0),
+        }
+    }
+}
+
+/// "132" → 13.2, "118" → 11.8, "92" → 9.2: CUDA's packed major+minor
+/// (PyTorch's +cuXYZ, cupy-cudaXYZ, old jaxlib +cudaXYZ).
+fn packed_cuda(digits: &str) -> Option<CudaHint> {
+    if digits.len() < 2 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (major, minor) = digits.split_at(digits.len() - 1);
+    Some(CudaHint::Exact(major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// `NAME-VERSION.dist-info` → (NAME normalized: lower case, `_` for `-`
+/// and `.`; VERSION).
+pub fn dist_info_parts(dir: &str) -> Option<(String, &str)> {
+    let (name, version) = dir.strip_suffix(".dist-info")?.split_once('-')?;
+    let name = name.to_ascii_lowercase().replace(['-', '.'], "_");
+    Some((name, version))
+}
+
+/// Whether a dist-info is NVIDIA's CUDA runtime wheel, of any naming:
+/// `nvidia_cuda_runtime_cu11`, `_cu12`, and from CUDA 13 on no suffix.
+pub fn is_cuda_runtime_dist(name: &str) -> bool {
+    name.strip_prefix("nvidia_cuda_runtime")
+        .is_some_and(|rest| rest.is_empty() || packed_major(rest.strip_prefix("_cu")).is_some())
+}
+
+fn packed_major(digits: Option<&str>) -> Option<u32> {
+    digits
+        .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))?
+        .parse()
+        .ok()
+}
+
+/// What a Python package's dist-info directory name says about the CUDA
+/// runtime it needs:
+/// - `nvidia_cuda_runtime[_cuNN]-X.Y.Z` and `cuda_toolkit-X.Y.Z` (the
+///   meta-package PyTorch 2.9+ requires): X.Y;
+/// - `torch-V+cuXYZ` (download.pytorch.org wheels): X.Y (PyPI's torch has
+///   no local version here; torch/version.py says it, [`torch_version_py`]);
+/// - `cupy_cudaNNx`: NN.x, `cupy_cudaXYZ`: X.Y;
+/// - `jax_cudaNN_plugin`, `jax_cudaNN_pjrt`: NN.x; `jaxlib-V+cudaNN…`:
+///   NN.x, `jaxlib-V+cudaXYZ`: X.Y.
+///
+/// Library wheels (nvidia_cublas 13.4.1.3, nvidia_cufft 12.x of CUDA 13)
+/// carry their own versions, not CUDA's: not read.
+pub fn cuda_of_dist_info(dir: &str) -> Option<CudaHint> {
+    let (name, version) = dist_info_parts(dir)?;
+    // The release part: "13.2.86" of "13.4.46rc1" or "2.5.1+cu121".
+    let exact = |v: &str| {
+        let release: String = v
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let v = parse_version(release.trim_end_matches('.'))?;
+        Some(CudaHint::Exact(v[0], *v.get(1)?))
+    };
+    let local = version.split_once('+').map(|(_, l)| l);
+    if is_cuda_runtime_dist(&name) || name == "cuda_toolkit" {
+        return exact(version);
+    }
+    if name == "torch" {
+        return packed_cuda(local?.strip_prefix("cu")?.split('.').next()?);
+    }
+    if let Some(rest) = name.strip_prefix("cupy_cuda") {
+        return match rest.strip_suffix('x') {
+            Some(major) => packed_major(Some(major)).map(CudaHint::Major),
+            None => packed_cuda(rest),
+        };
+    }
+    if let Some(rest) = name.strip_prefix("jax_cuda") {
+        let major = rest
+            .strip_suffix("_plugin")
+            .or_else(|| rest.strip_suffix("_pjrt"));
+        return packed_major(major).map(CudaHint::Major);
+    }
+    if name == "jaxlib" {
+        let digits: String = local?
+            .strip_prefix("cuda")?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        return if digits.len() <= 2 {
+            packed_major(Some(&digits)).map(CudaHint::Major)
+        } else {
+            packed_cuda(&digits)
+        };
+    }
+    None
+}
+
+/// torch/version.py as PyTorch writes it: `cuda: Optional[str] = '13.2'`
+/// (older: `cuda = '11.8'`; CPU and ROCm builds: None) and `__version__ =
+/// '2.15.0+cu132'`. Gives the CUDA major.minor and torch's version.
+pub fn torch_version_py(text: &str) -> Option<((u32, u32), String)> {
+    let value = |key: &str| {
+        text.lines().find_map(|l| {
+            let rest = l.trim().strip_prefix(key)?;
+            let rest = rest.trim_start();
+            let rest = match rest.strip_prefix(':') {
+                Some(typed) => typed.split_once('=')?.1,
+                None => rest.strip_prefix('=')?,
+            };
+            let v = rest.trim();
+            let q = v.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+            Some(v[1..].split(q).next()?.to_string())
+        })
+    };
+    let cuda = value("cuda")?;
+    let v = parse_version(&cuda)?;
+    let torch = value("__version__").unwrap_or_else(|| "?".into());
+    Some(((v[0], *v.get(1)?), torch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +442,83 @@ mod tests {
         assert!(cmp_versions(&v("570.26"), &v("570.26.0")).is_eq());
         assert!(cmp_versions(&v("535.154.05"), &v("535.54.03")).is_gt());
         assert!(parse_version("").is_none() && parse_version("12.x").is_none());
+    }
+
+    #[test]
+    fn smoke_cuda_from_pip_metadata_names() {
+        use CudaHint::{Exact, Major};
+        let of = cuda_of_dist_info;
+        assert_eq!(
+            of("nvidia_cuda_runtime-13.2.86.dist-info"),
+            Some(Exact(13, 2))
+        );
+        assert_eq!(
+            of("nvidia_cuda_runtime_cu12-12.9.79.dist-info"),
+            Some(Exact(12, 9))
+        );
+        assert_eq!(
+            of("nvidia_cuda_runtime_cu11-11.8.89.dist-info"),
+            Some(Exact(11, 8))
+        );
+        assert_eq!(
+            of("nvidia-cuda-runtime-cu12-12.1.105.dist-info"),
+            None,
+            "not a dist-info name"
+        );
+        assert_eq!(of("cuda_toolkit-13.2.2.dist-info"), Some(Exact(13, 2)));
+        // cuBLAS and the other library wheels have versions of their own.
+        assert_eq!(of("nvidia_cublas-13.4.1.3.dist-info"), None);
+        assert_eq!(of("nvidia_cublas_cu12-12.9.1.4.dist-info"), None);
+        assert_eq!(of("nvidia_cuda_runtime_cux-1.0.dist-info"), None);
+        assert_eq!(of("torch-2.5.1+cu121.dist-info"), Some(Exact(12, 1)));
+        assert_eq!(of("torch-2.15.0+cu132.dist-info"), Some(Exact(13, 2)));
+        assert_eq!(of("torch-1.13.1+cu117.dist-info"), Some(Exact(11, 7)));
+        assert_eq!(
+            of("torch-2.15.0.dist-info"),
+            None,
+            "PyPI's: version.py says it"
+        );
+        assert_eq!(of("torch-2.5.1+cpu.dist-info"), None);
+        assert_eq!(of("torch-2.5.1+rocm6.2.dist-info"), None);
+        assert_eq!(of("cupy_cuda12x-13.3.0.dist-info"), Some(Major(12)));
+        assert_eq!(of("cupy_cuda13x-14.0.0.dist-info"), Some(Major(13)));
+        assert_eq!(of("cupy_cuda114-10.6.0.dist-info"), Some(Exact(11, 4)));
+        assert_eq!(of("cupy_cuda102-9.6.0.dist-info"), Some(Exact(10, 2)));
+        assert_eq!(of("jax_cuda12_plugin-0.4.35.dist-info"), Some(Major(12)));
+        assert_eq!(of("jax_cuda12_pjrt-0.4.35.dist-info"), Some(Major(12)));
+        assert_eq!(of("jax_cuda13_plugin-0.8.0.dist-info"), Some(Major(13)));
+        assert_eq!(of("jax-0.4.35.dist-info"), None);
+        assert_eq!(
+            of("jaxlib-0.4.23+cuda12.cudnn89.dist-info"),
+            Some(Major(12))
+        );
+        assert_eq!(
+            of("jaxlib-0.4.13+cuda11.cudnn86.dist-info"),
+            Some(Major(11))
+        );
+        assert_eq!(of("jaxlib-0.1.69+cuda111.dist-info"), Some(Exact(11, 1)));
+        assert_eq!(of("jaxlib-0.4.35.dist-info"), None);
+        assert_eq!(of("numpy-2.1.0.dist-info"), None);
+        assert_eq!(Major(12).version(), (12, 0));
+        assert!(is_cuda_runtime_dist("nvidia_cuda_runtime"));
+        assert!(!is_cuda_runtime_dist("nvidia_cuda_runtime_static"));
+    }
+
+    #[test]
+    fn smoke_cuda_from_torch_version_py() {
+        let pypi = "from typing import Optional\n\n__all__ = ['__version__', 'debug', 'cuda', 'git_version', 'hip', 'xpu']\n__version__ = '2.15.0+cu132'\ndebug = False\ncuda: Optional[str] = '13.2'\ngit_version = 'abc'\nhip: Optional[str] = None\n";
+        assert_eq!(
+            torch_version_py(pypi),
+            Some(((13, 2), "2.15.0+cu132".to_string()))
+        );
+        let old = "__version__ = '1.13.1+cu117'\ndebug = False\ncuda = '11.7'\ngit_version = 'x'\nhip = None\n";
+        assert_eq!(
+            torch_version_py(old),
+            Some(((11, 7), "1.13.1+cu117".to_string()))
+        );
+        let rocm = "__version__ = '2.5.1+rocm6.2'\ncuda: Optional[str] = None\nhip: Optional[str] = '6.2.41133'\n";
+        assert_eq!(torch_version_py(rocm), None);
+        // cuda_version (a different name) is not cuda.
+        assert_eq!(torch_version_py("cuda_version = '12.1'\n"), None);
     }
 }

@@ -260,6 +260,162 @@ fn libc_version_from_name(name: &str) -> Option<(u32, u32)> {
     parse_major_minor(name.strip_prefix("libc-")?.strip_suffix(".so")?)
 }
 
+/// Where a Python environment says which CUDA runtime it uses: the
+/// dist-info directories [`cuda::cuda_of_dist_info`] reads, libcudart
+/// files, and torch/version.py. Found by name in the index; the few files
+/// whose content is needed are read with the other small files.
+#[derive(Debug, Default)]
+struct PipCuda {
+    /// (dist-info path, what its name says, NVIDIA's runtime wheel).
+    dists: Vec<(String, cuda::CudaHint, bool)>,
+    /// libcudart.so.* regular files.
+    cudart: Vec<String>,
+    /// .../torch/version.py files.
+    torch_version_py: Vec<String>,
+}
+
+/// "libcudart.so.13" → 13 (a soname with the major alone).
+fn cudart_major_only(name: &str) -> Option<u32> {
+    let v = name.strip_prefix("libcudart.so.")?;
+    v.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| v.parse().ok())?
+}
+
+fn parent_dir(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+impl PipCuda {
+    fn scan(index: &FsIndex) -> PipCuda {
+        let mut pip = PipCuda::default();
+        for (key, _, node) in index.iter() {
+            let name = String::from_utf8_lossy(key.rsplit(|&b| b == b'/').next().unwrap_or(key));
+            match &node.kind {
+                Kind::Dir => {
+                    if let Some(hint) = cuda::cuda_of_dist_info(&name) {
+                        let runtime = cuda::dist_info_parts(&name)
+                            .is_some_and(|(n, _)| cuda::is_cuda_runtime_dist(&n));
+                        pip.dists.push((display_path(key), hint, runtime));
+                    }
+                }
+                Kind::File { .. } if name.starts_with("libcudart.so.") => {
+                    pip.cudart.push(display_path(key));
+                }
+                Kind::File { .. } if key.ends_with(b"/torch/version.py") => {
+                    pip.torch_version_py.push(display_path(key));
+                }
+                _ => {}
+            }
+        }
+        pip
+    }
+
+    /// torch/version.py, and the RECORD of every CUDA runtime wheel when a
+    /// libcudart.so.N (no minor) needs an owner.
+    fn files_to_read(&self) -> Vec<String> {
+        let mut files = self.torch_version_py.clone();
+        if self
+            .cudart
+            .iter()
+            .any(|p| cudart_major_only(p.rsplit('/').next().unwrap_or("")).is_some())
+        {
+            files.extend(
+                self.dists
+                    .iter()
+                    .filter(|(_, _, runtime)| *runtime)
+                    .map(|(d, _, _)| format!("{d}/RECORD")),
+            );
+        }
+        files
+    }
+
+    /// The CUDA runtime of a libcudart.so.N: the runtime wheel whose RECORD
+    /// lists it, else the one of the same major in the same site-packages,
+    /// else the major alone.
+    fn cudart_owner(
+        &self,
+        lib: &str,
+        major: u32,
+        content: &HashMap<String, Vec<u8>>,
+    ) -> Found<(u32, u32)> {
+        let here: Vec<(&str, (u32, u32), &str)> = self
+            .dists
+            .iter()
+            .filter(|(d, _, runtime)| *runtime && lib.starts_with(&format!("{}/", parent_dir(d))))
+            .map(|(d, h, _)| (d.as_str(), h.version(), &lib[parent_dir(d).len() + 1..]))
+            .collect();
+        let listed = here.iter().find(|(d, _, rel)| {
+            content.get(&format!("{d}/RECORD")).is_some_and(|r| {
+                String::from_utf8_lossy(r)
+                    .lines()
+                    .any(|l| l.split(',').next() == Some(*rel))
+            })
+        });
+        if let Some((d, v, _)) = listed {
+            return Found {
+                value: *v,
+                source: format!("{lib} (owned by {d}: its RECORD lists it)"),
+            };
+        }
+        if let Some((d, v, _)) = here.iter().find(|(_, v, _)| v.0 == major) {
+            return Found {
+                value: *v,
+                source: format!("{lib} ({d} in the same site-packages)"),
+            };
+        }
+        Found {
+            value: (major, 0),
+            source: format!(
+                "{lib} (CUDA {major}.x: no dist-info gives the minor; counted as {major}.0)"
+            ),
+        }
+    }
+
+    fn found(&self, content: &HashMap<String, Vec<u8>>) -> Vec<Found<(u32, u32)>> {
+        let mut out = Vec::new();
+        for (d, hint, _) in &self.dists {
+            out.push(Found {
+                value: hint.version(),
+                source: match hint {
+                    cuda::CudaHint::Exact(..) => d.clone(),
+                    cuda::CudaHint::Major(m) => {
+                        format!(
+                            "{d} (CUDA {m}.x: the name gives the major alone; counted as {m}.0)"
+                        )
+                    }
+                },
+            });
+        }
+        for lib in &self.cudart {
+            let name = lib.rsplit('/').next().unwrap_or("");
+            if let Some(major) = cudart_major_only(name) {
+                out.push(self.cudart_owner(lib, major, content));
+            } else if let Some(v) = name
+                .strip_prefix("libcudart.so.")
+                .and_then(parse_major_minor)
+            {
+                out.push(Found {
+                    value: v,
+                    source: lib.clone(),
+                });
+            }
+        }
+        for p in &self.torch_version_py {
+            if let Some((v, torch)) = content
+                .get(p)
+                .and_then(|b| cuda::torch_version_py(&String::from_utf8_lossy(b)))
+            {
+                out.push(Found {
+                    value: v,
+                    source: format!("{p} (torch {torch}, cuda '{}.{}')", v.0, v.1),
+                });
+            }
+        }
+        out
+    }
+}
+
 /// Gather what the static checks look at.
 pub fn gather(index: &FsIndex, image: &Image) -> Result<ImageFacts> {
     let mut facts = ImageFacts::default();
@@ -288,6 +444,8 @@ pub fn gather(index: &FsIndex, image: &Image) -> Result<ImageFacts> {
             }
         }
     }
+    let pip = PipCuda::scan(index);
+    small.extend(pip.files_to_read());
     let content = read_files(index, image, &small)?;
 
     // Library directories, in the loader's order.
@@ -407,7 +565,7 @@ pub fn gather(index: &FsIndex, image: &Image) -> Result<ImageFacts> {
     }
 
     // CUDA runtime: CUDA_VERSION, version.json/.txt, libcudart file names,
-    // pip's nvidia-cuda-runtime wheels.
+    // Python packages (PipCuda).
     if let Some(v) = facts.env.get("CUDA_VERSION")
         && let Some(mm) = parse_major_minor(v)
     {
@@ -441,32 +599,12 @@ pub fn gather(index: &FsIndex, image: &Image) -> Result<ImageFacts> {
             }
         }
     }
-    for (key, _, node) in index.iter() {
-        if matches!(node.kind, Kind::Dir) && !key.ends_with(b".dist-info") {
-            continue;
-        }
-        let name = String::from_utf8_lossy(key.rsplit(|&b| b == b'/').next().unwrap_or(key));
-        let v = if let Some(v) = name.strip_prefix("libcudart.so.") {
-            parse_major_minor(v).map(|mm| (mm, v.to_string()))
-        } else if let Some(rest) = name.strip_prefix("nvidia_cuda_runtime_cu") {
-            // nvidia_cuda_runtime_cu12-12.1.105.dist-info
-            rest.split_once('-')
-                .and_then(|(_, v)| v.strip_suffix(".dist-info"))
-                .and_then(|v| parse_major_minor(v).map(|mm| (mm, v.to_string())))
-        } else {
-            None
-        };
-        if let Some((mm, _)) = v
-            && matches!(node.kind, Kind::File { .. } | Kind::Dir)
-        {
-            facts.cuda.push(Found {
-                value: mm,
-                source: display_path(key),
-            });
-        }
-    }
+    facts.cuda.extend(pip.found(&content));
 
-    facts.cuda.sort_by(|a, b| a.source.cmp(&b.source));
+    // Highest first: the one the driver must serve leads the list.
+    facts
+        .cuda
+        .sort_by(|a, b| b.value.cmp(&a.value).then_with(|| a.source.cmp(&b.source)));
     facts.cuda.dedup_by(|a, b| a.source == b.source);
 
     // cuda-compat libraries that no searched directory reaches.
@@ -571,11 +709,23 @@ fn cuda_compat(f: &ImageFacts, queues: &[(String, String, GpuQueue)]) -> (Status
     let Some((maj, min)) = f.cuda_version() else {
         return (
             Status::Skip,
-            "no CUDA runtime found in the image (CUDA_VERSION, /usr/local/cuda*/version.json, libcudart.so.X.Y.Z)".into(),
+            "no CUDA runtime found in the image (CUDA_VERSION, /usr/local/cuda*/version.json, libcudart.so.*, the dist-info of nvidia-cuda-runtime, cuda-toolkit, torch, cupy, jax, and torch/version.py)".into(),
         );
     };
-    let sources: Vec<&str> = f.cuda.iter().map(|s| s.source.as_str()).collect();
-    let found = format!("CUDA {maj}.{min} (from {})", sources.join(", "));
+    let found = match &f.cuda[..] {
+        [one] => format!("CUDA {maj}.{min} (from {})", one.source),
+        all => {
+            let each: Vec<String> = all
+                .iter()
+                .map(|s| format!("{}.{} from {}", s.value.0, s.value.1, s.source))
+                .collect();
+            format!(
+                "CUDA {maj}.{min}, the highest of {} found: {}",
+                all.len(),
+                each.join(", ")
+            )
+        }
+    };
     if queues.is_empty() {
         let need = cuda::TOOLKIT_DRIVER
             .iter()

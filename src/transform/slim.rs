@@ -33,6 +33,10 @@ enum Picker {
         patterns: PatternSet,
         except: PatternSet,
         files_only: bool,
+        /// Picks inside a Python installation (`site-packages`,
+        /// `dist-packages`) may lie in a protected home entry: what a
+        /// package shipped, not the user's own files.
+        reach_installs: bool,
     },
     Locales,
     CoreDumps,
@@ -306,6 +310,7 @@ fn builtin() -> Result<Vec<SlimRule>> {
                     &input,
                 )?,
                 files_only,
+                reach_installs: false,
             },
             disabled_by: None,
             opt_in: false,
@@ -313,6 +318,16 @@ fn builtin() -> Result<Vec<SlimRule>> {
         })
     };
     let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // An opt-in rule over what installed packages shipped, also inside a
+    // home's Python environments (`reach_installs`).
+    let installed = |name: &str, description: &str, pats: &[&str], files_only| {
+        paths(name, description, v(pats), &[], files_only).map(|mut r| {
+            if let Picker::Paths { reach_installs, .. } = &mut r.picker {
+                *reach_installs = true;
+            }
+            SlimRule { opt_in: true, ..r }
+        })
+    };
     let layout = |name: &str, description: &str, find, pats: Vec<String>| -> Result<SlimRule> {
         Ok(SlimRule {
             name: name.into(),
@@ -510,6 +525,36 @@ fn builtin() -> Result<Vec<SlimRule>> {
             false,
         )?,
         paths("logs", "log files", v(&["/var/log/**"]), &[], true)?,
+        installed(
+            "static-archives",
+            "static libraries (*.a): only a link step reads them, never a running job (opt-in: a job that builds against them needs them)",
+            &["**/*.a"],
+            true,
+        )?,
+        installed(
+            "headers",
+            "C/C++/CUDA headers (/usr/include, *.h, *.hpp, *.cuh, ...): opt-in, since a job that compiles at run time needs them (torch.utils.cpp_extension, triton's launcher, cupy and numba JIT)",
+            &[
+                "/usr/include/**",
+                "/usr/local/include/**",
+                "**/*.h",
+                "**/*.hh",
+                "**/*.hpp",
+                "**/*.hxx",
+                "**/*.cuh",
+            ],
+            true,
+        )?,
+        installed(
+            "foreign-gpu-backends",
+            "GPU backends for other vendors than NVIDIA's (triton's AMD backend, JAX's ROCm plugins): opt-in, for sites whose GPU queues are all NVIDIA",
+            &[
+                "**/site-packages/triton/backends/amd",
+                "**/site-packages/jax_rocm*_plugin",
+                "**/site-packages/jax_rocm*_pjrt",
+            ],
+            false,
+        )?,
     ])
 }
 
@@ -677,6 +722,7 @@ impl Policy {
                     )?,
                     except: PatternSet::default(),
                     files_only: false,
+                    reach_installs: false,
                 },
                 name: r.name,
                 disabled_by: None,
@@ -719,6 +765,7 @@ impl Policy {
                     )?,
                     except: PatternSet::default(),
                     files_only: false,
+                    reach_installs: false,
                 },
                 disabled_by: None,
                 opt_in: false,
@@ -839,6 +886,7 @@ pub fn apply(
                 patterns,
                 except,
                 files_only,
+                reach_installs,
             } => prune(
                 index,
                 &mut report,
@@ -846,15 +894,23 @@ pub fn apply(
                     if *files_only && !matches!(node.kind, Kind::File { .. }) {
                         return None;
                     }
-                    patterns
-                        .matching(key)
-                        .map(|p| Pick::Remove(p.text.clone(), false))
+                    let p = patterns.matching(key)?;
+                    let reach = *reach_installs && in_python_install(key);
+                    let reason = match policy.home.covering_at(key) {
+                        Some((_, entry)) if reach => format!(
+                            "{}; inside the protected home entry {}: a package's own files are not protected",
+                            p.text,
+                            display_path(entry)
+                        ),
+                        _ => p.text.clone(),
+                    };
+                    Some(Pick::Remove(reason, reach))
                 },
-                |key, _| {
+                |key, reach_home| {
                     if except.covering(key).is_some() {
                         Spare::Quiet
                     } else {
-                        protected(key, false)
+                        protected(key, *reach_home)
                     }
                 },
                 dry,
@@ -920,6 +976,12 @@ pub fn apply(
     reports
 }
 
+/// Whether a path lies in a Python installation's package directory.
+fn in_python_install(key: &[u8]) -> bool {
+    key.split(|&b| b == b'/')
+        .any(|c| c == b"site-packages" || c == b"dist-packages")
+}
+
 /// The names of the rules about what users install (package managers,
 /// language depots, model caches): the human report lists their paths.
 pub const USER_INSTALL_RULES: &[&str] = &[
@@ -935,6 +997,9 @@ pub const USER_INSTALL_RULES: &[&str] = &[
     "r-cache",
     "huggingface-cache",
     "torch-hub",
+    "static-archives",
+    "headers",
+    "foreign-gpu-backends",
 ];
 
 /// How many directories the size report lists.
@@ -1336,5 +1401,110 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("site.yaml") && e.contains("kep"), "{e}");
+    }
+
+    /// Static archives, headers and foreign GPU backends: off unless
+    /// enabled (reported with their bytes), then removed also from a home's
+    /// Python environment, never from the user's own files.
+    #[test]
+    fn package_payload_rules_are_opt_in_and_reach_home_installs() {
+        use std::collections::BTreeMap;
+        let sp = "/home/bob/venv/lib/python3.11/site-packages";
+        let build = || {
+            let mut idx = FsIndex::new();
+            for (p, size) in [
+                ("/usr/lib/x86_64-linux-gnu/libz.a", 100),
+                ("/usr/lib/x86_64-linux-gnu/libz.so.1", 90),
+                ("/usr/include/zlib.h", 30),
+                (&format!("{sp}/torch/lib/libtorch_static.a"), 1000),
+                (&format!("{sp}/torch/include/ATen/core/Tensor.h"), 40),
+                (&format!("{sp}/triton/backends/amd/lib/ockl.bc"), 5000),
+                (&format!("{sp}/triton/backends/amd/driver.py"), 70),
+                (&format!("{sp}/triton/backends/nvidia/include/cuda.h"), 50),
+                (&format!("{sp}/triton/backends/nvidia/driver.py"), 60),
+                ("/home/bob/project/mylib.a", 300),
+                ("/home/bob/project/kernel.cuh", 20),
+                ("/work/analysis/include/cuts.h", 10),
+            ] {
+                idx.put(p, file(size)).unwrap();
+            }
+            idx
+        };
+        let names = ["static-archives", "headers", "foreign-gpu-backends"];
+
+        // Off: nothing goes, each reports what it would remove.
+        let mut idx = build();
+        let r = run(&mut idx, &Policy::new().unwrap());
+        for n in names {
+            let rep = &r[&format!("slim:{n}")];
+            assert!(rep.removed.is_empty(), "{n}: {:?}", rep.removed);
+            assert!(rep.warnings[0].contains("opt-in, off"), "{n}");
+        }
+        // (The project's own archive is reported as protected, too.)
+        assert_eq!(r["slim:static-archives"].bytes_kept(), 1400);
+        assert_eq!(r["slim:foreign-gpu-backends"].bytes_kept(), 5070);
+        assert_eq!(idx.len(), build().len());
+
+        // On: removed outside homes and inside a home's site-packages; the
+        // user's project and protected paths stay, reported.
+        let mut p = Policy::new().unwrap();
+        for n in names {
+            p.enable(n, &format!("--enable-slim {n}"), "").unwrap();
+        }
+        let mut idx = build();
+        let r = run(&mut idx, &p);
+        let removed = |n: &str| -> BTreeMap<String, u64> {
+            r[&format!("slim:{n}")]
+                .removed
+                .iter()
+                .map(|c| (c.path.clone(), c.bytes))
+                .collect()
+        };
+        let kept = |n: &str| -> Vec<String> {
+            r[&format!("slim:{n}")]
+                .kept
+                .iter()
+                .map(|c| c.path.clone())
+                .collect()
+        };
+        assert_eq!(
+            removed("static-archives"),
+            BTreeMap::from([
+                (format!("{sp}/torch/lib/libtorch_static.a"), 1000),
+                ("/usr/lib/x86_64-linux-gnu/libz.a".to_string(), 100),
+            ])
+        );
+        assert_eq!(kept("static-archives"), ["/home/bob/project/mylib.a"]);
+        assert_eq!(
+            removed("headers"),
+            BTreeMap::from([
+                (format!("{sp}/torch/include/ATen/core/Tensor.h"), 40),
+                (format!("{sp}/triton/backends/nvidia/include/cuda.h"), 50),
+                ("/usr/include/zlib.h".to_string(), 30),
+            ])
+        );
+        assert_eq!(
+            kept("headers"),
+            [
+                "/home/bob/project/kernel.cuh",
+                "/work/analysis/include/cuts.h"
+            ]
+        );
+        assert_eq!(
+            removed("foreign-gpu-backends"),
+            BTreeMap::from([(format!("{sp}/triton/backends/amd"), 5070)])
+        );
+        let why = &r["slim:foreign-gpu-backends"].removed[0].reason;
+        assert!(
+            why.contains("inside the protected home entry /home/bob/venv"),
+            "{why}"
+        );
+        for stays in [
+            "/usr/lib/x86_64-linux-gnu/libz.so.1",
+            &format!("{sp}/triton/backends/nvidia/driver.py"),
+            "/home/bob/project/mylib.a",
+        ] {
+            assert!(idx.lookup(stays).is_some(), "{stays}");
+        }
     }
 }

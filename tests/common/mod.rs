@@ -501,3 +501,67 @@ pub fn cvmfs_repo_snapshot(root: &Path) -> Snapshot {
     }
     s
 }
+
+/// A running development-session container (tests/support/make-session: the
+/// Debian fixture, sshd started by its entrypoint, a user project, planted
+/// secrets, an 8 MiB pip cache), removed on drop.
+pub struct Session {
+    pub name: String,
+}
+
+impl Session {
+    pub fn start(prefix: &str) -> Session {
+        Session::start_from(prefix, "")
+    }
+
+    /// A session whose image says it came from `recipe` (label gridship.recipe).
+    pub fn start_from(prefix: &str, recipe: &str) -> Session {
+        let name = unique(prefix);
+        let out =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/make-session"))
+                .arg(&name)
+                .env("GRIDSHIP_SESSION_RECIPE", recipe)
+                .output()
+                .expect("make-session runs");
+        assert!(
+            out.status.success(),
+            "make-session: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Session { name }
+    }
+
+    pub fn exec(&self, script: &str) -> String {
+        tool(
+            &env("GRIDSHIP_DOCKER"),
+            &["exec", &self.name, "/bin/sh", "-c", script],
+        )
+    }
+
+    /// `docker container inspect --size`'s SizeRootFs: the bytes of the
+    /// session's image and of its own changes.
+    pub fn size(&self) -> u64 {
+        tool(
+            &env("GRIDSHIP_DOCKER"),
+            &[
+                "container",
+                "inspect",
+                "--size",
+                "--format",
+                "{{.SizeRootFs}}",
+                &self.name,
+            ],
+        )
+        .trim()
+        .parse()
+        .expect("SizeRootFs is a number")
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = Command::new(env("GRIDSHIP_DOCKER"))
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
