@@ -177,14 +177,6 @@ pub fn read_into_store(
     Ok((desc, read))
 }
 
-/// The size of a blob the store holds.
-fn stored_size(store: &Layout, digest: &Digest) -> Option<u64> {
-    std::fs::metadata(store.blob_path(digest))
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-}
-
 /// The image stored under `source`, when its config is `id` and all its
 /// blobs are there.
 fn stored_under(store: &Layout, source: &str, id: &Digest) -> Option<Descriptor> {
@@ -229,7 +221,7 @@ fn reuse_stored_blobs(
         read.layers_reused = read.layers;
         return Ok(desc);
     }
-    if stored_size(store, &id).is_none() {
+    if store.blob_size(&id).is_none() {
         let raw = layer_store(image)?.config(&id)?;
         store.put_blob(&raw)?;
         read.bytes_exported += raw.len() as u64;
@@ -246,7 +238,7 @@ fn reuse_stored_blobs(
     let chain_ids = storage::chain_ids(&config.rootfs.diff_ids);
     let mut layers = Vec::with_capacity(chain_ids.len());
     for (diff_id, chain_id) in config.rootfs.diff_ids.iter().zip(&chain_ids) {
-        let size = match stored_size(store, diff_id) {
+        let size = match store.blob_size(diff_id) {
             Some(size) => {
                 read.layers_reused += 1;
                 size

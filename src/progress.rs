@@ -54,20 +54,6 @@ pub fn bytes(total: u64, message: impl Into<String>) -> ProgressBar {
     bar
 }
 
-/// A spinner for work of unknown size.
-pub fn spinner(message: impl Into<String>) -> ProgressBar {
-    let Some(multi) = MULTI.get() else {
-        return ProgressBar::hidden();
-    };
-    let bar = multi.add(ProgressBar::new_spinner());
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    bar.set_message(message.into());
-    bar
-}
-
 /// Count `n` bytes read for the running stage.
 pub fn advance(n: u64) {
     COUNTED.fetch_add(n, Ordering::Relaxed);

@@ -190,10 +190,16 @@ impl Layout {
     /// Whether the blob is present with the expected size (its content is
     /// verified whenever it is read).
     pub fn has_blob(&self, digest: &Digest, size: Option<u64>) -> bool {
-        match fs::metadata(self.blob_path(digest)) {
-            Ok(m) => m.is_file() && size.is_none_or(|s| s == m.len()),
-            Err(_) => false,
-        }
+        self.blob_size(digest)
+            .is_some_and(|n| size.is_none_or(|s| s == n))
+    }
+
+    /// The size of a blob the store holds (not verified: reads verify).
+    pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        fs::metadata(self.blob_path(digest))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
     }
 
     pub fn blob_writer(&self) -> Result<BlobWriter> {

@@ -174,13 +174,16 @@ impl Transform for WorldReadable {
     ) -> Result<()> {
         // Nodes at or below a credential path, by the path the list names
         // (the first path of a node decides which entry is reported).
+        // One pass gives both: the held nodes (as credential_nodes) and the
+        // report lines.
         let set = credentials();
-        let held = credential_nodes(index);
+        let mut held = HashSet::new();
         let mut named: BTreeMap<String, (&'static str, u32, u64)> = BTreeMap::new();
-        for (key, _, node) in index.iter() {
+        for (key, id, node) in index.iter() {
             let Some((pattern, at)) = set.covering_at(key) else {
                 continue;
             };
+            held.insert(id);
             let dir = match node.kind {
                 Kind::Dir => true,
                 Kind::File { .. } => false,
