@@ -3,7 +3,7 @@
 //! own layer store when it is local (see [`storage`]) or else with the save
 //! endpoint (a docker-archive stream), and written with load.
 
-mod storage;
+pub mod storage;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -115,6 +115,10 @@ pub struct EngineRead {
     pub layers: usize,
     /// Layers the store had already (by diff ID): not read again.
     pub layers_reused: usize,
+    /// Of the layers, those the store holds as links into the engine's
+    /// layer store (a container snapshot, which the engine then keeps):
+    /// not copied, read from the engine when used.
+    pub layers_linked: usize,
     /// Bytes the engine gave: config and layer tars from its layer store,
     /// or the whole `docker save` stream.
     pub bytes_exported: u64,
@@ -126,11 +130,15 @@ pub struct EngineRead {
 /// uncompressed layer blob's digest is its diff ID); what is missing is
 /// read from the engine's layer store when it can be, else the image is
 /// exported with `docker save`. Everything written is verified by sha256,
-/// and reused blobs are verified whenever they are read.
+/// and reused blobs are verified whenever they are read. With `link` (an
+/// image gridship keeps in the engine: a container snapshot), layers the
+/// store lacks are not copied: the store links them in the engine's layer
+/// store, and every read of them is verified by their diff ID.
 pub fn read_into_store(
     name: &str,
     store: &Layout,
     source: &str,
+    link: bool,
 ) -> Result<(Descriptor, EngineRead)> {
     let image = inspect_image(name)?;
     if let Some(size) = image.size {
@@ -141,14 +149,19 @@ pub fn read_into_store(
         via: ReadVia::Store,
         layers: image.layers,
         layers_reused: 0,
+        layers_linked: 0,
         bytes_exported: 0,
     };
-    match reuse_stored_blobs(&image, store, source, &mut read) {
+    match reuse_stored_blobs(&image, store, source, link.then_some(name), &mut read) {
         Ok(desc) => {
             tracing::info!(
-                "{source}: {} of {} layers reused from the store, {} bytes read from the engine ({})",
+                "{source}: {} of {} layers reused from the store, {}{} bytes read from the engine ({})",
                 read.layers_reused,
                 read.layers,
+                match read.layers_linked {
+                    0 => String::new(),
+                    n => format!("{n} linked in the engine's layer store, "),
+                },
                 read.bytes_exported,
                 match read.via {
                     ReadVia::Store => "no export",
@@ -169,6 +182,7 @@ pub fn read_into_store(
     let desc = archive::import_docker_archive(&mut reader, store, wanted, source)?;
     read.via = ReadVia::DockerSave;
     read.layers_reused = 0;
+    read.layers_linked = 0;
     read.bytes_exported = reader.received();
     tracing::info!(
         "{source}: {} bytes exported with docker save",
@@ -208,12 +222,14 @@ fn layer_store(image: &EngineImage) -> Result<storage::LayerStore> {
 }
 
 /// Assemble the image from the store's blobs, reading only what is
-/// missing from the engine's layer store; `Err` says why `docker save` is
-/// needed instead.
+/// missing from the engine's layer store (or, with `link_to` naming the
+/// engine image that keeps them, linking it there); `Err` says why
+/// `docker save` is needed instead.
 fn reuse_stored_blobs(
     image: &EngineImage,
     store: &Layout,
     source: &str,
+    link_to: Option<&str>,
     read: &mut EngineRead,
 ) -> Result<Descriptor> {
     let id: Digest = image.id.parse()?;
@@ -241,6 +257,35 @@ fn reuse_stored_blobs(
         let size = match store.blob_size(diff_id) {
             Some(size) => {
                 read.layers_reused += 1;
+                // A layer the store holds as a link (the same layer in an
+                // earlier snapshot: the engine keeps one copy of a chain
+                // ID) now names this image, which keeps it.
+                if let Some(engine_image) = link_to
+                    && !store.blob_path(diff_id).is_file()
+                    && let Some(mut link) = store.engine_link(diff_id)
+                {
+                    link.image = engine_image.to_string();
+                    // The same diff ID may sit on another parent chain there.
+                    link.chain_id = chain_id.clone();
+                    store.link_engine_layer(diff_id, &link)?;
+                    read.layers_linked += 1;
+                }
+                size
+            }
+            None if let Some(engine_image) = link_to => {
+                let engine = layer_store(image)?;
+                let size = engine.layer_size(chain_id)?;
+                store.link_engine_layer(
+                    diff_id,
+                    &crate::store::EngineLink {
+                        engine_root: engine.root().to_path_buf(),
+                        chain_id: chain_id.clone(),
+                        size,
+                        image: engine_image.to_string(),
+                    },
+                )?;
+                read.layers_linked += 1;
+                read.via = ReadVia::LayerStore;
                 size
             }
             None => {
@@ -540,6 +585,40 @@ pub fn remove_image(name: &str) -> Result<()> {
             .await
             .map_err(|e| engine_error(&format!("image {name}"), e))?;
         Ok(())
+    })
+}
+
+/// The container snapshots gridship keeps in the engine for one store
+/// (tags `gridship-snapshot/CONTAINER:STORE-PID`, `store` the store's key):
+/// each tag with its image ID.
+pub fn snapshot_images(store: &str) -> Result<Vec<(String, String)>> {
+    let ours = format!("{store}-");
+    runtime().block_on(async {
+        let docker = connect().await?;
+        let filters = std::collections::HashMap::from([(
+            "reference".to_string(),
+            vec!["gridship-snapshot/*".to_string()],
+        )]);
+        let images = docker
+            .list_images(Some(bollard::query_parameters::ListImagesOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| engine_error("the snapshot images", e))?;
+        Ok(images
+            .into_iter()
+            .flat_map(|i| {
+                let id = i.id.clone();
+                i.repo_tags
+                    .into_iter()
+                    .filter(|t| {
+                        t.rsplit_once(':')
+                            .is_some_and(|(_, tag)| tag.starts_with(&ours))
+                    })
+                    .map(move |t| (t, id.clone()))
+            })
+            .collect())
     })
 }
 

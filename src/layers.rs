@@ -48,7 +48,8 @@ impl<R: Read> Read for DiffIdReader<R> {
 
 /// A layer blob as the decoders read it, counted for the progress of the
 /// stage that reads it.
-type BlobReader = BufReader<crate::progress::Counted<VerifyingReader<BufReader<std::fs::File>>>>;
+type BlobReader =
+    BufReader<crate::progress::Counted<VerifyingReader<BufReader<crate::store::BlobFile>>>>;
 
 /// The decompressor over a blob, kept concrete so the blob reader can be
 /// taken back at the end and read to its verified EOF.

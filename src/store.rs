@@ -31,6 +31,9 @@ const LOCK_FILE: &str = ".gridship.lock";
 const USERS_LOCK_FILE: &str = ".gridship-users.lock";
 /// The users locks this process holds, one per store, until it ends.
 static USERS_LOCKS: std::sync::Mutex<Vec<(PathBuf, File)>> = std::sync::Mutex::new(Vec::new());
+/// Layers the store reads from the engine instead of copying: one
+/// [`EngineLink`] per diff ID, `engine-layers/HEX.json`.
+const ENGINE_LINKS: &str = "engine-layers";
 /// Manifests and configs are read into memory; anything bigger is not one.
 pub const MAX_JSON_BLOB: u64 = 64 << 20;
 
@@ -99,6 +102,39 @@ impl Default for IndexJson {
             media_type: Some(crate::image::media::OCI_INDEX.into()),
             manifests: Vec::new(),
             extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// An uncompressed layer the store holds as a reference into the engine's
+/// layer store rather than a copy: gridship's own container snapshots,
+/// which the engine keeps for as long as the store names them. Its digest
+/// is its diff ID, so every read through it is verified by sha256 like a
+/// blob file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineLink {
+    /// The engine's root directory (`/var/lib/docker`).
+    pub engine_root: PathBuf,
+    /// The layer's chain ID, which names it in the engine's layerdb.
+    pub chain_id: Digest,
+    /// The bytes of its tar.
+    pub size: u64,
+    /// The engine image that holds it.
+    pub image: String,
+}
+
+/// A blob's bytes: a file of the store, or a layer joined from the
+/// engine's layer store.
+pub enum BlobFile {
+    File(File),
+    Engine(Box<crate::engine::storage::LayerTar>),
+}
+
+impl Read for BlobFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            BlobFile::File(f) => f.read(buf),
+            BlobFile::Engine(t) => t.read(buf),
         }
     }
 }
@@ -194,12 +230,39 @@ impl Layout {
             .is_some_and(|n| size.is_none_or(|s| s == n))
     }
 
-    /// The size of a blob the store holds (not verified: reads verify).
+    /// The size of a blob the store holds, as a file or a link to a layer
+    /// the engine still has (not verified: reads verify).
     pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
         fs::metadata(self.blob_path(digest))
             .ok()
             .filter(|m| m.is_file())
             .map(|m| m.len())
+            .or_else(|| self.engine_link(digest).map(|l| l.size))
+    }
+
+    fn link_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join(ENGINE_LINKS)
+            .join(format!("{}.json", digest.hex()))
+    }
+
+    /// The engine layer the store holds `digest` as, when the engine still
+    /// has it.
+    pub fn engine_link(&self, digest: &Digest) -> Option<EngineLink> {
+        let raw = fs::read(self.link_path(digest)).ok()?;
+        let link: EngineLink = serde_json::from_slice(&raw).ok()?;
+        crate::engine::storage::LayerStore::at_root(&link.engine_root)
+            .has_layer(&link.chain_id)
+            .then_some(link)
+    }
+
+    /// Hold layer `diff_id` as a link into the engine's layer store.
+    pub fn link_engine_layer(&self, diff_id: &Digest, link: &EngineLink) -> Result<()> {
+        self.hold_users_lock();
+        let dir = self.root.join(ENGINE_LINKS);
+        fs::create_dir_all(&dir).at("creating", &dir)?;
+        let json = serde_json::to_vec_pretty(link).expect("a link serializes");
+        write_atomic(&self.link_path(diff_id), &json)
     }
 
     pub fn blob_writer(&self) -> Result<BlobWriter> {
@@ -248,20 +311,17 @@ impl Layout {
         &self,
         digest: &Digest,
         size: Option<u64>,
-    ) -> Result<VerifyingReader<BufReader<File>>> {
+    ) -> Result<VerifyingReader<BufReader<BlobFile>>> {
         let path = self.blob_path(digest);
-        let file = File::open(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Error::NotFound {
-                    what: format!("blob {digest}"),
-                    detail: format!("missing from {}", self.root.display()),
-                }
-            } else {
-                Error::io_path(&path, "opening", e)
+        let (file, len) = match File::open(&path) {
+            Ok(file) => {
+                let len = file.metadata().at("reading", &path)?.len();
+                (BlobFile::File(file), len)
             }
-        })?;
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.open_engine_link(digest)?,
+            Err(e) => return Err(Error::io_path(&path, "opening", e)),
+        };
         if let Some(size) = size {
-            let len = file.metadata().at("reading", &path)?.len();
             if len != size {
                 return Err(Error::DigestMismatch {
                     what: format!("blob {} in {}", digest, self.root.display()),
@@ -276,6 +336,35 @@ impl Layout {
             size,
             format!("blob {} in {}", digest, self.root.display()),
         ))
+    }
+
+    /// A blob the store holds as an engine layer, opened.
+    fn open_engine_link(&self, digest: &Digest) -> Result<(BlobFile, u64)> {
+        let missing = |detail: String| Error::NotFound {
+            what: format!("blob {digest}"),
+            detail,
+        };
+        let path = self.link_path(digest);
+        let raw = match fs::read(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(missing(format!("missing from {}", self.root.display())));
+            }
+            Err(e) => return Err(Error::io_path(&path, "reading", e)),
+        };
+        let link: EngineLink = serde_json::from_slice(&raw)
+            .map_err(|e| Error::Other(format!("{}: not an engine link: {e}", path.display())))?;
+        let engine = crate::engine::storage::LayerStore::at_root(&link.engine_root);
+        if !engine.has_layer(&link.chain_id) {
+            return Err(missing(format!(
+                "the store holds it as layer {} of the engine image {}, which the engine at {} no longer has (take the snapshot again)",
+                link.chain_id,
+                link.image,
+                link.engine_root.display()
+            )));
+        }
+        let tar = engine.open_layer(&link.chain_id)?;
+        Ok((BlobFile::Engine(Box::new(tar)), link.size))
     }
 
     /// Read a small (JSON) blob fully, verified.
@@ -437,7 +526,12 @@ impl Layout {
         }
         let now = unix_secs(SystemTime::now()).unwrap_or(0);
         let mut removed = 0;
-        for (name, file) in list_files(&self.root, "blobs/sha256")? {
+        let files = list_files(&self.root, "blobs/sha256")?.into_iter().chain(
+            list_files(&self.root, ENGINE_LINKS)?
+                .into_iter()
+                .filter_map(|(name, f)| Some((name.strip_suffix(".json")?.to_string(), f))),
+        );
+        for (name, file) in files {
             let Ok(digest) = Digest::from_hex(&name) else {
                 continue;
             };
@@ -445,12 +539,28 @@ impl Layout {
                 .modified
                 .is_some_and(|t| now - t >= min_age.as_secs() as i64);
             if !reachable.contains(&digest) && old {
-                let path = self.blob_path(&digest);
+                let path = self.root.join(&file.path);
                 fs::remove_file(&path).at("removing", &path)?;
                 removed += 1;
             }
         }
         Ok(removed)
+    }
+
+    /// Whether the store has ever held a layer as an engine link.
+    pub fn has_engine_links(&self) -> bool {
+        self.root.join(ENGINE_LINKS).is_dir()
+    }
+
+    /// Every blob a name in index.json leads to (image configs included:
+    /// an engine image's ID is its config's digest).
+    pub fn reachable_blobs(&self) -> Result<std::collections::HashSet<Digest>> {
+        let index = self.read_index()?;
+        Ok(index
+            .manifests
+            .iter()
+            .flat_map(|d| self.reach(d).blobs)
+            .collect())
     }
 
     /// What one index.json entry leads to: every blob it names (itself,
@@ -596,7 +706,11 @@ pub struct StoredImage {
     pub bytes: u64,
     /// Of those, the bytes another entry leads to as well.
     pub shared_bytes: u64,
-    /// Blobs it names that are not in the store.
+    /// Of its layers, the bytes it holds as links into the engine's layer
+    /// store (gridship's container snapshots): not in `bytes`.
+    pub in_engine: u64,
+    /// Blobs it names that are not in the store (nor in the engine, for
+    /// a link).
     pub missing_blobs: usize,
     /// The image config's `created`.
     pub created: Option<String>,
@@ -631,6 +745,9 @@ pub struct DiskUsage {
     /// index.json, locks, the nightly state, directories.
     pub other: u64,
     pub total: u64,
+    /// Layers the named images hold as links into the engine's layer
+    /// store: read from there, not on the store's disk.
+    pub in_engine: u64,
 }
 
 /// Everything in a store: `store ls` and `store du`.
@@ -688,6 +805,9 @@ pub struct GcReport {
     pub blobs: Vec<StoredFile>,
     pub temp: Vec<StoredFile>,
     pub merge_states: Vec<StoredFile>,
+    /// Container snapshots the engine kept for this store that no name
+    /// needs any more: removed from the engine (tags).
+    pub engine_snapshots: Vec<String>,
     /// The bytes of the files removed (or, with dry_run, that would be).
     pub bytes_freed: u64,
     pub before: DiskUsage,
@@ -705,6 +825,7 @@ impl GcReport {
             blobs: Vec::new(),
             temp: Vec::new(),
             merge_states: Vec::new(),
+            engine_snapshots: Vec::new(),
             bytes_freed: 0,
             before: DiskUsage::default(),
             after: None,
@@ -717,6 +838,9 @@ struct StoreScan {
     index: IndexJson,
     reaches: Vec<Reach>,
     blobs: std::collections::HashMap<Digest, StoredFile>,
+    /// Layers held as engine links: the link file, and the layer's bytes
+    /// when the engine still has it.
+    links: std::collections::HashMap<Digest, (StoredFile, Option<u64>)>,
     temp: Vec<StoredFile>,
     states: Vec<StoredFile>,
     merge_dir: PathBuf,
@@ -749,6 +873,7 @@ impl StoreScan {
         let blobs = self
             .blobs
             .iter()
+            .chain(self.links.iter().map(|(d, (f, _))| (d, f)))
             .filter(|(d, _)| !refs.contains_key(d))
             .map(|(_, f)| f)
             .collect();
@@ -762,6 +887,18 @@ impl StoreScan {
             states,
             refs,
         }
+    }
+
+    /// The store's files for a digest: its blob file, its engine link.
+    fn files_of<'a>(&'a self, d: &Digest) -> impl Iterator<Item = &'a StoredFile> + use<'a> {
+        self.blobs
+            .get(d)
+            .into_iter()
+            .chain(self.links.get(d).map(|(f, _)| f))
+    }
+
+    fn held(&self, d: &Digest) -> bool {
+        self.blobs.contains_key(d) || self.links.get(d).is_some_and(|(_, size)| size.is_some())
     }
 
     fn last_used(&self, i: usize) -> Option<i64> {
@@ -890,6 +1027,16 @@ impl Layout {
                 Err(_) => temp.push(file),
             }
         }
+        let mut links = std::collections::HashMap::new();
+        for (name, file) in list_files(&self.root, ENGINE_LINKS)? {
+            match name.strip_suffix(".json").map(Digest::from_hex) {
+                Some(Ok(d)) => {
+                    let size = self.engine_link(&d).map(|l| l.size);
+                    links.insert(d, (file, size));
+                }
+                _ => temp.push(file),
+            }
+        }
         for (name, file) in list_files(&self.root, "")? {
             if TEMP_PREFIXES.iter().any(|p| name.starts_with(p)) {
                 temp.push(file);
@@ -913,6 +1060,7 @@ impl Layout {
             index,
             reaches,
             blobs,
+            links,
             temp,
             states,
             merge_dir,
@@ -928,7 +1076,7 @@ impl Layout {
                 .refs
                 .iter()
                 .filter(|(_, n)| **n >= min)
-                .filter_map(|(d, _)| scan.blobs.get(*d))
+                .flat_map(|(d, _)| scan.files_of(d))
                 .map(|f| f.bytes)
                 .sum::<u64>()
         };
@@ -939,6 +1087,11 @@ impl Layout {
             temp: sum(&mut scan.temp.iter()),
             merge_cache: sum(&mut scan.states.iter()),
             merge_cache_unneeded: sum(&mut sweep.states.iter().copied()),
+            in_engine: sweep
+                .refs
+                .keys()
+                .filter_map(|d| scan.links.get(*d)?.1)
+                .sum(),
             other: 0,
             total: scan.total,
         };
@@ -960,24 +1113,27 @@ impl Layout {
             .zip(&scan.reaches)
             .enumerate()
             .map(|(i, (d, reach))| {
-                let on_disk = reach
+                let on_disk: Vec<(&Digest, &StoredFile)> = reach
                     .blobs
                     .iter()
-                    .filter_map(|b| Some((b, scan.blobs.get(b)?)));
+                    .flat_map(|b| scan.files_of(b).map(move |f| (b, f)))
+                    .collect();
                 StoredImage {
                     name: d.ref_name().map(str::to_string),
                     digest: d.digest.clone(),
                     media_type: d.media_type.clone(),
-                    bytes: on_disk.clone().map(|(_, f)| f.bytes).sum(),
+                    bytes: on_disk.iter().map(|(_, f)| f.bytes).sum(),
                     shared_bytes: on_disk
+                        .iter()
                         .filter(|(b, _)| sweep.refs.get(b).is_some_and(|n| *n > 1))
                         .map(|(_, f)| f.bytes)
                         .sum(),
-                    missing_blobs: reach
+                    in_engine: reach
                         .blobs
                         .iter()
-                        .filter(|b| !scan.blobs.contains_key(*b))
-                        .count(),
+                        .filter_map(|b| scan.links.get(b)?.1)
+                        .sum(),
+                    missing_blobs: reach.blobs.iter().filter(|b| !scan.held(b)).count(),
                     created: reach.created.clone(),
                     last_used: scan.last_used(i),
                 }
@@ -1105,6 +1261,7 @@ impl Layout {
             blobs: sorted(&sweep.blobs),
             temp: sorted(&scan.temp.iter().collect::<Vec<_>>()),
             merge_states: sorted(&sweep.states),
+            engine_snapshots: Vec::new(),
             before,
             after,
         })

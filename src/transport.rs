@@ -71,7 +71,7 @@ pub fn open_reporting(
         }
         ImageRef::DockerDaemon(n) => {
             let store = ctx.store()?;
-            let (desc, read) = engine::read_into_store(n, &store, &name)?;
+            let (desc, read) = engine::read_into_store(n, &store, &name, false)?;
             engine_read = Some(read);
             into_store(desc)
         }
@@ -109,9 +109,13 @@ pub fn open_reporting(
 
 /// Capture a container through the engine: `docker commit` (the container
 /// keeps running; `pause` freezes it during the copy) gives its image's
-/// layers plus one layer of the changes made in it, which is read into
-/// the store like `docker-daemon:` (the image's layers that the store has
-/// are not read again). The engine keeps no name for it after.
+/// layers plus one layer of the changes made in it, named `name` in the
+/// store. Where the engine's layer store can be read (a local overlay2
+/// engine, as root) nothing is copied: the store links the layers it lacks
+/// and the engine keeps the committed image (`gridship-snapshot/ID:STORE-PID`)
+/// for as long as a name in the store leads to it; older snapshots of the
+/// store that no name needs any more are removed then. Otherwise the
+/// layers are copied like `docker-daemon:` and the committed image removed.
 fn snapshot_container(
     container: &str,
     pause: bool,
@@ -119,18 +123,62 @@ fn snapshot_container(
     name: &str,
 ) -> Result<(crate::store::Descriptor, engine::EngineRead)> {
     let info = engine::inspect_container(container)?;
+    let key = snapshot_key(store);
     let tag = format!(
-        "gridship-snapshot/{}:{}",
+        "gridship-snapshot/{}:{key}-{}",
         info.id.get(..12).unwrap_or(&info.id),
         std::process::id()
     );
     engine::commit(&info.id, &tag, pause)?;
-    let result = engine::read_into_store(&tag, store, name);
-    // The committed image stays in the engine only as long as needed.
-    if let Err(e) = engine::remove_image(&tag) {
+    let result = engine::read_into_store(&tag, store, name, true)
+        .and_then(|(desc, read)| store.set_ref(name, &desc).map(|()| (desc, read)));
+    let linked = matches!(&result, Ok((_, read)) if read.layers_linked > 0);
+    if !linked && let Err(e) = engine::remove_image(&tag) {
         tracing::warn!("could not remove the engine image {tag}: {e}");
     }
+    if result.is_ok()
+        && let Err(e) = prune_snapshots(store, Some(&tag), false, false)
+    {
+        tracing::warn!("could not remove older snapshots from the engine: {e}");
+    }
     result
+}
+
+/// What names a store in its snapshots' tags: its path, hashed.
+fn snapshot_key(store: &Layout) -> String {
+    let root = std::fs::canonicalize(store.root()).unwrap_or_else(|_| store.root().to_path_buf());
+    Digest::of_bytes(root.as_os_str().as_encoded_bytes()).hex()[..12].to_string()
+}
+
+/// Remove the container snapshots this store keeps in the engine that no
+/// name in the store leads to, except `keep` and, unless the caller holds
+/// the store `alone`, those of a gridship still running (its pid ends the
+/// tag): they may be its own, not yet named. Returns the tags removed (or,
+/// with `dry_run`, that would be).
+pub fn prune_snapshots(
+    store: &Layout,
+    keep: Option<&str>,
+    alone: bool,
+    dry_run: bool,
+) -> Result<Vec<String>> {
+    let held = store.reachable_blobs()?;
+    let mut removed = Vec::new();
+    for (tag, id) in engine::snapshot_images(&snapshot_key(store))? {
+        let pid = tag.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
+        let live = !alone
+            && pid.is_some_and(|p| {
+                p == std::process::id() || std::path::Path::new(&format!("/proc/{p}")).exists()
+            });
+        let named = id.parse::<Digest>().is_ok_and(|d| held.contains(&d));
+        if keep == Some(tag.as_str()) || live || named {
+            continue;
+        }
+        if !dry_run {
+            engine::remove_image(&tag)?;
+        }
+        removed.push(tag);
+    }
+    Ok(removed)
 }
 
 #[derive(Debug, Clone, Serialize)]

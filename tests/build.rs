@@ -410,14 +410,6 @@ rm -rf /tmp/pkg /tmp/tool.deb"#,
         "dpkg status lacks the package"
     );
     assert!(!root.join("tmp/tool.deb").exists());
-    // The engine keeps no image for the capture.
-    let images = docker(&[
-        "images",
-        "--format",
-        "{{.Repository}}",
-        "gridship-snapshot/*",
-    ]);
-    assert!(images.trim().is_empty(), "{images}");
 
     // --pause freezes it for the capture and lets it run on after.
     let v = g
@@ -436,6 +428,43 @@ rm -rf /tmp/pkg /tmp/tool.deb"#,
         docker(&["inspect", "-f", "{{.State.Status}}", &name]).trim(),
         "running"
     );
+
+    // The store copied no layer of the snapshots: it reads them from the
+    // engine, which keeps the two commits while the store names them ...
+    let id = docker(&["inspect", "-f", "{{.Id}}", &name]);
+    let kept = || {
+        let out = docker(&[
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+            &format!("gridship-snapshot/{}", &id.trim()[..12]),
+        ]);
+        out.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(kept().len(), 2, "{:?}", kept());
+    let ls = g.run(&["--json", "store", "ls"]).ok().json();
+    let snap = ls["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "sessions/test:2")
+        .unwrap()
+        .clone();
+    assert!(
+        snap["in_engine"].as_u64().unwrap() > snap["bytes"].as_u64().unwrap(),
+        "{snap:#}"
+    );
+    // ... and gc, once no name needs them, removes them from the engine.
+    let gc = g
+        .run(&["--json", "store", "gc", "--older-than", "0s"])
+        .ok()
+        .json();
+    assert_eq!(
+        gc["engine_snapshots"].as_array().unwrap().len(),
+        2,
+        "{gc:#}"
+    );
+    assert_eq!(kept(), Vec::<String>::new());
 
     // A container that does not exist: a clear error, exit 2.
     let r = g.run(&["snapshot", "gridship-no-such-container"]);

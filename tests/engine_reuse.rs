@@ -330,7 +330,14 @@ fn container_snapshot_reads_only_its_new_layer() {
     let snap = g
         .run(&["--json", "copy", &format!("container:{name}"), "store:snap"])
         .ok();
-    engine_read(&snap, "layer-store", 4, 3);
+    let read = engine_read(&snap, "layer-store", 4, 3);
+    // Its own layer is linked in the engine's layer store, not copied:
+    // only its config was read.
+    assert_eq!(read["layers_linked"].as_u64(), Some(1), "{read}");
+    assert!(
+        read["bytes_exported"].as_u64().unwrap() < 64 << 10,
+        "{read}"
+    );
     let ours = digests(&g, "store:snap");
 
     // The engine's own export of the same changes.
@@ -359,6 +366,24 @@ fn container_snapshot_reads_only_its_new_layer() {
     assert!(!dir.join("data/b").exists());
     assert!(!dir.join("bin/ls").exists());
 
+    // Once the engine no longer has the commit (a user's `docker rmi`),
+    // the store says so, and which layer, rather than read something else.
+    let id = tool(&docker(), &["inspect", "-f", "{{.Id}}", &name]);
     tool(&docker(), &["rm", "-f", &name]);
+    common::remove_snapshots_of(&id.trim()[..12]);
+    // (The test's own commit of the same changes shares the layer.)
     tool(&docker(), &["rmi", &committed, &tag]);
+    let gone = g.run(&[
+        "unpack",
+        "store:snap",
+        tmp.path().join("again").to_str().unwrap(),
+    ]);
+    assert_ne!(gone.code, 0);
+    assert!(
+        gone.stderr.contains("which the engine at")
+            && gone.stderr.contains("take the snapshot again"),
+        "{}",
+        gone.stderr
+    );
+    assert!(!tmp.path().join("again").exists(), "nothing half-written");
 }

@@ -457,6 +457,15 @@ fn promote_keeps_only_what_was_asked_for() {
     let snapshot = format!("container:{}", s.name);
     assert_eq!(names(&list), std::slice::from_ref(&snapshot), "{list:#}");
     let snapshot_bytes = n(&image(&list, &snapshot)["bytes"]);
+    // The snapshot's layers are read from the engine's layer store, not
+    // copied: the store holds its manifest, config and links.
+    assert!(snapshot_bytes < 1 << 20, "{list:#}");
+    let in_engine = n(&image(&list, &snapshot)["in_engine"]);
+    assert!(
+        in_engine as f64 > 0.9 * session_bytes as f64,
+        "{in_engine} bytes in the engine for a {session_bytes}-byte session: {list:#}"
+    );
+    assert_eq!(n(&usage(&g)["in_engine"]), in_engine);
     // Left unnamed: the working image's small overlay layer, config and
     // manifest; no flattened layer.
     assert!(
@@ -476,6 +485,10 @@ fn promote_keeps_only_what_was_asked_for() {
     assert!(
         added <= accounted + (1 << 20),
         "added {added} bytes, of which only {accounted} are the snapshot, the SIF and the merge states"
+    );
+    assert!(
+        (added as f64) <= 1.2 * session_bytes as f64,
+        "a first promote to sif added {added} bytes for a {session_bytes}-byte session"
     );
 
     // Again with a CVMFS tree: the snapshot is reused, nothing flattened
@@ -518,6 +531,15 @@ fn promote_keeps_only_what_was_asked_for() {
         names(&ls(&g2)).iter().any(|p| p.starts_with("promoted/")),
         "--to oci keeps the flattened image"
     );
+    let gc2 = g2
+        .run(&["--json", "store", "gc", "--older-than", "0s"])
+        .ok()
+        .json();
+    assert_eq!(
+        gc2["engine_snapshots"].as_array().unwrap().len(),
+        1,
+        "{gc2:#}"
+    );
 
     // gc leaves the snapshot; --older-than 0s removes it too.
     let gc = g.run(&["--json", "store", "gc"]).ok().json();
@@ -531,6 +553,16 @@ fn promote_keeps_only_what_was_asked_for() {
         .json();
     assert_eq!(gc["names"][0]["name"], snapshot.as_str());
     assert!(n(&gc["bytes_freed"]) >= snapshot_bytes, "{gc:#}");
+    // The engine's commit went with the name (this store's only one).
+    assert_eq!(
+        gc["engine_snapshots"].as_array().unwrap().len(),
+        1,
+        "{gc:#}"
+    );
     let u = usage(&g);
-    assert_eq!((n(&u["named"]), n(&u["merge_cache"])), (0, 0), "{u:#}");
+    assert_eq!(
+        (n(&u["named"]), n(&u["merge_cache"]), n(&u["in_engine"])),
+        (0, 0, 0),
+        "{u:#}"
+    );
 }

@@ -98,7 +98,7 @@ pub fn run(global: &GlobalOpts, cmd: &StoreCommand) -> anyhow::Result<()> {
                 return Ok(());
             };
             let alone = layout.lock_exclusive(args.wait)?;
-            let report = layout.gc(
+            let mut report = layout.gc(
                 &alone,
                 &GcOptions {
                     older_than: args.older_than,
@@ -107,6 +107,15 @@ pub fn run(global: &GlobalOpts, cmd: &StoreCommand) -> anyhow::Result<()> {
                     now: crate::clock::now()?,
                 },
             )?;
+            // The snapshots the engine kept for names gc just removed.
+            if layout.has_engine_links() {
+                match crate::transport::prune_snapshots(&layout, None, true, args.dry_run) {
+                    Ok(tags) => report.engine_snapshots = tags,
+                    Err(e) => {
+                        tracing::warn!("container snapshots in the engine left as they are: {e}")
+                    }
+                }
+            }
             drop(alone);
             if global.json {
                 print_json(&report)
@@ -159,6 +168,11 @@ fn print_ls(inv: &Inventory) -> anyhow::Result<()> {
             time(i.last_used),
             if i.missing_blobs > 0 {
                 format!("  ({} blobs missing)", i.missing_blobs)
+            } else if i.in_engine > 0 {
+                format!(
+                    "  (+{} in the engine's layer store)",
+                    human_bytes(i.in_engine)
+                )
             } else {
                 String::new()
             }
@@ -186,6 +200,12 @@ fn print_du(u: &DiskUsage, root: &Path) {
         human_bytes(u.merge_cache_unneeded)
     );
     println!("other          {:>10}", human_bytes(u.other));
+    if u.in_engine > 0 {
+        println!(
+            "(container snapshots: {} of layers read from the engine's layer store, not counted above)",
+            human_bytes(u.in_engine)
+        );
+    }
     println!(
         "total          {:>10}  {}",
         human_bytes(u.total),
@@ -214,6 +234,9 @@ fn print_gc(r: &GcReport, max_size: Option<u64>) {
         r.merge_states.len(),
         sum(&r.merge_states)
     );
+    for t in &r.engine_snapshots {
+        println!("{verb} the engine image {t} (a container snapshot no name needs)");
+    }
     let now = r
         .after
         .as_ref()

@@ -56,6 +56,18 @@ impl LayerStore {
         Ok(store)
     }
 
+    /// The layer store under an engine root a store link recorded; what
+    /// is read through it is verified against the diff ID as always.
+    pub fn at_root(root: &Path) -> LayerStore {
+        LayerStore {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn layerdb(&self) -> PathBuf {
         self.root.join("image/overlay2/layerdb/sha256")
     }
@@ -78,9 +90,9 @@ impl LayerStore {
         Ok(raw)
     }
 
-    /// Write the tar of the layer with chain ID `chain_id` to `out`; the
-    /// caller verifies it against the diff ID. Returns the bytes written.
-    pub fn write_layer(&self, chain_id: &Digest, out: &mut dyn Write) -> Result<u64> {
+    /// The directory of the layer with chain ID `chain_id` and its
+    /// tar-split record.
+    fn layer_files(&self, chain_id: &Digest) -> Result<(PathBuf, PathBuf)> {
         let dir = self.layerdb().join(chain_id.hex());
         let cache_id_path = dir.join("cache-id");
         let cache_id = std::fs::read_to_string(&cache_id_path).at("reading", &cache_id_path)?;
@@ -92,17 +104,158 @@ impl LayerStore {
             )));
         }
         let diff = self.root.join("overlay2").join(cache_id).join("diff");
-        let record = dir.join("tar-split.json.gz");
+        Ok((diff, dir.join("tar-split.json.gz")))
+    }
+
+    /// Whether the engine still has the layer with chain ID `chain_id`.
+    pub fn has_layer(&self, chain_id: &Digest) -> bool {
+        self.layer_files(chain_id)
+            .is_ok_and(|(diff, record)| diff.is_dir() && record.is_file())
+    }
+
+    /// The tar of the layer with chain ID `chain_id`, read as it is joined
+    /// from its record and its directory; the caller verifies it against
+    /// the diff ID.
+    pub fn open_layer(&self, chain_id: &Digest) -> Result<LayerTar> {
+        let (diff, record) = self.layer_files(chain_id)?;
         let file = File::open(&record).at("opening", &record)?;
         let json = BufReader::new(flate2::read::GzDecoder::new(BufReader::new(file)));
-        let mut written = 0u64;
-        for entry in serde_json::Deserializer::from_reader(json).into_iter::<TarSplitEntry>() {
-            let entry = entry.map_err(|e| {
-                Error::Other(format!("{}: not a tar-split record: {e}", record.display()))
-            })?;
-            written += entry.write_to(&diff, out, &record)?;
+        Ok(LayerTar {
+            diff,
+            entries: serde_json::Deserializer::from_reader(json).into_iter(),
+            record,
+            current: Part::Done,
+        })
+    }
+
+    /// The size of the layer's tar, from its record alone (no file read).
+    pub fn layer_size(&self, chain_id: &Digest) -> Result<u64> {
+        let mut tar = self.open_layer(chain_id)?;
+        let mut size = 0u64;
+        while let Some(entry) = tar.next_record()? {
+            size += match entry.kind {
+                TAR_SPLIT_SEGMENT => entry.segment(&tar.record)?.len() as u64,
+                _ => entry.size,
+            };
         }
-        Ok(written)
+        Ok(size)
+    }
+
+    /// Write the tar of the layer with chain ID `chain_id` to `out`; the
+    /// caller verifies it against the diff ID. Returns the bytes written.
+    pub fn write_layer(&self, chain_id: &Digest, out: &mut dyn Write) -> Result<u64> {
+        let mut tar = crate::progress::Counted(self.open_layer(chain_id)?);
+        io::copy(&mut tar, out).map_err(|e| {
+            crate::digest::unwrap_io(e, || format!("copying layer {chain_id} of the engine"))
+        })
+    }
+}
+
+type Record = serde_json::StreamDeserializer<
+    'static,
+    serde_json::de::IoRead<BufReader<flate2::read::GzDecoder<BufReader<File>>>>,
+    TarSplitEntry,
+>;
+
+/// One layer's tar, read by joining its tar-split record (headers,
+/// padding) with its files' bytes from the layer directory.
+pub struct LayerTar {
+    diff: PathBuf,
+    record: PathBuf,
+    entries: Record,
+    current: Part,
+}
+
+/// What the reader is in the middle of.
+enum Part {
+    Segment(Vec<u8>, usize),
+    File {
+        file: io::Take<File>,
+        path: PathBuf,
+        left: u64,
+    },
+    Done,
+}
+
+impl LayerTar {
+    fn next_record(&mut self) -> Result<Option<TarSplitEntry>> {
+        match self.entries.next() {
+            None => Ok(None),
+            Some(Ok(e)) => Ok(Some(e)),
+            Some(Err(e)) => Err(Error::Other(format!(
+                "{}: not a tar-split record: {e}",
+                self.record.display()
+            ))),
+        }
+    }
+
+    /// Move to the next record with bytes; false at the end.
+    fn advance(&mut self) -> Result<bool> {
+        while let Some(entry) = self.next_record()? {
+            match entry.kind {
+                TAR_SPLIT_SEGMENT => {
+                    let bytes = entry.segment(&self.record)?;
+                    if !bytes.is_empty() {
+                        self.current = Part::Segment(bytes, 0);
+                        return Ok(true);
+                    }
+                }
+                TAR_SPLIT_FILE if entry.size == 0 => {}
+                TAR_SPLIT_FILE => {
+                    let path = self.diff.join(entry.file_name(&self.record)?);
+                    let file = File::open(&path).at("opening", &path)?;
+                    self.current = Part::File {
+                        file: file.take(entry.size),
+                        path,
+                        left: entry.size,
+                    };
+                    return Ok(true);
+                }
+                other => {
+                    return Err(Error::Other(format!(
+                        "{}: unknown entry type {other}",
+                        self.record.display()
+                    )));
+                }
+            }
+        }
+        self.current = Part::Done;
+        Ok(false)
+    }
+}
+
+impl Read for LayerTar {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match &mut self.current {
+                Part::Segment(bytes, pos) if *pos < bytes.len() => {
+                    let n = buf.len().min(bytes.len() - *pos);
+                    buf[..n].copy_from_slice(&bytes[*pos..*pos + n]);
+                    *pos += n;
+                    return Ok(n);
+                }
+                Part::File { file, path, left } if *left > 0 => {
+                    let n = file.read(buf)?;
+                    if n == 0 {
+                        // A file that shrank since is refused, not padded.
+                        return Err(io::Error::other(format!(
+                            "{}: {left} bytes short of what the layer's tar says",
+                            path.display()
+                        )));
+                    }
+                    *left -= n as u64;
+                    return Ok(n);
+                }
+                _ => {
+                    if !self.advance().map_err(io::Error::other)? {
+                        return Ok(0);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -129,53 +282,35 @@ const TAR_SPLIT_FILE: u8 = 1;
 const TAR_SPLIT_SEGMENT: u8 = 2;
 
 impl TarSplitEntry {
-    fn write_to(&self, diff: &Path, out: &mut dyn Write, record: &Path) -> Result<u64> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let bad = |reason: String| Error::Other(format!("{}: {reason}", record.display()));
-        match self.kind {
-            TAR_SPLIT_SEGMENT => {
-                let bytes = match &self.payload {
-                    Some(p) => b64
-                        .decode(p)
-                        .map_err(|e| bad(format!("segment payload: {e}")))?,
-                    None => Vec::new(),
-                };
-                out.write_all(&bytes).at("writing a layer from", record)?;
-                crate::progress::advance(bytes.len() as u64);
-                Ok(bytes.len() as u64)
-            }
-            TAR_SPLIT_FILE if self.size == 0 => Ok(0),
-            TAR_SPLIT_FILE => {
-                let name = match (&self.name_raw, &self.name) {
-                    (Some(raw), _) => b64
-                        .decode(raw)
-                        .map_err(|e| bad(format!("file name: {e}")))?,
-                    (None, Some(n)) => n.clone().into_bytes(),
-                    (None, None) => return Err(bad("a file entry without a name".into())),
-                };
-                let rel = Path::new(std::ffi::OsStr::from_bytes(&name));
-                // Only names inside the layer directory are read.
-                if !rel
-                    .components()
-                    .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-                {
-                    return Err(bad(format!("file name {rel:?} leaves the layer")));
-                }
-                let path = diff.join(rel);
-                let file = File::open(&path).at("opening", &path)?;
-                let copied = io::copy(&mut crate::progress::Counted(file.take(self.size)), out)
-                    .at("copying a layer file from", &path)?;
-                if copied != self.size {
-                    return Err(Error::Other(format!(
-                        "{}: {copied} bytes, the layer's tar says {}",
-                        path.display(),
-                        self.size
-                    )));
-                }
-                Ok(copied)
-            }
-            other => Err(bad(format!("unknown entry type {other}"))),
+    /// A segment's raw bytes.
+    fn segment(&self, record: &Path) -> Result<Vec<u8>> {
+        match &self.payload {
+            Some(p) => base64::engine::general_purpose::STANDARD
+                .decode(p)
+                .map_err(|e| Error::Other(format!("{}: segment payload: {e}", record.display()))),
+            None => Ok(Vec::new()),
         }
+    }
+
+    /// A file entry's name inside the layer directory: only names that
+    /// stay inside it are accepted.
+    fn file_name(&self, record: &Path) -> Result<PathBuf> {
+        let bad = |reason: String| Error::Other(format!("{}: {reason}", record.display()));
+        let name = match (&self.name_raw, &self.name) {
+            (Some(raw), _) => base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .map_err(|e| bad(format!("file name: {e}")))?,
+            (None, Some(n)) => n.clone().into_bytes(),
+            (None, None) => return Err(bad("a file entry without a name".into())),
+        };
+        let rel = Path::new(std::ffi::OsStr::from_bytes(&name));
+        if !rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(bad(format!("file name {rel:?} leaves the layer")));
+        }
+        Ok(rel.to_path_buf())
     }
 }
 
@@ -244,9 +379,14 @@ mod tests {
         std::fs::write(root.join("overlay2/abc/diff/etc/motd"), b"hi\n").unwrap();
         let e = store.write_layer(&chain, &mut Vec::new()).unwrap_err();
         assert!(
-            e.to_string().contains("3 bytes, the layer's tar says 6"),
+            e.to_string()
+                .contains("3 bytes short of what the layer's tar says"),
             "{e}"
         );
+        std::fs::write(root.join("overlay2/abc/diff/etc/motd"), b"hello\n").unwrap();
+        assert_eq!(store.layer_size(&chain).unwrap(), n);
+        assert!(store.has_layer(&chain));
+        assert!(!store.has_layer(&Digest::of_bytes(b"other")));
 
         assert!(LayerStore::locate("vfs", &root.join("overlay2/abc/diff")).is_err());
         assert!(LayerStore::locate("overlay2", &root.join("elsewhere/abc/diff")).is_err());
@@ -261,13 +401,7 @@ mod tests {
             size: 10,
             payload: None,
         };
-        let e = entry
-            .write_to(
-                Path::new("/nonexistent/diff"),
-                &mut Vec::new(),
-                Path::new("r"),
-            )
-            .unwrap_err();
+        let e = entry.file_name(Path::new("r")).unwrap_err();
         assert!(e.to_string().contains("leaves the layer"), "{e}");
     }
 }

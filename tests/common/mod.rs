@@ -559,9 +559,43 @@ impl Session {
 }
 
 impl Drop for Session {
+    /// The container goes, and the snapshots gridship kept of it in the
+    /// engine (a test's store is gone with the test).
     fn drop(&mut self) {
-        let _ = Command::new(env("GRIDSHIP_DOCKER"))
+        let docker = env("GRIDSHIP_DOCKER");
+        let id = Command::new(&docker)
+            .args(["inspect", "-f", "{{.Id}}", &self.name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let _ = Command::new(&docker)
             .args(["rm", "-f", &self.name])
             .output();
+        if let Some(id12) = id.get(..12) {
+            remove_snapshots_of(id12);
+        }
+    }
+}
+
+/// Remove the engine images of gridship's snapshots of a container.
+pub fn remove_snapshots_of(id12: &str) {
+    let docker = env("GRIDSHIP_DOCKER");
+    let Ok(out) = Command::new(&docker)
+        .args([
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+            &format!("gridship-snapshot/{id12}"),
+        ])
+        .output()
+    else {
+        return;
+    };
+    let tags: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if !tags.is_empty() {
+        let _ = Command::new(&docker).arg("rmi").args(&tags).output();
     }
 }
