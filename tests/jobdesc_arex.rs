@@ -369,3 +369,99 @@ fn arcsub_and_gridship_run_the_same_description_alike() {
     args.extend(auth(&a, &jobs));
     assert_eq!(gridship(&args, &[]).code, 0);
 }
+
+/// A TCP relay to A-REX that closes the first `drop_first` connections
+/// as soon as they are accepted (a TLS handshake broken off), then relays.
+struct BreakingRelay {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BreakingRelay {
+    fn start(target: &str, drop_first: usize) -> BreakingRelay {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let target = target.to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { return };
+                if count.fetch_add(1, Ordering::SeqCst) < drop_first {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                };
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        BreakingRelay { port, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A connection the CE breaks off before the request is sent is made
+/// again (three times at most), and the answer is the one a clean
+/// connection gives; a CE that always breaks it off is an error that says
+/// how often it was tried.
+#[test]
+fn a_broken_off_connection_is_made_again() {
+    let a = arex();
+    let d = tmpdir();
+    let jobs = d.path().join("jobs.json").display().to_string();
+    let host_port = a
+        .url
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let port = host_port.rsplit(':').next().unwrap();
+    let target = format!("127.0.0.1:{port}");
+    let status = |url: &str| {
+        let mut args = vec!["status", "gridship-no-such-job", "--ce", url];
+        args.extend(auth(&a, &jobs));
+        gridship(&args, &[])
+    };
+    let direct = status(&a.url);
+    assert!(direct.stdout.contains("Job not found"), "{}", direct.stderr);
+
+    let relay = BreakingRelay::start(&target, 2);
+    let url = a
+        .url
+        .replace(&host_port, &format!("localhost:{}", relay.port));
+    let relayed = status(&url);
+    assert_eq!(
+        (relayed.code, &relayed.stdout),
+        (direct.code, &direct.stdout),
+        "{}",
+        relayed.stderr
+    );
+    assert!(relay.accepted() >= 3, "{} connections", relay.accepted());
+
+    let dead = BreakingRelay::start(&target, usize::MAX);
+    let url = a
+        .url
+        .replace(&host_port, &format!("localhost:{}", dead.port));
+    let r = status(&url);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("connecting failed 4 times"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(dead.accepted(), 4);
+}

@@ -534,10 +534,7 @@ impl ArcRest {
         req: reqwest::RequestBuilder,
         what: &str,
     ) -> Result<(reqwest::StatusCode, String, reqwest::header::HeaderMap)> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ce_error(&self.base, format!("{what}: {}", chain(&e))))?;
+        let resp = self.send_connected(req, what).await?;
         let status = resp.status();
         if let Err(e) = resp.error_for_status_ref() {
             let msg = e.without_url().to_string();
@@ -562,6 +559,52 @@ impl ArcRest {
             .await
             .map_err(|e| ce_error(&self.base, format!("{what}: reading answer: {e}")))?;
         Ok((status, body, headers))
+    }
+
+    /// Send a request; a connection that fails before the request is sent
+    /// (a TLS handshake the CE breaks off, as A-REX now and then does under
+    /// load) is made again after 0.2, 0.4 and 0.8 s: nothing reached the
+    /// CE, so even a POST is safe to repeat. The fourth failure is the
+    /// error, and says so.
+    async fn send_connected(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::Response> {
+        const TRIES: u32 = 4;
+        let mut tries = 1;
+        loop {
+            let Some(this) = req.try_clone() else {
+                // A streamed body cannot be sent twice.
+                return req
+                    .send()
+                    .await
+                    .map_err(|e| ce_error(&self.base, format!("{what}: {}", chain(&e))));
+            };
+            match this.send().await {
+                Ok(resp) => return Ok(resp),
+                Err(e) if e.is_connect() && tries < TRIES => {
+                    tracing::info!(
+                        "{what}: connecting to {} failed ({}); trying again",
+                        self.base,
+                        chain(&e)
+                    );
+                    tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                    tries += 1;
+                }
+                Err(e) => {
+                    let after = if e.is_connect() {
+                        format!(" (connecting failed {tries} times)")
+                    } else {
+                        String::new()
+                    };
+                    return Err(ce_error(
+                        &self.base,
+                        format!("{what}: {}{after}", chain(&e)),
+                    ));
+                }
+            }
+        }
     }
 
     /// Delegate the proxy to the CE: it makes a key and a CSR, we sign it
@@ -938,10 +981,7 @@ impl ArcRest {
         }
         // Outputs can be large: no limit on the whole transfer.
         req = req.timeout(Duration::from_secs(30 * 24 * 3600));
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| ce_error(&self.base, format!("{what}: {}", chain(&e))))?;
+        let mut resp = self.send_connected(req, &what).await?;
         let status = resp.status().as_u16();
         if status == 416 {
             // Nothing after `have`: the part is complete if the CE's size
@@ -993,16 +1033,12 @@ impl ArcRest {
     /// `GET jobs/ID/diagnose/NAME`; `None` when the CE has none.
     pub async fn diagnose(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
         let resp = self
-            .http
-            .get(self.url(&format!("jobs/{id}/diagnose/{name}")))
-            .send()
-            .await
-            .map_err(|e| {
-                ce_error(
-                    &self.base,
-                    format!("reading {name} of job {id}: {}", chain(&e)),
-                )
-            })?;
+            .send_connected(
+                self.http
+                    .get(self.url(&format!("jobs/{id}/diagnose/{name}"))),
+                &format!("reading {name} of job {id}"),
+            )
+            .await?;
         if resp.status().as_u16() == 404 {
             return Ok(None);
         }
