@@ -374,9 +374,7 @@ impl ArchiveWriter {
             .into_inner()
             .map_err(|e| Error::io_path(&self.dest, "writing", e.into_error()))?;
         tmp.as_file().sync_all().at("syncing", &self.dest)?;
-        tmp.persist(&self.dest)
-            .map_err(|e| Error::io_path(&self.dest, "renaming into place", e.error))?;
-        Ok(())
+        crate::fsutil::persist(tmp, &self.dest)
     }
 }
 

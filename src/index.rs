@@ -1235,7 +1235,7 @@ pub mod cache {
         };
         std::fs::create_dir_all(dir).map_err(|e| Error::io_path(dir, "creating", e))?;
         let data = serde_json::to_vec(&state).expect("state serializes");
-        crate::store::write_atomic(&state_path(dir, diff_ids), &data)
+        crate::fsutil::write_atomic(&state_path(dir, diff_ids), &data, 0o644)
     }
 
     fn load(dir: &Path, image: &Image, upto: usize) -> Option<FsIndex> {

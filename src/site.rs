@@ -383,6 +383,13 @@ impl GpuQueue {
     }
 }
 
+/// A dotted version as numbers ("550.54.15" → [550, 54, 15]): a queue's
+/// `driver_version` and `cuda_driver_version`.
+pub fn parse_version(s: &str) -> Option<Vec<u32>> {
+    let v: Option<Vec<u32>> = s.trim().split('.').map(|p| p.parse().ok()).collect();
+    v.filter(|v| !v.is_empty())
+}
+
 fn bad(
     path: &Path,
     place: impl Into<String>,
@@ -559,7 +566,7 @@ impl SiteProfile {
                 ("cuda_driver_version", &q.cuda_driver_version),
             ] {
                 if let Some(v) = v
-                    && crate::smoke::cuda::parse_version(v).is_none()
+                    && parse_version(v).is_none()
                 {
                     return Err(bad(
                         &self.path,

@@ -11,7 +11,6 @@
 //! removes a blob a running writer has put but not yet named (writers name
 //! an image last), nor one it found present and is about to name.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,90 +20,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, HashingWriter, VerifyingReader, unwrap_io};
 use crate::error::IoContext;
+use crate::fsutil;
+use crate::lockfile::{LockFile, Mode};
 use crate::{Error, Result};
 
-pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+// The OCI documents a layout holds, under the names callers know them by.
+pub use crate::oci::{Descriptor, IndexJson, Platform, REF_NAME_ANNOTATION};
+
 const LAYOUT_FILE: &str = "oci-layout";
 const LOCK_FILE: &str = ".gridship.lock";
 /// Held shared by every process writing the store, for its whole run, and
 /// exclusively by `store gc`.
 const USERS_LOCK_FILE: &str = ".gridship-users.lock";
 /// The users locks this process holds, one per store, until it ends.
-static USERS_LOCKS: std::sync::Mutex<Vec<(PathBuf, File)>> = std::sync::Mutex::new(Vec::new());
+static USERS_LOCKS: std::sync::Mutex<Vec<(PathBuf, LockFile)>> = std::sync::Mutex::new(Vec::new());
 /// Layers the store reads from the engine instead of copying: one
 /// [`EngineLink`] per diff ID, `engine-layers/HEX.json`.
 const ENGINE_LINKS: &str = "engine-layers";
 /// Manifests and configs are read into memory; anything bigger is not one.
 pub const MAX_JSON_BLOB: u64 = 64 << 20;
-
-/// An OCI content descriptor. Unknown fields are kept so that documents we
-/// rewrite (index.json) lose nothing.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
-}
-
-impl Descriptor {
-    pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Self {
-        Descriptor {
-            media_type: media_type.into(),
-            digest,
-            size,
-            platform: None,
-            annotations: BTreeMap::new(),
-            extra: BTreeMap::new(),
-        }
-    }
-
-    pub fn ref_name(&self) -> Option<&str> {
-        self.annotations
-            .get(REF_NAME_ANNOTATION)
-            .map(String::as_str)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Platform {
-    pub architecture: String,
-    pub os: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
-}
-
-/// `index.json` of a layout (an OCI image index).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IndexJson {
-    pub schema_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    #[serde(default)]
-    pub manifests: Vec<Descriptor>,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
-}
-
-impl Default for IndexJson {
-    fn default() -> Self {
-        IndexJson {
-            schema_version: 2,
-            media_type: Some(crate::image::media::OCI_INDEX.into()),
-            manifests: Vec::new(),
-            extra: BTreeMap::new(),
-        }
-    }
-}
 
 /// An uncompressed layer the store holds as a reference into the engine's
 /// layer store rather than a copy: gridship's own container snapshots,
@@ -198,9 +132,10 @@ impl Layout {
         };
         layout.hold_users_lock();
         if !layout.root.join(LAYOUT_FILE).exists() {
-            layout.write_atomic(
+            fsutil::write_atomic(
                 &layout.root.join(LAYOUT_FILE),
                 br#"{"imageLayoutVersion":"1.0.0"}"#,
+                0o644,
             )?;
         }
         if !layout.root.join("index.json").exists() {
@@ -262,7 +197,7 @@ impl Layout {
         let dir = self.root.join(ENGINE_LINKS);
         fs::create_dir_all(&dir).at("creating", &dir)?;
         let json = serde_json::to_vec_pretty(link).expect("a link serializes");
-        write_atomic(&self.link_path(diff_id), &json)
+        fsutil::write_atomic(&self.link_path(diff_id), &json, 0o644)
     }
 
     pub fn blob_writer(&self) -> Result<BlobWriter> {
@@ -321,14 +256,14 @@ impl Layout {
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.open_engine_link(digest)?,
             Err(e) => return Err(Error::io_path(&path, "opening", e)),
         };
-        if let Some(size) = size {
-            if len != size {
-                return Err(Error::DigestMismatch {
-                    what: format!("blob {} in {}", digest, self.root.display()),
-                    expected: format!("{size} bytes"),
-                    actual: format!("{len} bytes"),
-                });
-            }
+        if let Some(size) = size
+            && len != size
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("blob {} in {}", digest, self.root.display()),
+                expected: format!("{size} bytes"),
+                actual: format!("{len} bytes"),
+            });
         }
         Ok(VerifyingReader::new(
             BufReader::with_capacity(1 << 20, file),
@@ -407,15 +342,12 @@ impl Layout {
     fn write_index(&self, index: &IndexJson) -> Result<()> {
         let mut data = serde_json::to_vec_pretty(index).expect("index serializes");
         data.push(b'\n');
-        self.write_atomic(&self.root.join("index.json"), &data)
+        fsutil::write_atomic(&self.root.join("index.json"), &data, 0o644)
     }
 
     /// Exclusive lock over index.json updates (released on drop).
-    fn lock(&self) -> Result<File> {
-        let path = self.root.join(LOCK_FILE);
-        let f = open_lock_file(&path)?;
-        f.lock().at("locking", &path)?;
-        Ok(f)
+    fn lock(&self) -> Result<LockFile> {
+        LockFile::take(&self.root.join(LOCK_FILE), Mode::Exclusive)
     }
 
     /// Hold this layout's users lock, shared, until the process ends (once
@@ -428,17 +360,15 @@ impl Layout {
             return;
         }
         let path = self.root.join(USERS_LOCK_FILE);
-        let locked = open_lock_file(&path).and_then(|f| match f.try_lock_shared() {
-            Ok(()) => Ok(f),
-            Err(fs::TryLockError::WouldBlock) => {
+        let locked = LockFile::open(&path).and_then(|f| {
+            if !f.try_lock(Mode::Shared)? {
                 tracing::warn!(
                     "{}: `gridship store gc` is cleaning this store; waiting for it",
                     self.root.display()
                 );
-                f.lock_shared().at("locking", &path)?;
-                Ok(f)
+                f.lock(Mode::Shared)?;
             }
-            Err(fs::TryLockError::Error(e)) => Err(Error::io_path(&path, "locking", e)),
+            Ok(f)
         });
         match locked {
             Ok(f) => held.push((key, f)),
@@ -462,14 +392,12 @@ impl Layout {
         }
         drop(held);
         let path = self.root.join(USERS_LOCK_FILE);
-        let file = open_lock_file(&path)?;
+        let file = LockFile::open(&path)?;
         let started = std::time::Instant::now();
         let mut said = false;
         loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(ExclusiveLock { _file: file }),
-                Err(fs::TryLockError::WouldBlock) => {}
-                Err(fs::TryLockError::Error(e)) => return Err(Error::io_path(&path, "locking", e)),
+            if file.try_lock(Mode::Exclusive)? {
+                return Ok(ExclusiveLock { _file: file });
             }
             if started.elapsed() >= wait {
                 return Err(Error::Other(format!(
@@ -574,19 +502,19 @@ impl Layout {
             if !reach.blobs.insert(d.digest.clone()) {
                 continue;
             }
-            let is_manifest = crate::image::media::is_manifest(&d.media_type);
-            if !(is_manifest || crate::image::media::is_index(&d.media_type)) {
+            let is_manifest = crate::oci::media::is_manifest(&d.media_type);
+            if !(is_manifest || crate::oci::media::is_index(&d.media_type)) {
                 continue;
             }
             let Ok(raw) = self.read_blob(&d.digest, Some(d.size)) else {
                 continue;
             };
             if is_manifest {
-                if let Ok(m) = serde_json::from_slice::<crate::image::Manifest>(&raw) {
+                if let Ok(m) = serde_json::from_slice::<crate::oci::Manifest>(&raw) {
                     reach.blobs.insert(m.config.digest.clone());
                     if let Ok(config) = self.read_blob(&m.config.digest, Some(m.config.size))
                         && let Ok(config) =
-                            serde_json::from_slice::<crate::image::ImageConfig>(&config)
+                            serde_json::from_slice::<crate::oci::ImageConfig>(&config)
                     {
                         reach.created = reach.created.or(config.created);
                         reach.diff_ids.push(config.rootfs.diff_ids);
@@ -662,18 +590,13 @@ impl Layout {
             },
         }
     }
-
-    /// Write a file next to its final name, then rename it into place.
-    pub fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<()> {
-        write_atomic(path, data)
-    }
 }
 
 // ------------------------------------------------------------ ls, du, gc
 
 /// Names of temporary files in the store's own directories: blob writers
-/// (`.tmp-blob-`), [`write_atomic`], `copy ... docker-daemon:` archives.
-const TEMP_PREFIXES: [&str; 3] = [".tmp", ".gridship-tmp-", ".docker-load-"];
+/// (`.tmp-blob-`), [`fsutil::write_atomic`], `copy ... docker-daemon:` archives.
+const TEMP_PREFIXES: [&str; 3] = [".tmp", fsutil::TEMP_PREFIX, ".docker-load-"];
 
 /// What [`Layout::reach`] found below one index.json entry.
 #[derive(Default)]
@@ -1010,7 +933,7 @@ fn du_bytes(path: &Path) -> Result<u64> {
 
 /// The store held alone by `store gc` (see [`Layout::lock_exclusive`]).
 pub struct ExclusiveLock {
-    _file: File,
+    _file: LockFile,
 }
 
 impl Layout {
@@ -1266,38 +1189,6 @@ impl Layout {
             after,
         })
     }
-}
-
-/// Open (creating) a file that is only ever locked, never written.
-fn open_lock_file(path: &Path) -> Result<File> {
-    fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .at("opening", path)
-}
-
-/// Write `data` to a temporary file beside `path`, fsync, rename into place.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // A recognizable name, so whoever owns the directory can clear what a
-    // killed process left (see sink::cvmfs).
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".gridship-tmp-")
-        .tempfile_in(dir)
-        .at("creating a temporary file in", dir)?;
-    tmp.write_all(data).at("writing", tmp.path())?;
-    // Temporary files are private (0600); what is renamed into place is
-    // meant to be read by others (store indexes, CVMFS metadata).
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .at("changing mode of", tmp.path())?;
-    tmp.as_file().sync_all().at("syncing", tmp.path())?;
-    tmp.persist(path)
-        .map_err(|e| Error::io_path(path, "renaming into place", e.error))?;
-    Ok(())
 }
 
 /// Writes a blob: hashes while writing into a temporary file; `finish`

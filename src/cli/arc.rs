@@ -2,7 +2,6 @@
 //! descriptions and the CE's REST interface.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -231,22 +230,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Write to `path` via a temporary file in the same directory.
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
-}
-
 /// `--queue`, else queue: of config.yaml, else the site's only GPU queue.
 fn pick_queue(given: Option<&str>, profile: &SiteProfile) -> anyhow::Result<String> {
     if let Some(q) = super::or_config(given, &super::defaults()?.queue) {
@@ -327,7 +310,8 @@ pub fn jobdesc(g: &GlobalOpts, a: JobdescArgs) -> anyhow::Result<()> {
     )?;
     let text = jobdesc::render(&jobs, a.format);
     if let Some(out) = &a.out {
-        write_atomic(out, &text)?;
+        // 0600, the mode written descriptions have always had.
+        crate::fsutil::write_atomic(out, text.as_bytes(), 0o600)?;
     }
     if g.json {
         let doc = serde_json::json!({

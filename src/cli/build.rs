@@ -359,10 +359,7 @@ pub fn snapshot(global: &GlobalOpts, a: &SnapshotArgs) -> anyhow::Result<()> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
-            let stamp: String = crate::transform::apptainer::rfc3339_utc(t)?
-                .chars()
-                .filter(|c| *c != '-' && *c != ':')
-                .collect();
+            let stamp = crate::clock::compact_stamp(t)?;
             format!("snapshot/{}:{stamp}", info.name)
         }
     };

@@ -25,25 +25,111 @@ pub enum CvmfsCommand {
     Bundle(Box<BundleArgs>),
 }
 
-/// Which repository and how to write it; flattened into every cvmfs command.
+/// The names one command gives [`CvmfsRepoArgs`]' options: `cvmfs`'s
+/// own (`--repo`), or prefixed where they sit among other options
+/// (`promote --cvmfs-repo`, whose `--backend` is the smoke runner's).
+pub trait RepoOptionNames: Clone + std::fmt::Debug {
+    const REPO: &'static str;
+    const REPO_VALUE: &'static str;
+    const REPO_HELP: &'static str;
+    const ROOT: &'static str;
+    const ROOT_HELP: Option<&'static str>;
+    const BACKEND: &'static str;
+    const BACKEND_VALUE: &'static str;
+    const BACKEND_HELP: &'static str;
+}
+
+/// Which CVMFS repository and how to write it: `cvmfs` and `promote`
+/// share it, under the names `N` gives.
 #[derive(Debug, Clone, Args)]
-pub struct RepoArgs {
-    /// Repository name, e.g. unpacked.example.org (or from the wishlist;
-    /// default: cvmfs.repo of config.yaml).
-    #[arg(long)]
-    pub repo: Option<String>,
-    /// The repository's tree (required for --backend dir; default
-    /// cvmfs.root of config.yaml, else MOUNT/REPO).
-    #[arg(long, value_name = "DIR")]
+pub struct CvmfsRepoArgs<N: RepoOptionNames> {
+    #[arg(id = N::REPO, long = N::REPO, value_name = N::REPO_VALUE, help = N::REPO_HELP)]
+    pub name: Option<String>,
+    #[arg(id = N::ROOT, long = N::ROOT, value_name = "DIR", help = N::ROOT_HELP)]
     pub root: Option<PathBuf>,
-    /// dir (a plain directory), cvmfs-server (transaction/publish on a
-    /// publisher), ingest (cvmfs_server ingest of tar streams). Default:
-    /// cvmfs.backend of config.yaml, else dir.
-    #[arg(long, value_parser = clap::value_parser!(BackendKind))]
+    #[arg(
+        id = N::BACKEND,
+        long = N::BACKEND,
+        value_name = N::BACKEND_VALUE,
+        help = N::BACKEND_HELP,
+        value_parser = clap::value_parser!(BackendKind)
+    )]
     pub backend: Option<BackendKind>,
     /// Where repositories are mounted (cvmfs-server and ingest backends).
     #[arg(long, value_name = "DIR")]
     pub cvmfs_mount: Option<PathBuf>,
+    #[arg(skip)]
+    names: std::marker::PhantomData<N>,
+}
+
+impl<N: RepoOptionNames> CvmfsRepoArgs<N> {
+    /// The repository to write, and how. Name, backend and root: the
+    /// option, else config.yaml's cvmfs.* (its repo only when `named`, a
+    /// wishlist's, names none), else dir and MOUNT/REPO. A name still
+    /// missing is `named`, else `fallback`'s, which is told whether this
+    /// machine can publish (a server backend, or a root for dir). `None`:
+    /// no repository named at all.
+    pub fn resolve(
+        &self,
+        named: Option<&str>,
+        fallback: impl FnOnce(bool) -> Option<String>,
+    ) -> Result<Option<RepoConfig>> {
+        let d = super::defaults()?;
+        let given = self.name.clone().or_else(|| {
+            named
+                .is_none()
+                .then(|| d.cvmfs_repo.as_ref().map(|s| s.value.clone()))
+                .flatten()
+        });
+        let backend = d.cvmfs_backend(self.backend.as_ref())?;
+        let root = d.cvmfs_root(self.root.as_deref());
+        let name = match (given, named) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Error::bad_input(
+                    format!("--{} {a}", N::REPO),
+                    format!("the wishlist names cvmfs_repo {b:?}"),
+                ));
+            }
+            (Some(a), _) => a,
+            (None, Some(b)) => b.to_string(),
+            (None, None) => {
+                let publishable = backend != BackendKind::Dir || root.is_some();
+                match fallback(publishable) {
+                    Some(name) => name,
+                    None => return Ok(None),
+                }
+            }
+        };
+        RepoConfig::new(&name, backend, root, self.cvmfs_mount.clone()).map(Some)
+    }
+}
+
+/// `gridship cvmfs ...`'s names: `--repo`, `--root`, `--backend`.
+#[derive(Debug, Clone)]
+pub struct CvmfsNames;
+
+impl RepoOptionNames for CvmfsNames {
+    const REPO: &'static str = "repo";
+    const REPO_VALUE: &'static str = "REPO";
+    const REPO_HELP: &'static str = "Repository name, e.g. unpacked.example.org (or from the wishlist; \
+        default: cvmfs.repo of config.yaml)";
+    const ROOT: &'static str = "root";
+    const ROOT_HELP: Option<&'static str> = Some(
+        "The repository's tree (required for --backend dir; default cvmfs.root of config.yaml, \
+         else MOUNT/REPO)",
+    );
+    const BACKEND: &'static str = "backend";
+    const BACKEND_VALUE: &'static str = "BACKEND";
+    const BACKEND_HELP: &'static str = "dir (a plain directory), cvmfs-server (transaction/publish on a \
+        publisher), ingest (cvmfs_server ingest of tar streams). Default: cvmfs.backend of \
+        config.yaml, else dir";
+}
+
+/// Which repository and how to write it; flattened into every cvmfs command.
+#[derive(Debug, Clone, Args)]
+pub struct RepoArgs {
+    #[command(flatten)]
+    pub repo: CvmfsRepoArgs<CvmfsNames>,
     /// How long to wait for another publisher: its image (dir backend),
     /// the repository (gc; server backends) or an open transaction.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
@@ -51,38 +137,20 @@ pub struct RepoArgs {
 }
 
 impl RepoArgs {
-    fn open(&self, repo: Option<&str>) -> Result<Repo> {
-        Repo::open(self.config(repo)?)
+    fn open(&self, wishlist: Option<&str>) -> Result<Repo> {
+        Repo::open(self.config(wishlist)?)
     }
 
-    fn config(&self, repo: Option<&str>) -> Result<RepoConfig> {
-        let d = super::defaults()?;
-        // The config's repository only when neither option nor wishlist names one.
-        let given = self.repo.clone().or_else(|| {
-            repo.is_none()
-                .then(|| d.cvmfs_repo.as_ref().map(|s| s.value.clone()))
-                .flatten()
-        });
-        let backend = d.cvmfs_backend(self.backend.as_ref())?;
-        let root = d.cvmfs_root(self.root.as_deref());
-        let name = match (given.as_deref(), repo) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(Error::bad_input(
-                    format!("--repo {a}"),
-                    format!("the wishlist names cvmfs_repo {b:?}"),
-                ));
-            }
-            (Some(a), _) | (None, Some(a)) => a,
-            (None, None) => {
-                return Err(Error::BadInput {
-                    input: "gridship cvmfs".into(),
-                    place: String::new(),
-                    reason: "no repository given".into(),
-                    hint: Some("add --repo NAME (or cvmfs_repo in the wishlist)".into()),
-                });
-            }
-        };
-        let mut config = RepoConfig::new(name, backend, root, self.cvmfs_mount.clone())?;
+    fn config(&self, wishlist: Option<&str>) -> Result<RepoConfig> {
+        let mut config = self
+            .repo
+            .resolve(wishlist, |_| None)?
+            .ok_or_else(|| Error::BadInput {
+                input: "gridship cvmfs".into(),
+                place: String::new(),
+                reason: "no repository given".into(),
+                hint: Some("add --repo NAME (or cvmfs_repo in the wishlist)".into()),
+            })?;
         config.lock_timeout = std::time::Duration::from_secs(self.lock_timeout);
         Ok(config)
     }
@@ -254,7 +322,7 @@ pub fn publish(global: &GlobalOpts, args: &PublishArgs) -> anyhow::Result<()> {
             platform_args = w.platforms.clone();
         }
         // Refuse a mismatch before contacting any registry.
-        if let Some(r) = &args.repo.repo
+        if let Some(r) = &args.repo.repo.name
             && *r != w.cvmfs_repo
         {
             return Err(Error::BadInput {
@@ -351,7 +419,13 @@ pub fn publish(global: &GlobalOpts, args: &PublishArgs) -> anyhow::Result<()> {
                     transport::copy_blobs(&image, store)?;
                 }
                 let created = epoch
-                    .or_else(|| super::sif::created_epoch(image.config.created.as_deref()))
+                    .or_else(|| {
+                        image
+                            .config
+                            .created
+                            .as_deref()
+                            .and_then(crate::clock::parse_rfc3339)
+                    })
                     .unwrap_or(0);
                 let opts = PublishOptions {
                     layers: args.layers,

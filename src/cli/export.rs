@@ -82,8 +82,7 @@ pub fn export(global: &GlobalOpts, args: &ExportArgs) -> anyhow::Result<()> {
             tmp.as_file()
                 .sync_all()
                 .at("syncing", tmp.path().to_path_buf())?;
-            tmp.persist(&args.file)
-                .map_err(|e| Error::io_path(&args.file, "renaming the tar to", e.error))?;
+            crate::fsutil::persist(tmp, &args.file)?;
             report
         }
     };

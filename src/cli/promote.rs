@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::build::ProjectDirs;
+use super::cvmfs::{CvmfsRepoArgs, RepoOptionNames};
 use super::image::{AccessOpts, human_bytes};
 use super::{GlobalOpts, print_json};
 use crate::Error;
 use crate::pipeline::promote::{CvmfsTarget, PromoteOptions, PromoteReport, Targets, promote};
 use crate::reference::{ImageRef, RegistryRef, parse_registry};
-use crate::sink::cvmfs::{BackendKind, PublicName, RepoConfig};
+use crate::sink::cvmfs::PublicName;
 use crate::sink::squashfs::{Compression, SquashfsOptions};
 
 #[derive(Debug, Args)]
@@ -76,17 +77,8 @@ pub struct PromoteArgs {
     /// Where the CE fetches the SIF, for a SIF job description.
     #[arg(long, value_name = "URL")]
     pub sif_url: Option<String>,
-    /// CVMFS repository to publish into (default: cvmfs.repo of
-    /// config.yaml, else a directory tree under --out); with
-    /// --cvmfs-backend and --cvmfs-root.
-    #[arg(long, value_name = "NAME")]
-    pub cvmfs_repo: Option<String>,
-    /// dir, cvmfs-server or ingest (see `gridship cvmfs publish`; default:
-    /// cvmfs.backend of config.yaml, else dir).
-    #[arg(long, value_parser = clap::value_parser!(BackendKind))]
-    pub cvmfs_backend: Option<BackendKind>,
-    #[arg(long, value_name = "DIR")]
-    pub cvmfs_root: Option<PathBuf>,
+    #[command(flatten)]
+    pub cvmfs: CvmfsRepoArgs<PromoteCvmfsNames>,
     /// Public name in the repository (default gridship.local/promoted/NAME:TAG).
     #[arg(long, value_name = "REG/REPO:TAG")]
     pub cvmfs_name: Option<String>,
@@ -108,6 +100,24 @@ pub struct PromoteArgs {
     pub suites: super::SuitesOpt,
     #[command(flatten)]
     pub access: AccessOpts,
+}
+
+/// promote's names for the CVMFS repository options, `cvmfs-` before
+/// each: `--backend` here is the smoke runner's.
+#[derive(Debug, Clone)]
+pub struct PromoteCvmfsNames;
+
+impl RepoOptionNames for PromoteCvmfsNames {
+    const REPO: &'static str = "cvmfs-repo";
+    const REPO_VALUE: &'static str = "NAME";
+    const REPO_HELP: &'static str = "CVMFS repository to publish into (default: cvmfs.repo of \
+        config.yaml, else a directory tree under --out); with --cvmfs-backend and --cvmfs-root";
+    const ROOT: &'static str = "cvmfs-root";
+    const ROOT_HELP: Option<&'static str> = None;
+    const BACKEND: &'static str = "cvmfs-backend";
+    const BACKEND_VALUE: &'static str = "CVMFS_BACKEND";
+    const BACKEND_HELP: &'static str = "dir, cvmfs-server or ingest (see `gridship cvmfs publish`; \
+        default: cvmfs.backend of config.yaml, else dir)";
 }
 
 fn parse_source(s: &str) -> std::result::Result<ImageRef, String> {
@@ -146,10 +156,7 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
     let created = epoch.unwrap_or(now);
     let tag = match &a.tag {
         Some(t) => t.clone(),
-        None => crate::transform::apptainer::rfc3339_utc(created)?
-            .chars()
-            .filter(|c| *c != '-' && *c != ':')
-            .collect(),
+        None => crate::clock::compact_stamp(created)?,
     };
     a.runtime.check()?;
     if a.push.is_some() && !a.to.oci {
@@ -163,24 +170,21 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         (None, Some(prefix)) if a.to.oci => Some(prefix.value.clone()),
         _ => None,
     };
-    let backend = d.cvmfs_backend(a.cvmfs_backend.as_ref())?;
-    let cvmfs_root = d.cvmfs_root(a.cvmfs_root.as_deref());
     // The repository: --cvmfs-repo, else config.yaml's, else the site's own
     // when this machine can publish into it (a server backend, or a root
     // for the dir backend); without one the tree stays local and the job
     // uses the SIF (the pipeline warns).
-    let cvmfs_repo = super::or_config(a.cvmfs_repo.as_deref(), &d.cvmfs_repo).or_else(|| {
-        let publishable = backend != BackendKind::Dir || cvmfs_root.is_some();
+    let cvmfs_repo = a.cvmfs.resolve(None, |publishable| {
         crate::site::SiteProfile::load(&a.dirs.overlays.search(), &site)
             .ok()
             .and_then(|p| p.cvmfs)
             .map(|c| c.repo)
             .filter(|_| publishable)
-    });
-    let cvmfs = match &cvmfs_repo {
+    })?;
+    let cvmfs = match cvmfs_repo {
         None => None,
         Some(repo) => Some(CvmfsTarget {
-            repo: RepoConfig::new(repo, backend, cvmfs_root, None)?,
+            repo,
             name: a.cvmfs_name.as_deref().map(PublicName::parse).transpose()?,
         }),
     };

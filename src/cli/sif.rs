@@ -148,7 +148,12 @@ pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
     // creation time, else now.
     let build_time = match (epoch, reproducible) {
         (Some(e), _) => e,
-        (None, true) => created_epoch(image.config.created.as_deref()).unwrap_or(0),
+        (None, true) => image
+            .config
+            .created
+            .as_deref()
+            .and_then(crate::clock::parse_rfc3339)
+            .unwrap_or(0),
         (None, false) => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -223,39 +228,6 @@ pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// RFC 3339 `created` of an image config as Unix seconds.
-pub fn created_epoch(created: Option<&str>) -> Option<i64> {
-    let s = created?;
-    // YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = &s[19..];
-    if let Some(r) = rest.strip_prefix('.') {
-        rest = r.trim_start_matches(|c: char| c.is_ascii_digit());
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        r if r.len() == 6 => {
-            let sign = if r.starts_with('-') { -1 } else { 1 };
-            sign * (r[1..3].parse::<i64>().ok()? * 3600 + r[4..6].parse::<i64>().ok()? * 60)
-        }
-        _ => return None,
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some(days * 86400 + h * 3600 + mi * 60 + se - offset)
-}
-
 #[derive(Debug, Args)]
 pub struct SifInfoArgs {
     /// A SIF file.
@@ -307,21 +279,4 @@ pub fn sif_info(global: &GlobalOpts, args: &SifInfoArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn created_times() {
-        assert_eq!(super::created_epoch(Some("1970-01-01T00:00:00Z")), Some(0));
-        assert_eq!(
-            super::created_epoch(Some("2024-01-01T00:00:00Z")),
-            Some(1704067200)
-        );
-        assert_eq!(
-            super::created_epoch(Some("2024-01-01T01:00:00.123+01:00")),
-            Some(1704067200)
-        );
-        assert_eq!(super::created_epoch(Some("garbage")), None);
-    }
 }

@@ -129,7 +129,7 @@ pub fn run(global: &GlobalOpts, cmd: &StoreCommand) -> anyhow::Result<()> {
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`, or `-`.
 fn time(t: Option<i64>) -> String {
-    t.and_then(|t| crate::transform::apptainer::rfc3339_utc(t).ok())
+    t.and_then(|t| crate::clock::rfc3339_utc(t).ok())
         .unwrap_or_else(|| "-".into())
 }
 

@@ -38,6 +38,30 @@ struct CvmfsSection {
     root: Option<PathBuf>,
 }
 
+/// Where and how a CVMFS repository is written (`--backend`,
+/// `cvmfs.backend`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendKind {
+    /// A plain directory (tests, staging, a publisher's own sync).
+    Dir,
+    /// `cvmfs_server transaction` / write under the mount / `publish`.
+    CvmfsServer,
+    /// `cvmfs_server ingest` of tar streams; no FUSE mount needed to write.
+    Ingest,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "dir" => Ok(BackendKind::Dir),
+            "cvmfs-server" => Ok(BackendKind::CvmfsServer),
+            "ingest" => Ok(BackendKind::Ingest),
+            _ => Err("dir, cvmfs-server or ingest".into()),
+        }
+    }
+}
+
 /// A value and the file it came from.
 #[derive(Debug, Clone, Serialize)]
 pub struct Setting<T> {
@@ -63,17 +87,14 @@ pub struct Defaults {
 
 impl Defaults {
     /// `--backend`/`--cvmfs-backend`, else cvmfs.backend, else dir.
-    pub fn cvmfs_backend(
-        &self,
-        given: Option<&crate::sink::cvmfs::BackendKind>,
-    ) -> Result<crate::sink::cvmfs::BackendKind> {
+    pub fn cvmfs_backend(&self, given: Option<&BackendKind>) -> Result<BackendKind> {
         match (given, &self.cvmfs_backend) {
             (Some(b), _) => Ok(b.clone()),
             (None, Some(s)) => s
                 .value
                 .parse()
                 .map_err(|e: String| bad(&s.from, "cvmfs.backend: ", e)),
-            (None, None) => Ok(crate::sink::cvmfs::BackendKind::Dir),
+            (None, None) => Ok(BackendKind::Dir),
         }
     }
 
@@ -164,7 +185,7 @@ fn parse(path: &Path, text: &str) -> Result<ConfigFile> {
         ));
     }
     if let Some(b) = f.cvmfs.as_ref().and_then(|c| c.backend.as_ref())
-        && b.parse::<crate::sink::cvmfs::BackendKind>().is_err()
+        && b.parse::<BackendKind>().is_err()
     {
         return Err(bad(
             path,

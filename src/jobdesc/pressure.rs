@@ -30,6 +30,7 @@ use super::model::JobSpec;
 use super::submit::{ArcRest, AuthConfig, now_unix, retrievable_outputs};
 use crate::config::search::SearchPath;
 use crate::error::{Error, Result};
+use crate::lockfile::{self, LockFile};
 
 // ---------------------------------------------------------------------------
 // Config
@@ -480,7 +481,7 @@ impl PressureState {
     pub fn save(&self) -> Result<()> {
         let mut text = serde_json::to_vec_pretty(self).expect("state serializes");
         text.push(b'\n');
-        crate::store::write_atomic(&self.path, &text)
+        crate::fsutil::write_atomic(&self.path, &text, 0o644)
     }
 }
 
@@ -1111,23 +1112,18 @@ impl Looper {
 
 /// Hold an exclusive lock on `STATE.lock` so that two loops never share a
 /// job list (each would count the other's submissions as its own).
-fn lock_state(state: &Path) -> Result<std::fs::File> {
+fn lock_state(state: &Path) -> Result<LockFile> {
     let mut name = state.file_name().unwrap_or_default().to_os_string();
     name.push(".lock");
-    let lock = state.with_file_name(name);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock)
-        .map_err(|e| Error::io_path(&lock, "opening lock file", e))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        Error::bad_input(
+    let f = LockFile::open(&state.with_file_name(name))?;
+    // Any failure to lock reads as "held": the loop must not run unlocked.
+    match f.try_lock(lockfile::Mode::Exclusive) {
+        Ok(true) => Ok(f),
+        Ok(false) | Err(_) => Err(Error::bad_input(
             state.display().to_string(),
             "another gridship pressure runs with this job list (its lock file is held)",
-        )
-    })?;
-    Ok(f)
+        )),
+    }
 }
 
 /// Run the loop until SIGTERM/SIGINT, `stop_after`, or after one cycle
@@ -1157,8 +1153,10 @@ pub async fn run(opts: Options, mut report: impl FnMut(&CycleReport)) -> Result<
     }
     let _lock = lock_state(&state_path)?;
     let state = PressureState::load_or_new(&state_path)?;
-    // Temporary files a killed run left beside the list (never a live
-    // writer's: the lock says no other loop writes there).
+    // Temporary files a killed run left beside the list. The lock says no
+    // other loop writes there, but another command may (a job list saved
+    // beside it): a live writer's file is milliseconds old, so only those
+    // older than a minute go.
     if let Some(dir) = state_path.parent()
         && let Ok(rd) = std::fs::read_dir(if dir.as_os_str().is_empty() {
             Path::new(".")
@@ -1167,9 +1165,16 @@ pub async fn run(opts: Options, mut report: impl FnMut(&CycleReport)) -> Result<
         })
     {
         for e in rd.flatten() {
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(".gridship-tmp-")
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60));
+            if stale
+                && e.file_name()
+                    .to_string_lossy()
+                    .starts_with(crate::fsutil::TEMP_PREFIX)
             {
                 let _ = std::fs::remove_file(e.path());
             }

@@ -1193,30 +1193,22 @@ fn der_content(tlv: &[u8]) -> &[u8] {
     &tlv[start..]
 }
 
+/// An X.509 validity time: UTCTime (two-digit year) before 2050,
+/// GeneralizedTime from then on (RFC 5280 4.1.2.5).
 fn utc_time(t: SystemTime) -> Vec<u8> {
     let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Days since 1970-01-01 to civil date (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
+    let c = crate::clock::Civil::of(secs);
     let s = format!(
-        "{:02}{m:02}{d:02}{:02}{:02}{:02}Z",
-        y % 100,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:02}{:02}{:02}{:02}{:02}{:02}Z",
+        c.year % 100,
+        c.month,
+        c.day,
+        c.hour,
+        c.minute,
+        c.second
     );
-    if y >= 2050 {
-        tlv(0x18, format!("{y:04}{}", &s[2..]).as_bytes())
+    if c.year >= 2050 {
+        tlv(0x18, format!("{:04}{}", c.year, &s[2..]).as_bytes())
     } else {
         tlv(0x17, s.as_bytes())
     }
@@ -1451,14 +1443,9 @@ impl JobList {
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io_path(dir, "creating job list directory", e))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)
-            .map_err(|e| Error::io_path(dir, "creating temporary job list", e))?;
         let text = serde_json::to_vec_pretty(self).expect("job list serialises");
-        std::io::Write::write_all(&mut tmp, &text)
-            .map_err(|e| Error::io_path(tmp.path(), "writing job list", e))?;
-        tmp.persist(&self.path)
-            .map_err(|e| Error::io_path(&self.path, "replacing job list", e.error))?;
-        Ok(())
+        // 0600: the list is the user's own, as it always was.
+        crate::fsutil::write_atomic(&self.path, &text, 0o600)
     }
 
     pub fn find(&self, id: &str) -> Option<&JobRecord> {

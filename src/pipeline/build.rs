@@ -224,7 +224,7 @@ fn now_rfc3339() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    crate::transform::apptainer::rfc3339_utc(t).unwrap_or_default()
+    crate::clock::rfc3339_utc(t).unwrap_or_default()
 }
 
 /// The engine build: the recipe directory (exactly the reviewed files) as

@@ -111,7 +111,7 @@ fn load_state(dir: &Path) -> Result<State> {
 fn save_state(dir: &Path, state: &State) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io_path(dir, "creating", e))?;
     let data = serde_json::to_vec_pretty(state).expect("state serializes");
-    crate::store::write_atomic(&state_path(dir), &data)
+    crate::fsutil::write_atomic(&state_path(dir), &data, 0o644)
 }
 
 /// The cache key of one recipe × site build.
@@ -235,7 +235,7 @@ fn recipe_names(opts: &NightlyOptions) -> Result<Vec<String>> {
 pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<NightlyReport> {
     let started = std::time::Instant::now();
     let now = crate::clock::now()?;
-    let stamp = crate::transform::apptainer::rfc3339_utc(now)?;
+    let stamp = crate::clock::rfc3339_utc(now)?;
     let compact = crate::clock::compact_stamp(now)?;
     let names = recipe_names(opts)?;
     let store = opts.build.ctx.store()?;
@@ -562,7 +562,7 @@ fn prune(
     now: i64,
 ) -> Result<Vec<String>> {
     let horizon = now - (keep_days as i64) * 86_400;
-    let horizon_name = crate::transform::apptainer::rfc3339_utc(horizon.max(0))
+    let horizon_name = crate::clock::rfc3339_utc(horizon.max(0))
         .unwrap_or_default()
         .chars()
         .filter(|c| *c != '-' && *c != ':')
@@ -617,7 +617,7 @@ mod tests {
 
     fn stamp_days_ago(days: i64) -> String {
         let now = crate::clock::now().unwrap();
-        crate::transform::apptainer::rfc3339_utc(now - days * 86_400).unwrap()
+        crate::clock::rfc3339_utc(now - days * 86_400).unwrap()
     }
 
     #[test]

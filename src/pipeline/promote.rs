@@ -286,7 +286,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     stages.start("site overlay");
     let work_name = format!("gridship-promote/work-{}:{}", std::process::id(), opts.tag);
     work.names.push(work_name.clone());
-    let created_rfc = crate::transform::apptainer::rfc3339_utc(opts.created)?;
+    let created_rfc = crate::clock::rfc3339_utc(opts.created)?;
     let image = crate::sink::oci::append_layer(
         &snapshot,
         &store,
@@ -748,7 +748,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             ] {
                 let path = opts.out.join(format!("{}.{ext}", name));
                 let text = crate::jobdesc::render(&jobs, format);
-                crate::store::write_atomic(&path, text.as_bytes())?;
+                crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644)?;
                 report.artifacts.push(Artifact {
                     kind: ext.into(),
                     path: path.display().to_string(),
@@ -764,7 +764,11 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     report.layers_merged = stages.merged;
     report.seconds = started.elapsed().as_secs_f64();
     let json = serde_json::to_vec_pretty(&report).expect("report serializes");
-    crate::store::write_atomic(&opts.out.join(format!("{}.promote.json", name)), &json)?;
+    crate::fsutil::write_atomic(
+        &opts.out.join(format!("{}.promote.json", name)),
+        &json,
+        0o644,
+    )?;
     drop(work);
     Ok(report)
 }

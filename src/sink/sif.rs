@@ -329,8 +329,7 @@ pub fn write_sif<T>(
     file.set_len(data_end).map_err(io_err)?;
     file.sync_all().map_err(io_err)?;
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).map_err(io_err)?;
-    tmp.persist(dest)
-        .map_err(|e| Error::io_path(dest, "renaming into place", e.error))?;
+    crate::fsutil::persist(tmp, dest)?;
     Ok(result)
 }
 

@@ -12,6 +12,8 @@
 
 use serde::Serialize;
 
+use crate::site::parse_version;
+
 // Checked against NVIDIA's tables (CUDA 13.1 edition of the release notes):
 // https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/index.html#cuda-driver
 //   "CUDA Toolkit and Corresponding Driver Versions" (Linux x86_64 column,
@@ -53,12 +55,6 @@ pub const TOOLKIT_DRIVER: &[((u32, u32), &str)] = &[
 /// CUDA major → minimum Linux driver for minor version compatibility (a
 /// newer 11.x/12.x/13.x runtime on an older driver of the same family).
 pub const MINOR_COMPAT_DRIVER: &[(u32, &str)] = &[(11, "450.80.02"), (12, "525"), (13, "580")];
-
-/// A dotted version as numbers ("550.54.15" → [550, 54, 15]).
-pub fn parse_version(s: &str) -> Option<Vec<u32>> {
-    let v: Option<Vec<u32>> = s.trim().split('.').map(|p| p.parse().ok()).collect();
-    v.filter(|v| !v.is_empty())
-}
 
 /// Compare dotted versions numerically, missing parts as 0.
 pub fn cmp_versions(a: &[u32], b: &[u32]) -> std::cmp::Ordering {

@@ -106,5 +106,5 @@ pub fn junit(r: &Report) -> Result<Vec<u8>> {
 
 /// Write the JUnit XML to `path` atomically.
 pub fn write_junit(r: &Report, path: &Path) -> Result<()> {
-    crate::store::write_atomic(path, &junit(r)?)
+    crate::fsutil::write_atomic(path, &junit(r)?, 0o644)
 }

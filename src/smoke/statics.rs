@@ -238,7 +238,7 @@ fn read_files(
 }
 
 fn parse_major_minor(s: &str) -> Option<(u32, u32)> {
-    let v = cuda::parse_version(s)?;
+    let v = crate::site::parse_version(s)?;
     Some((v[0], *v.get(1)?))
 }
 

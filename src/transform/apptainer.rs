@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::clock::Civil;
 use crate::image::{ContainerConfig, Image, ImageConfig};
 use crate::index::{Data, FsIndex, Kind, Meta, Node, NodeId, display_path};
 use crate::layers::{LayerReader, diagnose, layer_io};
@@ -256,7 +257,7 @@ impl Transform for ApptainerMetadata {
         report: &mut RuleReport,
     ) -> Result<()> {
         let o = &self.options;
-        let time = CivilTime::from_unix(o.created)?;
+        let time = Civil::from_unix(o.created)?;
         let c = &config.config;
         let env = env_script(c.env.as_deref().unwrap_or_default())?;
         let runscript = runscript(
@@ -1005,19 +1006,6 @@ pub fn runscript(entrypoint: &[String], cmd: &[String]) -> Result<String> {
     Ok(s)
 }
 
-/// A Unix time as Go's `time.Time` in UTC shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct CivilTime {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
-    /// 0 = Sunday, as Go's time.Weekday.
-    weekday: u32,
-}
-
 const MONTHS: [&str; 12] = [
     "January",
     "February",
@@ -1042,73 +1030,26 @@ const WEEKDAYS: [&str; 7] = [
     "Saturday",
 ];
 
-/// A Unix time as RFC 3339 UTC (`2026-11-22T04:00:00Z`).
-pub fn rfc3339_utc(t: i64) -> Result<String> {
-    Ok(CivilTime::from_unix(t)?.rfc3339())
-}
-
-impl CivilTime {
-    fn from_unix(t: i64) -> Result<CivilTime> {
-        // Years 0000-9999: what RFC 3339 can write.
-        if !(-62_167_219_200..=253_402_300_799).contains(&t) {
-            return Err(Error::bad_input(
-                "build time",
-                format!("{t} (Unix seconds) is outside the years 0000-9999"),
-            ));
-        }
-        let days = t.div_euclid(86_400);
-        let secs = t.rem_euclid(86_400) as u32;
-        // Howard Hinnant's civil_from_days.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        Ok(CivilTime {
-            year,
-            month,
-            day,
-            hour: secs / 3600,
-            minute: secs / 60 % 60,
-            second: secs % 60,
-            // 1970-01-01 was a Thursday.
-            weekday: (days + 4).rem_euclid(7) as u32,
-        })
-    }
-
-    /// `time.RFC3339` of a UTC time.
-    fn rfc3339(&self) -> String {
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
-    }
-
-    /// `org.label-schema.build-date`: `Weekday_D_Month_YYYY_H:M:S_UTC`,
-    /// numbers unpadded, as Apptainer's strconv.Itoa pieces.
-    fn build_date(&self) -> String {
-        format!(
-            "{}_{}_{}_{}_{}:{}:{}_UTC",
-            WEEKDAYS[self.weekday as usize],
-            self.day,
-            MONTHS[self.month as usize - 1],
-            self.year,
-            self.hour,
-            self.minute,
-            self.second
-        )
-    }
+/// `org.label-schema.build-date`: `Weekday_D_Month_YYYY_H:M:S_UTC`,
+/// numbers unpadded, as Apptainer's strconv.Itoa pieces.
+fn build_date(t: &Civil) -> String {
+    format!(
+        "{}_{}_{}_{}_{}:{}:{}_UTC",
+        WEEKDAYS[t.weekday as usize],
+        t.day,
+        MONTHS[t.month as usize - 1],
+        t.year,
+        t.hour,
+        t.minute,
+        t.second
+    )
 }
 
 /// The labels Apptainer's build leaves in labels.json: the image's own,
 /// overridden by its build labels (`addBuildLabels`).
 fn build_labels(
     o: &ApptainerOptions,
-    time: &CivilTime,
+    time: &Civil,
     image_labels: Option<&BTreeMap<String, String>>,
 ) -> BTreeMap<String, String> {
     let mut l = image_labels.cloned().unwrap_or_default();
@@ -1117,7 +1058,7 @@ fn build_labels(
     };
     set("org.label-schema.schema-version", "1.0");
     set("org.opencontainers.image.created", &time.rfc3339());
-    set("org.label-schema.build-date", &time.build_date());
+    set("org.label-schema.build-date", &build_date(time));
     set(
         "org.label-schema.usage.apptainer.version",
         &o.apptainer_version,
@@ -1756,21 +1697,16 @@ mod tests {
     }
 
     #[test]
-    fn civil_time_like_go() {
-        let t = CivilTime::from_unix(0).unwrap();
-        assert_eq!(t.rfc3339(), "1970-01-01T00:00:00Z");
-        assert_eq!(t.build_date(), "Thursday_1_January_1970_0:0:0_UTC");
-        let t = CivilTime::from_unix(1_709_210_096).unwrap();
-        assert_eq!(t.rfc3339(), "2024-02-29T12:34:56Z");
-        assert_eq!(t.build_date(), "Thursday_29_February_2024_12:34:56_UTC");
-        let t = CivilTime::from_unix(-1).unwrap();
-        assert_eq!(t.rfc3339(), "1969-12-31T23:59:59Z");
-        assert_eq!(t.build_date(), "Wednesday_31_December_1969_23:59:59_UTC");
-        // Go's zero time, and the last second Go writes with four digits.
-        let t = CivilTime::from_unix(-62_135_596_800).unwrap();
-        assert_eq!(t.build_date(), "Monday_1_January_1_0:0:0_UTC");
-        let t = CivilTime::from_unix(951_782_400).unwrap();
-        assert_eq!(t.build_date(), "Tuesday_29_February_2000_0:0:0_UTC");
-        assert!(CivilTime::from_unix(253_402_300_800).is_err());
+    fn build_dates_like_go() {
+        let date = |t| build_date(&Civil::from_unix(t).unwrap());
+        assert_eq!(date(0), "Thursday_1_January_1970_0:0:0_UTC");
+        assert_eq!(
+            date(1_709_210_096),
+            "Thursday_29_February_2024_12:34:56_UTC"
+        );
+        assert_eq!(date(-1), "Wednesday_31_December_1969_23:59:59_UTC");
+        // Go's zero time.
+        assert_eq!(date(-62_135_596_800), "Monday_1_January_1_0:0:0_UTC");
+        assert_eq!(date(951_782_400), "Tuesday_29_February_2000_0:0:0_UTC");
     }
 }

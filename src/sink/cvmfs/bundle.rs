@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use super::{PublicName, Repo};
 use crate::digest::Digest;
+use crate::fsutil::write_atomic;
 use crate::image::ImageConfig;
-use crate::store::{Layout, write_atomic};
+use crate::store::Layout;
 use crate::{Error, Result};
 
 /// The published image behind `name`: its flat tree (absolute) and config.
@@ -276,6 +277,6 @@ pub fn write(image: &Published, dir: &Path, args: Option<&[String]>) -> Result<P
     let path = dir.join("config.json");
     let mut data = serde_json::to_vec_pretty(&doc).expect("spec serializes");
     data.push(b'\n');
-    write_atomic(&path, &data)?;
+    write_atomic(&path, &data, 0o644)?;
     Ok(path)
 }

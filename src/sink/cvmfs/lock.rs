@@ -11,41 +11,34 @@
 //! Every wait has a deadline and ends in an error that says what it waited
 //! for; nothing has been written by then.
 
-use std::fs::{self, File, TryLockError};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::digest::Digest;
 use crate::error::IoContext;
+use crate::lockfile::LockFile;
+pub use crate::lockfile::Mode;
 use crate::{Error, Result};
-
-/// How a lock is held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Shared,
-    Exclusive,
-}
 
 /// A held lock; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct Held {
-    file: File,
+    file: LockFile,
 }
 
 impl Held {
     /// Turn a shared lock into an exclusive one, waiting up to `timeout`
     /// for the other holders.
-    pub fn make_exclusive(&self, path: &Path, timeout: Duration, what: &str) -> Result<()> {
+    pub fn make_exclusive(&self, timeout: Duration, what: &str) -> Result<()> {
         let started = Instant::now();
         let mut said = false;
         loop {
-            match self.file.try_lock() {
-                Ok(()) => return Ok(()),
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(e)) => return Err(Error::io_path(path, "locking", e)),
+            if self.file.try_lock(Mode::Exclusive)? {
+                return Ok(());
             }
             if started.elapsed() >= timeout {
-                return Err(timed_out(path, timeout, what));
+                return Err(timed_out(self.file.path(), timeout, what));
             }
             if !said {
                 tracing::warn!("{what}: publishers are writing; waiting for them");
@@ -56,25 +49,18 @@ impl Held {
     }
 
     /// Turn an exclusive lock into a shared one (flock converts in place).
-    pub fn share(&self, path: &Path) -> Result<()> {
-        self.file
-            .lock_shared()
-            .map_err(|e| Error::io_path(path, "locking", e))
+    pub fn share(&self) -> Result<()> {
+        self.file.lock(Mode::Shared)
     }
 }
 
 /// Take the lock at `path` without waiting: `None` when someone holds it.
 pub fn try_take(path: &Path, mode: Mode) -> Result<Option<Held>> {
-    let file = open(path)?;
-    let r = match mode {
-        Mode::Shared => file.try_lock_shared(),
-        Mode::Exclusive => file.try_lock(),
-    };
-    match r {
-        Ok(()) => Ok(Some(Held { file })),
-        Err(TryLockError::WouldBlock) => Ok(None),
-        Err(TryLockError::Error(e)) => Err(Error::io_path(path, "locking", e)),
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).at("creating", dir)?;
     }
+    let file = LockFile::open(path)?;
+    Ok(file.try_lock(mode)?.then_some(Held { file }))
 }
 
 /// Take the lock at `path`, waiting up to `timeout` for whoever holds it.
@@ -109,18 +95,6 @@ fn timed_out(path: &Path, timeout: Duration, what: &str) -> Error {
         timeout.as_secs(),
         path.display()
     ))
-}
-
-fn open(path: &Path) -> Result<File> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).at("creating", dir)?;
-    }
-    fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .at("opening the lock file", path)
 }
 
 /// The lock file of one thing (a public name, a tree, the schedule) of the

@@ -30,13 +30,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::IoContext;
+use crate::fsutil::write_atomic;
 use crate::image::{Image, media};
 use crate::index::{Data, FsIndex, Kind, NodeId};
 use crate::reference::RegistryRef;
 use crate::sink::dir::{UnpackOptions, write_tree};
-use crate::store::{Descriptor, write_atomic};
+use crate::store::Descriptor;
 use crate::transform::{RuleReport, Transform};
 use crate::{Error, Result};
+
+// The setting lives with config.yaml's (cvmfs.backend), which reads it.
+pub use crate::config::file::BackendKind;
 
 pub mod bundle;
 pub mod lock;
@@ -44,32 +48,9 @@ pub mod multiarch;
 pub mod podman;
 pub mod retention;
 
-const TMP_MARK: &str = ".gridship-tmp-";
+const TMP_MARK: &str = crate::fsutil::TEMP_PREFIX;
 const CATALOG: &str = ".cvmfscatalog";
 const SCHEDULE: &str = ".metadata/remove-schedule.json";
-
-/// Where and how the repository is written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendKind {
-    /// A plain directory (tests, staging, a publisher's own sync).
-    Dir,
-    /// `cvmfs_server transaction` / write under the mount / `publish`.
-    CvmfsServer,
-    /// `cvmfs_server ingest` of tar streams; no FUSE mount needed to write.
-    Ingest,
-}
-
-impl std::str::FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "dir" => Ok(BackendKind::Dir),
-            "cvmfs-server" => Ok(BackendKind::CvmfsServer),
-            "ingest" => Ok(BackendKind::Ingest),
-            _ => Err("dir, cvmfs-server or ingest".into()),
-        }
-    }
-}
 
 /// A repository to publish into.
 #[derive(Debug, Clone)]
@@ -376,7 +357,7 @@ impl Repo {
                 repo.clean_leftovers()?;
                 if !repo.config.exclusive {
                     // Other publishers may join now; each sweeps what it locks.
-                    repo.lock.share(&repo.config.lock)?;
+                    repo.lock.share()?;
                     repo.exclusive = false;
                 }
             }
@@ -393,8 +374,7 @@ impl Repo {
             return Ok(());
         }
         let what = format!("repository {} (gc)", self.config.name);
-        self.lock
-            .make_exclusive(&self.config.lock, self.config.lock_timeout, &what)?;
+        self.lock.make_exclusive(self.config.lock_timeout, &what)?;
         self.exclusive = true;
         if self.config.backend == BackendKind::Dir {
             self.clean_leftovers()?;
@@ -637,7 +617,7 @@ impl Repo {
                 let dest = self.abs(rel);
                 fs::create_dir_all(dest.parent().expect("parent"))
                     .at("creating", dest.parent().expect("parent"))?;
-                write_atomic(&dest, data)
+                write_atomic(&dest, data, 0o644)
             }
         }
     }

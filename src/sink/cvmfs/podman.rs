@@ -19,7 +19,7 @@
 //! committed is swept (under the store's own lock) by the next run.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -29,6 +29,7 @@ use super::{BackendKind, Repo, relative_target};
 use crate::digest::Digest;
 use crate::error::IoContext;
 use crate::image::Image;
+use crate::lockfile::{self, LockFile};
 use crate::{Error, Result};
 
 pub const STORE: &str = "podmanStore";
@@ -72,16 +73,11 @@ fn big_data_name(key: &str) -> String {
 
 /// Writers of the store exclude each other with a lock of its own, so the
 /// read-modify-write of its indexes is safe whatever locks the repository.
-fn lock(repo: &Repo) -> Result<File> {
-    let path = repo.config.lock.with_extension("podman.lock");
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .at("opening the lock file", &path)?;
-    f.lock().at("locking", &path)?;
-    Ok(f)
+fn lock(repo: &Repo) -> Result<LockFile> {
+    LockFile::take(
+        &repo.config.lock.with_extension("podman.lock"),
+        lockfile::Mode::Exclusive,
+    )
 }
 
 fn read_records(repo: &Repo, rel: &str) -> Result<Records> {
