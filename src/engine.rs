@@ -1,9 +1,9 @@
 //! The Docker Engine, through bollard: `docker-daemon:` images are read
 //! into the store reusing the layers it has (by diff ID), from the engine's
-//! own layer store when it is local (see [`storage`]) or else with the save
-//! endpoint (a docker-archive stream), and written with load.
+//! own layer store when it is local (see crate::layer_store) or else with
+//! the save endpoint (a docker-archive stream), and written with load.
 
-pub mod storage;
+use crate::layer_store as storage;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -60,7 +60,7 @@ impl Read for ChannelReader {
                 Ok(chunk) => {
                     self.current = chunk?;
                     self.received += self.current.len() as u64;
-                    crate::progress::advance(self.current.len() as u64);
+                    crate::event::advance(self.current.len() as u64);
                 }
                 Err(_) => return Ok(0),
             }
@@ -142,7 +142,7 @@ pub fn read_into_store(
 ) -> Result<(Descriptor, EngineRead)> {
     let image = inspect_image(name)?;
     if let Some(size) = image.size {
-        crate::progress::set_total(size);
+        crate::event::set_total(size);
     }
     let mut read = EngineRead {
         image_id: image.id.clone(),

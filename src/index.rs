@@ -199,15 +199,15 @@ impl FsIndex {
     /// Read and merge every layer of `image`, verifying each blob.
     pub fn from_image(image: &Image) -> Result<FsIndex> {
         let mut idx = FsIndex::new();
-        let bar = crate::progress::bytes(
-            image.layers().iter().map(|l| l.size).sum(),
+        let bar = crate::event::item(
             format!("merge {} layers", image.layers().len()),
+            image.layers().iter().map(|l| l.size).sum(),
         );
         for i in 0..image.layers().len() {
             idx.merge_layer(image, i)?;
             bar.inc(image.layers()[i].size);
         }
-        bar.finish_and_clear();
+        bar.finish();
         Ok(idx)
     }
 
@@ -753,7 +753,7 @@ impl FsIndex {
         read_every_layer: bool,
         mut f: impl FnMut(NodeId, &mut dyn Read) -> Result<()>,
     ) -> Result<()> {
-        let bar = crate::progress::bytes(self.content_bytes(), "write content");
+        let bar = crate::event::item("write content", self.content_bytes());
         let mut seen = HashSet::new();
         for &id in self.entries.values() {
             if let Kind::File {
@@ -790,7 +790,7 @@ impl FsIndex {
             stream().map_err(|e| diagnose(image, i, e))?;
             layer.finish().map_err(|e| diagnose(image, i, e))?;
         }
-        bar.finish_and_clear();
+        bar.finish();
         Ok(())
     }
 
@@ -798,7 +798,7 @@ impl FsIndex {
     /// or differs (with its parent directories, as they are here), and a
     /// whiteout for each path `lower` has and this tree lacks (the topmost
     /// one only). Content still refers to this index's layers, so
-    /// [`crate::sink::tar::write_tar`] with the same image writes the layer.
+    /// [`crate::encode::tar::write_tar`] with the same image writes the layer.
     pub fn diff_from(&self, lower: &FsIndex) -> FsIndex {
         let mut out = FsIndex::new();
         out.layers = self.layers.clone();
@@ -1091,9 +1091,9 @@ pub mod cache {
 
     use super::*;
 
-    /// Bumped whenever the merge could give another result for the same
-    /// layers, so states from older builds are never used.
-    const FORMAT: u32 = 1;
+    /// The state format (part of each state's name: see
+    /// crate::store::merge_state_path).
+    const FORMAT: u32 = crate::store::MERGE_STATE_FORMAT;
 
     #[derive(Serialize, Deserialize)]
     struct State {
@@ -1143,14 +1143,8 @@ pub mod cache {
         base64::engine::general_purpose::STANDARD.decode(s).ok()
     }
 
-    /// The file holding the state after `diff_ids` (all layers up to one).
-    pub fn state_path(dir: &Path, diff_ids: &[Digest]) -> PathBuf {
-        let mut key = format!("gridship merge state {FORMAT}\n");
-        for d in diff_ids {
-            key.push_str(&d.to_string());
-            key.push('\n');
-        }
-        dir.join(format!("{}.json", Digest::of_bytes(key.as_bytes()).hex()))
+    fn state_path(dir: &Path, diff_ids: &[Digest]) -> PathBuf {
+        crate::store::merge_state_path(dir, diff_ids)
     }
 
     fn save(idx: &FsIndex, dir: &Path, diff_ids: &[Digest]) -> Result<()> {

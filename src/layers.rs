@@ -49,7 +49,7 @@ impl<R: Read> Read for DiffIdReader<R> {
 /// A layer blob as the decoders read it, counted for the progress of the
 /// stage that reads it.
 type BlobReader =
-    BufReader<crate::progress::Counted<VerifyingReader<BufReader<crate::store::BlobFile>>>>;
+    BufReader<crate::event::Counted<VerifyingReader<BufReader<crate::store::BlobFile>>>>;
 
 /// The decompressor over a blob, kept concrete so the blob reader can be
 /// taken back at the end and read to its verified EOF.
@@ -98,7 +98,7 @@ impl LayerStream {
         let desc = &image.manifest.layers[index];
         let diff_id = image.config.rootfs.diff_ids[index].clone();
         let blob = image.layout.open_blob(&desc.digest, Some(desc.size))?;
-        let mut buf: BlobReader = BufReader::with_capacity(1 << 20, crate::progress::Counted(blob));
+        let mut buf: BlobReader = BufReader::with_capacity(1 << 20, crate::event::Counted(blob));
         let head = buf
             .fill_buf()
             .map_err(|e| unwrap_io(e, || format!("reading layer {}", desc.digest)))?;

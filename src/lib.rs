@@ -6,16 +6,20 @@
 //! in-memory [`index::FsIndex`] that every sink reads from.
 
 pub mod archive;
+pub mod ce;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod digest;
+pub mod encode;
 pub mod engine;
 pub mod error;
+pub mod event;
 pub mod fsutil;
 pub mod image;
 pub mod index;
 pub mod jobdesc;
+pub mod layer_store;
 pub mod layers;
 pub mod lockfile;
 pub mod oci;

@@ -3,6 +3,7 @@ use clap::Parser;
 fn main() {
     let cli = gridship::cli::Cli::parse();
     gridship::cli::init_logging(&cli.global);
+    let events = cli.global.events;
     if let Err(err) = gridship::cli::run(cli) {
         // A closed pipe (`gridship inspect ... | head`) is not a failure.
         if err.chain().any(|c| {
@@ -11,7 +12,12 @@ fn main() {
         }) {
             std::process::exit(0);
         }
-        eprintln!("error: {err:#}");
+        if events {
+            // stderr carries JSON lines only.
+            gridship::event::log(&format!("ERROR {err:#}"));
+        } else {
+            eprintln!("error: {err:#}");
+        }
         std::process::exit(gridship::error::exit_code_for(&err));
     }
 }

@@ -165,7 +165,7 @@ impl Session {
             .await
             .map_err(|e| self.map_err(e, &format!("blob {}", desc.digest)))?;
         let mut writer = layout.blob_writer()?;
-        let bar = crate::progress::bytes(desc.size, format!("pull {}", desc.digest.short()));
+        let bar = crate::event::item(format!("pull {}", desc.digest.short()), desc.size);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 // oci-client reports a digest mismatch at the end of the stream.
@@ -184,7 +184,7 @@ impl Session {
                 .map_err(|e| Error::io(format!("storing {what}"), e))?;
             bar.inc(chunk.len() as u64);
         }
-        bar.finish_and_clear();
+        bar.finish();
         writer.finish(Some((&desc.digest, desc.size)), &what)?;
         Ok(())
     }
@@ -203,11 +203,11 @@ impl Session {
         let mut check = layout.open_blob(&desc.digest, Some(desc.size))?;
         std::io::copy(&mut check, &mut std::io::sink())
             .map_err(|e| crate::digest::unwrap_io(e, || format!("reading blob {digest}")))?;
-        let bar = crate::progress::bytes(desc.size, format!("push {}", desc.digest.short()));
+        let bar = crate::event::item(format!("push {}", desc.digest.short()), desc.size);
         retrying(|| async {
             // Each try sends the whole blob again, from a fresh reader.
             let file = tokio::fs::File::open(&path).await?;
-            bar.set_position(0);
+            bar.restart();
             let counted = bar.clone();
             let stream = file_chunks(file).map(move |c| {
                 if let Ok(b) = &c {
@@ -221,7 +221,7 @@ impl Session {
         })
         .await
         .map_err(|e| self.map_err(e, &format!("upload of blob {digest}")))?;
-        bar.finish_and_clear();
+        bar.finish();
         Ok(true)
     }
 }

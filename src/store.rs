@@ -61,7 +61,7 @@ pub struct EngineLink {
 /// engine's layer store.
 pub enum BlobFile {
     File(File),
-    Engine(Box<crate::engine::storage::LayerTar>),
+    Engine(Box<crate::layer_store::LayerTar>),
 }
 
 impl Read for BlobFile {
@@ -82,7 +82,28 @@ pub struct Layout {
     track_use: bool,
 }
 
+/// Bumped whenever the merge (crate::index::cache) could give another
+/// result for the same layers, so states from older builds are never used.
+pub const MERGE_STATE_FORMAT: u32 = 1;
+
+/// The merge state after `diff_ids` (all layers up to one) in `dir`: the
+/// store names them, so gc keeps the states its images need.
+pub fn merge_state_path(dir: &Path, diff_ids: &[Digest]) -> PathBuf {
+    let mut key = format!("gridship merge state {MERGE_STATE_FORMAT}\n");
+    for d in diff_ids {
+        key.push_str(&d.to_string());
+        key.push('\n');
+    }
+    dir.join(format!("{}.json", Digest::of_bytes(key.as_bytes()).hex()))
+}
+
 impl Layout {
+    /// Where merge states of this store's images are kept: beside the
+    /// blobs they describe.
+    pub fn merge_cache_dir(&self) -> PathBuf {
+        self.root().join("gridship-cache").join("merge")
+    }
+
     /// Open an existing layout; it must have an `oci-layout` file.
     pub fn open(root: impl Into<PathBuf>) -> Result<Layout> {
         let root = root.into();
@@ -184,11 +205,36 @@ impl Layout {
     /// The engine layer the store holds `digest` as, when the engine still
     /// has it.
     pub fn engine_link(&self, digest: &Digest) -> Option<EngineLink> {
-        let raw = fs::read(self.link_path(digest)).ok()?;
-        let link: EngineLink = serde_json::from_slice(&raw).ok()?;
-        crate::engine::storage::LayerStore::at_root(&link.engine_root)
-            .has_layer(&link.chain_id)
-            .then_some(link)
+        self.read_engine_link(digest).ok()
+    }
+
+    /// The link of layer `digest`, whose layer the engine still has; the
+    /// error says which of the two is missing.
+    fn read_engine_link(&self, digest: &Digest) -> Result<EngineLink> {
+        let missing = |detail: String| Error::NotFound {
+            what: format!("blob {digest}"),
+            detail,
+        };
+        let path = self.link_path(digest);
+        let raw = match fs::read(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(missing(format!("missing from {}", self.root.display())));
+            }
+            Err(e) => return Err(Error::io_path(&path, "reading", e)),
+        };
+        let link: EngineLink = serde_json::from_slice(&raw)
+            .map_err(|e| Error::Other(format!("{}: not an engine link: {e}", path.display())))?;
+        let engine = crate::layer_store::LayerStore::at_root(&link.engine_root);
+        if !engine.has_layer(&link.chain_id) {
+            return Err(missing(format!(
+                "the store holds it as layer {} of the engine image {}, which the engine at {} no longer has (take the snapshot again)",
+                link.chain_id,
+                link.image,
+                link.engine_root.display()
+            )));
+        }
+        Ok(link)
     }
 
     /// Hold layer `diff_id` as a link into the engine's layer store.
@@ -275,30 +321,9 @@ impl Layout {
 
     /// A blob the store holds as an engine layer, opened.
     fn open_engine_link(&self, digest: &Digest) -> Result<(BlobFile, u64)> {
-        let missing = |detail: String| Error::NotFound {
-            what: format!("blob {digest}"),
-            detail,
-        };
-        let path = self.link_path(digest);
-        let raw = match fs::read(&path) {
-            Ok(raw) => raw,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(missing(format!("missing from {}", self.root.display())));
-            }
-            Err(e) => return Err(Error::io_path(&path, "reading", e)),
-        };
-        let link: EngineLink = serde_json::from_slice(&raw)
-            .map_err(|e| Error::Other(format!("{}: not an engine link: {e}", path.display())))?;
-        let engine = crate::engine::storage::LayerStore::at_root(&link.engine_root);
-        if !engine.has_layer(&link.chain_id) {
-            return Err(missing(format!(
-                "the store holds it as layer {} of the engine image {}, which the engine at {} no longer has (take the snapshot again)",
-                link.chain_id,
-                link.image,
-                link.engine_root.display()
-            )));
-        }
-        let tar = engine.open_layer(&link.chain_id)?;
+        let link = self.read_engine_link(digest)?;
+        let tar = crate::layer_store::LayerStore::at_root(&link.engine_root)
+            .open_layer(&link.chain_id)?;
         Ok((BlobFile::Engine(Box::new(tar)), link.size))
     }
 
@@ -787,10 +812,8 @@ impl StoreScan {
                 *refs.entry(d).or_insert(0) += 1;
             }
             for ids in &reach.diff_ids {
-                needed.extend(
-                    (1..=ids.len())
-                        .map(|n| crate::index::cache::state_path(&self.merge_dir, &ids[..n])),
-                );
+                needed
+                    .extend((1..=ids.len()).map(|n| merge_state_path(&self.merge_dir, &ids[..n])));
             }
         }
         let blobs = self
@@ -965,7 +988,7 @@ impl Layout {
                 temp.push(file);
             }
         }
-        let merge_dir = crate::sink::cvmfs::merge_cache_dir(self);
+        let merge_dir = self.merge_cache_dir();
         let merge_rel = merge_dir
             .strip_prefix(&self.root)
             .unwrap_or(&merge_dir)

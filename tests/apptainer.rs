@@ -14,9 +14,9 @@ use std::process::Command;
 use common::layers::{self, Comp};
 use common::*;
 use gridship::Error;
+use gridship::encode::squashfs::{Compression, SquashfsOptions, write_squashfs};
 use gridship::image::{ContainerConfig, Image, ImageConfig, PlatformWanted};
 use gridship::index::{Data, FsIndex, Kind, Meta, Node};
-use gridship::sink::squashfs::{Compression, SquashfsOptions, write_squashfs};
 use gridship::store::Layout;
 use gridship::transform::apptainer::{
     self, ApptainerMetadata, ApptainerOptions, BaseImage, InspectMetadata, LAYOUT, LayoutKind,
@@ -82,7 +82,11 @@ fn transform(index: &mut FsIndex, config: ContainerConfig) -> gridship::Result<R
     };
     let t = ApptainerMetadata::new(options());
     let mut report = RuleReport::new(t.name(), t.description());
-    t.apply(index, &mut image_config, &mut report)?;
+    t.apply(gridship::transform::Edit(
+        index,
+        &mut image_config,
+        &mut report,
+    ))?;
     Ok(report)
 }
 
@@ -115,13 +119,15 @@ fn written(index: &FsIndex, image: &Image) -> (tempfile::TempDir, PathBuf) {
     (tmp, root)
 }
 
+/// A script as gridship ships it: its source, or (the run and test
+/// actions, made from one template) the expected bytes kept in tests/data.
 fn script(name: &str) -> Vec<u8> {
-    std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/transform/apptainer")
-            .join(name),
-    )
-    .unwrap()
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = match name {
+        "run.sh" | "test.sh" => root.join("tests/data/apptainer-actions").join(name),
+        _ => root.join("src/transform/apptainer").join(name),
+    };
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn split_nul(out: &[u8]) -> Vec<String> {

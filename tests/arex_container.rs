@@ -228,12 +228,12 @@ fn container_jobs_run_in_the_image_as_the_pool_account() {
     args.extend(auth(&a, &jobs));
     let st = g.run(&args).ok().json();
 
-    let client = gridship::jobdesc::submit::ArcRest::connect(
+    let client = gridship::ce::arc::ArcRest::connect(
         &a.url,
-        &gridship::jobdesc::submit::AuthConfig {
+        &gridship::ce::AuthConfig {
             ca_dir: Some(a.ca_dir.clone().into()),
             proxy: Some(a.proxy.clone().into()),
-            mode: gridship::jobdesc::submit::AuthMode::X509,
+            mode: gridship::ce::AuthMode::X509,
             ..Default::default()
         },
     )

@@ -335,9 +335,7 @@ fn snapshot_of_a_running_session_keeps_it_running() {
     struct Remove(String);
     impl Drop for Remove {
         fn drop(&mut self) {
-            let _ = Command::new(env("GRIDSHIP_DOCKER"))
-                .args(["rm", "-f", &self.0])
-                .output();
+            common::remove_container(&self.0);
         }
     }
     let _cleanup = Remove(name.clone());

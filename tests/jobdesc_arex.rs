@@ -58,12 +58,12 @@ fn submit_upload_status_fetch_clean() {
     );
 
     // The uploaded file reached the job, which ran as the mapped account.
-    let client = gridship::jobdesc::submit::ArcRest::connect(
+    let client = gridship::ce::arc::ArcRest::connect(
         &a.url,
-        &gridship::jobdesc::submit::AuthConfig {
+        &gridship::ce::AuthConfig {
             ca_dir: Some(a.ca_dir.clone().into()),
             proxy: Some(a.proxy.clone().into()),
-            mode: gridship::jobdesc::submit::AuthMode::X509,
+            mode: gridship::ce::AuthMode::X509,
             ..Default::default()
         },
     )
@@ -347,12 +347,12 @@ fn arcsub_and_gridship_run_the_same_description_alike() {
     let st = json(&r.stdout);
     assert_eq!(st["jobs"][0]["state"], "FINISHED");
     assert_eq!(st["jobs"][1]["state"], "FINISHED");
-    let client = gridship::jobdesc::submit::ArcRest::connect(
+    let client = gridship::ce::arc::ArcRest::connect(
         &a.url,
-        &gridship::jobdesc::submit::AuthConfig {
+        &gridship::ce::AuthConfig {
             ca_dir: Some(a.ca_dir.clone().into()),
             proxy: Some(a.proxy.clone().into()),
-            mode: gridship::jobdesc::submit::AuthMode::X509,
+            mode: gridship::ce::AuthMode::X509,
             ..Default::default()
         },
     )

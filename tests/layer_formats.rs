@@ -19,9 +19,9 @@ use std::process::Command;
 
 use common::layers::{self, Case};
 use common::*;
+use gridship::encode::squashfs::{Compression, SquashfsOptions, write_squashfs};
 use gridship::image::{Image, PlatformWanted};
 use gridship::index::FsIndex;
-use gridship::sink::squashfs::{Compression, SquashfsOptions, write_squashfs};
 use gridship::store::Layout;
 
 fn open_image(layout: &Path) -> Image {

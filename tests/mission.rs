@@ -70,7 +70,7 @@ struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let _ = docker().args(["rm", "-f", &self.name]).output();
+        common::remove_container(&self.name);
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::arc::{Arex, arex, rest};
 use common::unique;
+use gridship::ce::ComputeElement;
 use serde_json::Value;
 
 const FINAL: &[&str] = &["FINISHED", "FAILED", "KILLED", "WIPED"];
@@ -436,7 +437,9 @@ fn sigkill_and_restart_adopt_without_duplicates() {
     .unwrap();
     let (c, rt) = rest(&a);
     let specs = gridship::jobdesc::load(&x).unwrap();
-    let made_id = rt.block_on(c.submit(&specs, s.dir.path())).unwrap()[0]
+    let made_id = rt
+        .block_on(gridship::ce::submit_all(&c, &specs, s.dir.path()))
+        .unwrap()[0]
         .id
         .clone();
     for name in [&made, &lost] {

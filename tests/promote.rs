@@ -249,7 +249,7 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
             "--site",
             "glasgow",
             "--to",
-            "sif,cvmfs,oci",
+            "sif,cvmfs,oci,dir,tar",
             "--out",
             out.path().to_str().unwrap(),
             // strip-sshd leaves only a shell: the job runs the project.
@@ -277,13 +277,35 @@ fn session_promoted_without_sshd_or_secrets_runs_the_project() {
         .iter()
         .map(|s| (s[0].as_str().unwrap().to_string(), s[1].as_u64().unwrap()))
         .collect();
-    for stage in ["sif", "oci image", "cvmfs"] {
+    for stage in ["sif", "oci image", "cvmfs", "dir", "tar"] {
         assert_eq!(
             merged.get(stage),
             Some(&0),
             "{stage} merged layers: {merged:?}"
         );
     }
+
+    // The directory and the tar are the promoted tree as the OCI image
+    // holds it: the tar byte for byte its one layer, the directory that
+    // layer unpacked.
+    let promoted = format!("store:promoted/{}", report["name"].as_str().unwrap());
+    let oci = g.run(&["--json", "inspect", &promoted]).ok().json();
+    let layers = oci["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "{oci:#}");
+    let tar = artifact(&report, "tar");
+    assert_eq!(
+        layers[0]["digest"],
+        format!("sha256:{}", common::sha256_file(Path::new(&tar))),
+        "{oci:#}"
+    );
+    let unpacked = out.path().join("oci-unpacked");
+    g.run(&["unpack", &promoted, unpacked.to_str().unwrap()])
+        .ok();
+    common::assert_same_tree(
+        Path::new(&artifact(&report, "dir")),
+        &unpacked,
+        "promote --to dir",
+    );
     assert_eq!(
         merged.values().sum::<u64>(),
         merged["merge"] + merged["site overlay"],

@@ -9,10 +9,10 @@ use std::path::Path;
 
 use common::layers;
 use common::*;
+use gridship::encode::squashfs::{Compression, SquashfsOptions, write_squashfs};
 use gridship::image::PlatformWanted;
 use gridship::index::FsIndex;
 use gridship::reference::ImageRef;
-use gridship::sink::squashfs::{Compression, SquashfsOptions, write_squashfs};
 use gridship::transport::{self, Context};
 
 fn context(store: &Path) -> Context {
@@ -29,7 +29,7 @@ fn squash(
     out: &Path,
     opts: &SquashfsOptions,
     store: &Path,
-) -> gridship::sink::squashfs::SquashfsReport {
+) -> gridship::encode::squashfs::SquashfsReport {
     let r: ImageRef = format!("oci:{}:1", layout.display()).parse().unwrap();
     let image = transport::open(&r, &context(store)).unwrap();
     let index = FsIndex::from_image(&image).unwrap();

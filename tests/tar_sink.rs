@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use common::layers::{self, Case};
 use common::*;
+use gridship::encode::tar::{TarOptions, TarReport, mksquashfs_root_args, write_tar};
 use gridship::image::{Image, PlatformWanted};
 use gridship::index::{Data, FsIndex, Kind, Meta, Node};
-use gridship::sink::tar::{TarOptions, TarReport, mksquashfs_root_args, write_tar};
 use gridship::store::Layout;
 
 fn open_image(layout: &Path, tag: &str) -> Image {
@@ -535,7 +535,10 @@ fn debian_fixture_through_gnu_tar_and_mksquashfs_matches_umoci() {
     let t = std::time::Instant::now();
     let report = write(&index, &image, &opts, &tar);
     eprintln!("debian: {report:?} in {:.1}s", t.elapsed().as_secs_f64());
-    assert!(report.files > 5000 && report.hardlinks > 0, "{report:?}");
+    assert!(
+        report.kinds.files > 5000 && report.kinds.hardlinks > 0,
+        "{report:?}"
+    );
     let again = tmp.path().join("again.tar");
     write(&index, &image, &opts, &again);
     assert_eq!(

@@ -9,9 +9,9 @@ use anyhow::Context;
 use clap::Args;
 
 use super::GlobalOpts;
+use crate::ce::{self, AuthConfig, AuthMode, JobList, JobRecord, JobReply, Phase, retrieve};
 use crate::error::Error;
-use crate::jobdesc::submit::{self, ArcRest, AuthConfig, AuthMode, JobList, JobRecord, JobReply};
-use crate::jobdesc::{self, Format, Request, Template, retrieve};
+use crate::jobdesc::{self, Format, Request, Template};
 use crate::site::SiteProfile;
 
 #[derive(Debug, Args)]
@@ -157,7 +157,7 @@ impl CeAuthArgs {
     fn jobs_file(&self) -> PathBuf {
         self.jobs_file
             .clone()
-            .unwrap_or_else(submit::default_jobs_file)
+            .unwrap_or_else(ce::joblist::default_jobs_file)
     }
 }
 
@@ -364,7 +364,7 @@ pub fn submit(g: &GlobalOpts, a: SubmitArgs) -> anyhow::Result<()> {
             .into());
         }
     };
-    let client = ArcRest::connect(&ce, &a.auth.config()?)?;
+    let client = ce::connect(&ce, &a.auth.config()?)?;
     let base_dir = a
         .file
         .parent()
@@ -372,15 +372,15 @@ pub fn submit(g: &GlobalOpts, a: SubmitArgs) -> anyhow::Result<()> {
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let rt = runtime()?;
-    let done = rt.block_on(client.submit(&jobs, &base_dir))?;
+    let done = rt.block_on(ce::submit_all(client.as_ref(), &jobs, &base_dir))?;
     let mut list = JobList::load(&a.auth.jobs_file())?;
     for s in &done {
         list.jobs.push(JobRecord {
             id: s.id.clone(),
-            ce: client.base.clone(),
+            ce: client.endpoint().to_string(),
             name: s.name.clone(),
             state: s.state.clone(),
-            submitted: submit::now_unix(),
+            submitted: ce::joblist::now_unix(),
             description: Some(a.file.display().to_string()),
             outputs: s.outputs.clone(),
         });
@@ -390,7 +390,7 @@ pub fn submit(g: &GlobalOpts, a: SubmitArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"ce": client.base, "auth": client.auth_desc, "jobs": done})
+                &serde_json::json!({"ce": client.endpoint(), "auth": client.credential(), "jobs": done})
             )?
         );
     } else {
@@ -422,18 +422,12 @@ fn resolve(
         return Ok(by_ce);
     }
     for j in &a.jobs {
-        if let Some((base, id)) = j.split_once("/rest/1.0/jobs/") {
-            by_ce
-                .entry(submit::ce_base(base)?)
-                .or_default()
-                .push(id.trim_end_matches('/').to_string());
+        if let Some((ce, id)) = ce::split_job_url(j)? {
+            by_ce.entry(ce).or_default().push(id);
         } else if let Some(r) = list.find(j) {
             by_ce.entry(r.ce.clone()).or_default().push(j.clone());
         } else if let Some(ce) = super::or_config(a.ce.as_deref(), &super::defaults()?.ce) {
-            by_ce
-                .entry(submit::ce_base(&ce)?)
-                .or_default()
-                .push(j.clone());
+            by_ce.entry(ce::endpoint(&ce)?).or_default().push(j.clone());
         } else {
             return Err(Error::BadInput {
                 input: j.clone(),
@@ -449,11 +443,27 @@ fn resolve(
     Ok(by_ce)
 }
 
-const FINAL: &[&str] = &["FINISHED", "FAILED", "KILLED", "WIPED"];
+/// The bulk requests of `status`, `kill` and `clean`.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Status,
+    Kill,
+    Clean,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Status => "status",
+            Action::Kill => "kill",
+            Action::Clean => "clean",
+        }
+    }
+}
 
 fn run_action(
     a: &JobsArgs,
-    action: &str,
+    action: Action,
     all_if_empty: bool,
 ) -> anyhow::Result<(Vec<(String, JobReply)>, JobList)> {
     let list = JobList::load(&a.auth.jobs_file())?;
@@ -461,15 +471,21 @@ fn run_action(
     let rt = runtime()?;
     let mut out = Vec::new();
     for (ce, ids) in by_ce {
-        let client = ArcRest::connect(&ce, &a.auth.config()?)?;
-        for r in rt.block_on(client.action(action, &ids))? {
+        let client = ce::connect(&ce, &a.auth.config()?)?;
+        let replies = match action {
+            Action::Status => client.status(&ids),
+            Action::Kill => client.kill(&ids),
+            Action::Clean => client.clean(&ids),
+        };
+        for r in rt.block_on(replies)? {
             out.push((ce.clone(), r));
         }
     }
     Ok((out, list))
 }
 
-fn report(g: &GlobalOpts, action: &str, replies: &[(String, JobReply)]) -> anyhow::Result<()> {
+fn report(g: &GlobalOpts, action: Action, replies: &[(String, JobReply)]) -> anyhow::Result<()> {
+    let action = action.name();
     if g.json {
         let v: Vec<serde_json::Value> = replies
             .iter()
@@ -511,8 +527,8 @@ fn report(g: &GlobalOpts, action: &str, replies: &[(String, JobReply)]) -> anyho
 pub fn status(g: &GlobalOpts, a: StatusArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
-        let (replies, mut list) = run_action(&a.jobs, "status", true)?;
-        let is_final = |r: &JobReply| r.state.as_deref().is_some_and(|s| FINAL.contains(&s));
+        let (replies, mut list) = run_action(&a.jobs, Action::Status, true)?;
+        let is_final = |r: &JobReply| r.phase.is_final();
         let all_final = replies.iter().all(|(_, r)| !r.ok() || is_final(r));
         let timed_out = a.wait && !all_final && start.elapsed() >= Duration::from_secs(a.timeout);
         if !a.wait || all_final || timed_out {
@@ -526,7 +542,7 @@ pub fn status(g: &GlobalOpts, a: StatusArgs) -> anyhow::Result<()> {
             if list.path.exists() || !list.jobs.is_empty() {
                 list.save()?;
             }
-            report(g, "status", &replies)?;
+            report(g, Action::Status, &replies)?;
             if !a.wait {
                 return Ok(());
             }
@@ -546,7 +562,7 @@ pub fn status(g: &GlobalOpts, a: StatusArgs) -> anyhow::Result<()> {
                 ))
                 .into());
             }
-            let unsuccessful = describe(&|r| r.state.as_deref() != Some("FINISHED"));
+            let unsuccessful = describe(&|r| r.phase != Phase::Finished);
             if !unsuccessful.is_empty() {
                 return Err(Error::Other(format!(
                     "not every job finished successfully: {unsuccessful}; `gridship get JOB` fetches their stdout and stderr"
@@ -563,66 +579,24 @@ pub fn get(g: &GlobalOpts, a: GetArgs) -> anyhow::Result<()> {
     let mut list = JobList::load(&a.jobs.auth.jobs_file())?;
     let by_ce = resolve(&a.jobs, &list, false)?;
     let rt = runtime()?;
-    let mut fetched = Vec::new();
-    let mut problems = Vec::new();
-    let mut cleaned = Vec::new();
+    let mut got = retrieve::GetReport::default();
     for (ce, ids) in by_ce {
-        let client = ArcRest::connect(&ce, &a.jobs.auth.config()?)?;
-        for r in rt.block_on(client.action("status", &ids))? {
-            if !r.ok() {
-                problems.push(format!("{}: {} {}", r.id, r.status_code, r.reason));
-                continue;
-            }
-            let state = r.state.clone().unwrap_or_default();
-            if !retrieve::FINAL_STATES.contains(&state.as_str()) {
-                problems.push(format!(
-                    "{}: still {state}; wait for it with `gridship status --wait {}`",
-                    r.id, r.id
-                ));
-                continue;
-            }
-            let outputs = list
-                .find(&r.id)
-                .map(|j| j.outputs.clone())
-                .unwrap_or_default();
-            let f = match rt.block_on(retrieve::get_job(
-                &client, &r.id, &state, &outputs, &a.dir, a.gmlog,
-            )) {
-                Ok(f) => f,
-                Err(e) => {
-                    problems.push(format!("{}: {e}", r.id));
-                    continue;
-                }
-            };
-            if state != "FINISHED" {
-                problems.push(format!(
-                    "{}: the job ended {state}; what it left is in {}",
-                    r.id,
-                    f.dir.display()
-                ));
-            }
-            if !f.missing.is_empty() {
-                problems.push(format!("{}: the CE has no {}", r.id, f.missing.join(", ")));
-            }
-            for c in &f.conflicts {
-                problems.push(format!(
-                    "{}: {} differs from the CE's copy and was kept; move it away and run get again",
-                    r.id,
-                    f.dir.join(c).display()
-                ));
-            }
-            if a.clean && f.conflicts.is_empty() && f.missing.is_empty() {
-                for c in rt.block_on(client.action("clean", std::slice::from_ref(&r.id)))? {
-                    if c.ok() {
-                        cleaned.push(c.id);
-                    } else {
-                        problems.push(format!("{}: clean: {} {}", c.id, c.status_code, c.reason));
-                    }
-                }
-            }
-            fetched.push(f);
-        }
+        let client = ce::connect(&ce, &a.jobs.auth.config()?)?;
+        rt.block_on(retrieve::get_jobs(
+            client.as_ref(),
+            &ids,
+            &list,
+            &a.dir,
+            a.gmlog,
+            a.clean,
+            &mut got,
+        ))?;
     }
+    let retrieve::GetReport {
+        fetched,
+        cleaned,
+        problems,
+    } = got;
     if !cleaned.is_empty() {
         list.jobs.retain(|j| !cleaned.contains(&j.id));
         list.save()?;
@@ -650,12 +624,12 @@ pub fn get(g: &GlobalOpts, a: GetArgs) -> anyhow::Result<()> {
 }
 
 pub fn kill(g: &GlobalOpts, a: JobsArgs) -> anyhow::Result<()> {
-    let (replies, _) = run_action(&a, "kill", false)?;
-    report(g, "kill", &replies)
+    let (replies, _) = run_action(&a, Action::Kill, false)?;
+    report(g, Action::Kill, &replies)
 }
 
 pub fn clean(g: &GlobalOpts, a: JobsArgs) -> anyhow::Result<()> {
-    let (replies, mut list) = run_action(&a, "clean", false)?;
+    let (replies, mut list) = run_action(&a, Action::Clean, false)?;
     // Cleaned jobs are gone on the CE; forget them here too.
     let cleaned: Vec<&str> = replies
         .iter()
@@ -667,5 +641,5 @@ pub fn clean(g: &GlobalOpts, a: JobsArgs) -> anyhow::Result<()> {
     if list.jobs.len() != before {
         list.save()?;
     }
-    report(g, "clean", &replies)
+    report(g, Action::Clean, &replies)
 }

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::image::{AccessOpts, human_bytes};
 use super::{GlobalOpts, print_json};
+use crate::pipeline::publish::PublishPlan;
 use crate::reference::{ImageRef, RegistryRef};
-use crate::sink::cvmfs::{self, BackendKind, PublicName, PublishOptions, Repo, RepoConfig};
-use crate::transport;
+use crate::sink::cvmfs::{self, BackendKind, PublicName, Repo, RepoConfig};
 use crate::{Error, Result};
 
 #[derive(Debug, Subcommand)]
@@ -397,8 +397,15 @@ pub fn publish(global: &GlobalOpts, args: &PublishArgs) -> anyhow::Result<()> {
         .map(|p| crate::image::PlatformWanted::parse(p))
         .collect::<Result<Vec<_>>>()?;
     let mut repo = args.repo.open(wish_repo.as_deref())?;
-    let epoch = super::sif::source_date_epoch()?;
-    let store = ctx.store().ok();
+    let plan = PublishPlan {
+        layers: args.layers,
+        reuse: !args.no_reuse,
+        podman,
+        world_readable: args.readable.world_readable,
+        epoch: super::sif::source_date_epoch()?,
+        platforms,
+        store: ctx.store().ok(),
+    };
     let mut view = PublishView {
         repo: repo.config.name.clone(),
         root: repo.root().to_path_buf(),
@@ -409,63 +416,8 @@ pub fn publish(global: &GlobalOpts, args: &PublishArgs) -> anyhow::Result<()> {
     let verify = ctx.registry.tls_verify;
     for (r, name, plain) in &work {
         ctx.registry.tls_verify = verify && !plain;
-        let open = |ctx: &transport::Context| {
-            transport::open(r, ctx).and_then(|image| {
-                // Keep the image's blobs in the store, so a later publish can
-                // find this tree's layers and reuse its unchanged files.
-                if let Some(store) = &store
-                    && image.layout.root() != store.root()
-                {
-                    transport::copy_blobs(&image, store)?;
-                }
-                let created = epoch
-                    .or_else(|| {
-                        image
-                            .config
-                            .created
-                            .as_deref()
-                            .and_then(crate::clock::parse_rfc3339)
-                    })
-                    .unwrap_or(0);
-                let opts = PublishOptions {
-                    layers: args.layers,
-                    created,
-                    reuse: !args.no_reuse,
-                    store: store.clone(),
-                    world_readable: args.readable.world_readable,
-                    podman,
-                };
-                Ok((image, opts))
-            })
-        };
-        let result = cvmfs::multiarch::index_of(r, &ctx).and_then(|index| match index {
-            None => {
-                let (image, opts) = open(&ctx)?;
-                Ok(vec![cvmfs::publish(&mut repo, name, &image, &opts)?])
-            }
-            Some(index) => {
-                let chosen = cvmfs::multiarch::select(&index, &platforms, &r.to_string())?;
-                let mut images = Vec::new();
-                let mut opts = None;
-                for p in chosen {
-                    let mut c = ctx.clone();
-                    c.platform = crate::image::PlatformWanted {
-                        os: p.os.clone(),
-                        architecture: p.architecture.clone(),
-                        variant: p.variant.clone(),
-                    };
-                    let (image, o) = open(&c)?;
-                    opts.get_or_insert(o);
-                    images.push((p, image));
-                }
-                cvmfs::multiarch::publish_index(
-                    &mut repo,
-                    name,
-                    &images,
-                    &opts.expect("an index has a platform"),
-                )
-            }
-        });
+        let result = crate::pipeline::publish::publish(&mut repo, r, name, &ctx, &plan)
+            .map(|(reports, _)| reports);
         match result {
             Ok(reports) => {
                 for report in reports {

@@ -1,8 +1,6 @@
 //! `export`: an image's merged filesystem as one tar (file or stdout).
 
-use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -10,12 +8,11 @@ use serde::Serialize;
 
 use super::image::{AccessOpts, human_bytes};
 use super::{GlobalOpts, print_json};
-use crate::error::IoContext;
-use crate::index::FsIndex;
+use crate::Error;
+use crate::encode::tar::{TarOptions, TarReport};
+use crate::pipeline::convert::{ConvertOptions, convert};
 use crate::reference::ImageRef;
-use crate::sink::tar::{TarOptions, TarReport, write_tar};
-use crate::transport;
-use crate::{Error, Result};
+use crate::sink::tar::TarSink;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -63,29 +60,17 @@ pub fn export(global: &GlobalOpts, args: &ExportArgs) -> anyhow::Result<()> {
         .into());
     }
     // Before the pull and merge, so a wrong path fails at once.
-    let tmp = if to_stdout {
-        None
-    } else {
-        Some(temp_beside(&args.file)?)
-    };
+    let sink = TarSink::new(
+        (!to_stdout).then(|| args.file.clone()),
+        TarOptions {
+            reproducible: args.source_date_epoch,
+            omit_root: args.omit_root,
+        },
+    )?;
     let ctx = args.access.context(global);
-    let image = transport::open(&args.image, &ctx)?;
-    let index = FsIndex::from_image(&image)?;
-    let opts = TarOptions {
-        reproducible: args.source_date_epoch,
-        omit_root: args.omit_root,
-    };
-    let report = match tmp {
-        None => write_tar(&index, &image, std::io::stdout().lock(), &opts)?,
-        Some(tmp) => {
-            let report = write_tar(&index, &image, tmp.as_file(), &opts)?;
-            tmp.as_file()
-                .sync_all()
-                .at("syncing", tmp.path().to_path_buf())?;
-            crate::fsutil::persist(tmp, &args.file)?;
-            report
-        }
-    };
+    let (done, sink) = convert(&args.image, &ctx, &ConvertOptions::default(), |_| Ok(sink))?;
+    let image = &done.image;
+    let report = sink.report.expect("written");
     let view = ExportView {
         image: &image.name,
         manifest: &image.manifest_desc.digest,
@@ -106,13 +91,13 @@ pub fn export(global: &GlobalOpts, args: &ExportArgs) -> anyhow::Result<()> {
             view.file.display().to_string()
         },
         r.entries,
-        r.directories,
-        r.files,
+        r.kinds.directories,
+        r.kinds.files,
         human_bytes(r.content_bytes),
-        r.symlinks,
-        r.hardlinks,
-        r.devices,
-        r.fifos,
+        r.kinds.symlinks,
+        r.kinds.hardlinks,
+        r.kinds.devices,
+        r.kinds.fifos,
         human_bytes(r.tar_bytes),
         view.seconds
     );
@@ -125,31 +110,4 @@ pub fn export(global: &GlobalOpts, args: &ExportArgs) -> anyhow::Result<()> {
         writeln!(std::io::stdout().lock(), "{line}")?;
     }
     Ok(())
-}
-
-/// A temporary file in the destination's directory (so the rename is
-/// atomic), created with the usual 0666 less umask.
-fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile> {
-    let bad = |reason: &str| Error::bad_input(dest.display().to_string(), reason);
-    let name = dest.file_name().ok_or_else(|| bad("has no file name"))?;
-    if dest.is_dir() {
-        return Err(bad("is a directory; give the tar file's name"));
-    }
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        return Err(Error::BadInput {
-            input: dest.display().to_string(),
-            place: String::new(),
-            reason: format!("the directory {} does not exist", parent.display()),
-            hint: Some("create it first, or give a file in an existing directory".into()),
-        });
-    }
-    tempfile::Builder::new()
-        .prefix(&format!(".{}.gridship-", name.to_string_lossy()))
-        .permissions(fs::Permissions::from_mode(0o666))
-        .tempfile_in(parent)
-        .at("creating a temporary file in", parent)
 }

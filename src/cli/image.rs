@@ -7,10 +7,10 @@ use serde::Serialize;
 
 use super::{GlobalOpts, print_json};
 use crate::image::{Image, PlatformWanted};
-use crate::index::FsIndex;
+use crate::pipeline::convert::{ConvertOptions, convert};
 use crate::reference::ImageRef;
 use crate::registry::RegistryOptions;
-use crate::sink::dir::{UnpackOptions, unpack as unpack_tree};
+use crate::sink::dir::DirSink;
 use crate::store::default_store_path;
 use crate::transport::{self, Context};
 use crate::{Error, Result};
@@ -240,34 +240,25 @@ struct UnpackView<'a> {
     dir: &'a std::path::Path,
     entries: usize,
     #[serde(flatten)]
-    report: crate::sink::dir::DirReport,
+    report: crate::encode::dir::DirReport,
     seconds: f64,
 }
 
 pub fn unpack(global: &GlobalOpts, args: &UnpackArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    crate::sink::dir::check_destination(&args.dir)?;
+    let sink = DirSink::new(args.dir.clone())?;
     let ctx = args.access.context(global);
-    let image = transport::open(&args.image, &ctx)?;
-    let t = std::time::Instant::now();
-    let index = FsIndex::from_image(&image)?;
-    tracing::info!(
-        "merged {} entries in {:.2}s",
-        index.len(),
-        t.elapsed().as_secs_f64()
-    );
-    let t = std::time::Instant::now();
-    let opts = UnpackOptions::for_current_user();
-    let report = unpack_tree(&index, &image, &args.dir, &opts)?;
-    tracing::info!("wrote the tree in {:.2}s", t.elapsed().as_secs_f64());
+    let (done, sink) = convert(&args.image, &ctx, &ConvertOptions::default(), |_| Ok(sink))?;
+    let (report, entries) = sink.report.expect("written");
     for w in &report.warnings {
         tracing::warn!("{w}");
     }
+    let image = &done.image;
     let view = UnpackView {
         image: &image.name,
         manifest: &image.manifest_desc.digest,
         dir: &args.dir,
-        entries: index.len(),
+        entries,
         report,
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -280,13 +271,13 @@ pub fn unpack(global: &GlobalOpts, args: &UnpackArgs) -> anyhow::Result<()> {
         view.image,
         view.dir.display(),
         view.entries,
-        r.directories,
-        r.files,
+        r.kinds.directories,
+        r.kinds.files,
         human_bytes(r.bytes),
-        r.symlinks,
-        r.hardlinks,
-        r.devices,
-        r.fifos,
+        r.kinds.symlinks,
+        r.kinds.hardlinks,
+        r.kinds.devices,
+        r.kinds.fifos,
         view.seconds
     );
     Ok(())

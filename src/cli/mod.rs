@@ -38,6 +38,12 @@ pub struct GlobalOpts {
     /// No progress bars.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// Every stage's start, progress and end as one JSON line each on
+    /// stderr (for a service that runs gridship and shows its progress),
+    /// instead of bars.
+    #[arg(long, global = true)]
+    pub events: bool,
 }
 
 /// Where site profiles and overlays are looked up first (SITE/{site.yaml,files/}).
@@ -198,7 +204,11 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let global = &cli.global;
-    crate::progress::init(!global.quiet && !global.json);
+    crate::progress::init(match (global.events, global.quiet || global.json) {
+        (true, _) => crate::progress::Show::JsonLines,
+        (false, true) => crate::progress::Show::Off,
+        (false, false) => crate::progress::Show::Human,
+    });
     match cli.command {
         Command::Copy(args) => image::copy(global, &args),
         Command::Inspect(args) => image::inspect(global, &args),
@@ -248,10 +258,41 @@ pub fn init_logging(global: &GlobalOpts) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    // With --events, stderr is JSON lines only: each record is an event.
+    let _ = if global.events {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .without_time()
+            .with_writer(|| LogEvent(Vec::new()))
+            .try_init()
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init()
+    };
+}
+
+/// One log record, sent as an event when the record is written.
+struct LogEvent(Vec<u8>);
+
+impl std::io::Write for LogEvent {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogEvent {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            crate::event::log(&String::from_utf8_lossy(&self.0));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::GlobalOpts;
 use super::arc::CeAuthArgs;
-use crate::jobdesc::pressure::{self, CycleReport, Options};
+use crate::ce::pressure::{self, CycleReport, Options};
 
 #[derive(Debug, Args)]
 #[command(

@@ -9,10 +9,10 @@ use super::cvmfs::{CvmfsRepoArgs, RepoOptionNames};
 use super::image::{AccessOpts, human_bytes};
 use super::{GlobalOpts, print_json};
 use crate::Error;
+use crate::encode::squashfs::{Compression, SquashfsOptions};
 use crate::pipeline::promote::{CvmfsTarget, PromoteOptions, PromoteReport, Targets, promote};
 use crate::reference::{ImageRef, RegistryRef, parse_registry};
 use crate::sink::cvmfs::PublicName;
-use crate::sink::squashfs::{Compression, SquashfsOptions};
 
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
@@ -24,7 +24,8 @@ pub struct PromoteArgs {
     /// overrides, GPU queues. Default: site: of config.yaml.
     #[arg(long)]
     pub site: Option<String>,
-    /// Artifacts to make: sif, cvmfs, oci (comma-separated).
+    /// Artifacts to make (comma-separated): sif, cvmfs, oci (the store, --push), dir
+    /// (OUT/NAME, the tree unpacked), tar (OUT/NAME.tar).
     #[arg(long, default_value = "sif,cvmfs", value_parser = parse_targets)]
     pub to: Targets,
     /// The site's GPU queue for the job description and the CUDA check
@@ -159,7 +160,7 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
         None => crate::clock::compact_stamp(created)?,
     };
     a.runtime.check()?;
-    if a.push.is_some() && !a.to.oci {
+    if a.push.is_some() && !a.to.has("oci") {
         return Err(Error::bad_input("--push", "needs oci in --to").into());
     }
     let d = super::defaults()?;
@@ -167,7 +168,7 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
     let queue = super::or_config(a.queue.as_deref(), &d.queue);
     // A push prefix from config.yaml: PREFIX/NAME:TAG, when an OCI image is made.
     let push_prefix = match (&a.push, &d.push) {
-        (None, Some(prefix)) if a.to.oci => Some(prefix.value.clone()),
+        (None, Some(prefix)) if a.to.has("oci") => Some(prefix.value.clone()),
         _ => None,
     };
     // The repository: --cvmfs-repo, else config.yaml's, else the site's own
@@ -207,7 +208,7 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(crate::recipe::default_recipes_dir),
         ),
         queue,
-        targets: a.to,
+        targets: a.to.clone(),
         out: a.out.clone(),
         name: a.name.clone(),
         tag,

@@ -7,12 +7,12 @@ use serde::Serialize;
 
 use super::image::{AccessOpts, human_bytes, parse_ref};
 use super::{GlobalOpts, print_json};
-use crate::index::FsIndex;
+use crate::encode::sif;
+use crate::encode::squashfs::{Compression, SquashfsOptions, SquashfsReport};
+use crate::pipeline::convert::{ConvertOptions, convert};
 use crate::reference::ImageRef;
-use crate::sink::sif;
-use crate::sink::squashfs::{Compression, SquashfsOptions, SquashfsReport};
+use crate::sink::sif::SifSink;
 use crate::transform::apptainer::BaseImage;
-use crate::transport;
 use crate::{Error, Result};
 
 #[derive(Debug, Args)]
@@ -54,43 +54,6 @@ pub struct WorldReadableArg {
     /// job's pool account can read a home made 0700 by adduser.
     #[arg(long)]
     pub world_readable: bool,
-}
-
-impl WorldReadableArg {
-    /// Run the rule when asked; its report (empty list when not), and the
-    /// one warning a build without it gets when a home or the working
-    /// directory is closed to pool accounts.
-    pub fn apply(
-        &self,
-        index: &mut FsIndex,
-        image: &crate::image::Image,
-    ) -> Result<(Vec<crate::transform::RuleReport>, Vec<String>)> {
-        use crate::transform::readable;
-        if !self.world_readable {
-            let closed = readable::closed_homes(index, &image.config);
-            if closed.is_empty() {
-                return Ok((Vec::new(), Vec::new()));
-            }
-            let list: Vec<String> = closed
-                .iter()
-                .map(|(p, m)| format!("{p} ({m:04o})"))
-                .collect();
-            return Ok((
-                Vec::new(),
-                vec![format!(
-                    "{} closed to group and others: a grid job runs as a pool account, not the session's uid, and will not read {}; --world-readable gives them the owner's read and search bits (credential files excepted)",
-                    list.join(", "),
-                    if closed.len() == 1 { "it" } else { "them" }
-                )],
-            ));
-        }
-        let rules = crate::transform::apply_all(
-            &[&readable::WorldReadable],
-            index,
-            &mut image.config.clone(),
-        )?;
-        Ok((rules, Vec::new()))
-    }
 }
 
 #[derive(Serialize)]
@@ -137,68 +100,73 @@ pub fn sif(global: &GlobalOpts, args: &SifArgs) -> anyhow::Result<()> {
     let reproducible = args.reproducible || epoch.is_some();
 
     let ctx = args.access.context(global);
-    let image = transport::open(&args.image, &ctx)?;
-    let mut index = FsIndex::from_image(&image)?;
-    let (rules, warnings) = args.readable.apply(&mut index, &image)?;
-    for w in &warnings {
+    let opts = ConvertOptions {
+        world_readable: args.readable.world_readable,
+        warn_closed_homes: true,
+        merge_cache: None,
+    };
+    let (done, sink) = convert(&args.image, &ctx, &opts, |image| {
+        // The build time: SOURCE_DATE_EPOCH, else (reproducible) the
+        // image's creation time, else now.
+        let build_time = match (epoch, reproducible) {
+            (Some(e), _) => e,
+            (None, true) => image
+                .config
+                .created
+                .as_deref()
+                .and_then(crate::clock::parse_rfc3339)
+                .unwrap_or(0),
+            (None, false) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        };
+        let mut squashfs = SquashfsOptions::new(compression);
+        squashfs.block_size = args.block_size;
+        if let Some(t) = args.threads {
+            squashfs.threads = t.max(1);
+        }
+        if reproducible {
+            let t = build_time.clamp(0, u32::MAX as i64) as u32;
+            squashfs.mkfs_time = t;
+            squashfs.clamp_mtime = Some(t);
+        }
+        let base = match &args.image {
+            ImageRef::Registry(r) => Some(BaseImage {
+                name: r.with_tag(r.tag.as_deref().unwrap_or("latest")).to_string(),
+                digest: image.manifest_desc.digest.to_string(),
+            }),
+            _ => None,
+        };
+        Ok(SifSink {
+            dest: args.output.clone(),
+            uri: args.image.to_string(),
+            base,
+            created: build_time,
+            reproducible,
+            squashfs,
+            report: None,
+        })
+    })?;
+    for w in &done.run.warnings {
         tracing::warn!("{w}");
     }
-
-    // The build time: SOURCE_DATE_EPOCH, else (reproducible) the image's
-    // creation time, else now.
-    let build_time = match (epoch, reproducible) {
-        (Some(e), _) => e,
-        (None, true) => image
-            .config
-            .created
-            .as_deref()
-            .and_then(crate::clock::parse_rfc3339)
-            .unwrap_or(0),
-        (None, false) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    };
-    let mut opts = SquashfsOptions::new(compression);
-    opts.block_size = args.block_size;
-    if let Some(t) = args.threads {
-        opts.threads = t.max(1);
-    }
-    if reproducible {
-        let t = build_time.clamp(0, u32::MAX as i64) as u32;
-        opts.mkfs_time = t;
-        opts.clamp_mtime = Some(t);
-    }
-    let base = match &args.image {
-        ImageRef::Registry(r) => Some(BaseImage {
-            name: r.with_tag(r.tag.as_deref().unwrap_or("latest")).to_string(),
-            digest: image.manifest_desc.digest.to_string(),
-        }),
-        _ => None,
-    };
-    let build = sif::SifBuild {
-        uri: args.image.to_string(),
-        base,
-        created: build_time,
-        reproducible,
-        squashfs: opts,
-    };
-    let report = sif::build_sif(&image, index, &args.output, &build)?;
-    let sha256 = crate::digest::Digest::of_file(&args.output)?;
+    let report = sink.report.expect("written");
+    let image = &done.image;
     let view = SifView {
         image: image.name.clone(),
         output: args.output.clone(),
-        sha256: sha256.to_string(),
+        sha256: done.artifacts[0].digest.clone().unwrap_or_default(),
         input_bytes: image.layers().iter().map(|l| l.size).sum(),
-        output_bytes: std::fs::metadata(&args.output)?.len(),
+        output_bytes: done.artifacts[0].bytes,
         seconds: started.elapsed().as_secs_f64(),
         compression,
         block_size: args.block_size,
         reproducible,
         squashfs: report.squashfs,
-        rules,
+        rules: report.rules,
         transform: report.transform,
-        warnings,
+        warnings: done.run.warnings,
     };
     if global.json {
         return print_json(&view);

@@ -135,8 +135,7 @@ pub fn smoke(global: &GlobalOpts, args: &SmokeArgs) -> anyhow::Result<()> {
     // The merge state from the store's cache (as promote and cvmfs publish
     // keep it): a second smoke of an image merges nothing again.
     let store = ctx.store()?;
-    let (index, _) =
-        crate::index::cache::from_image(&image, &crate::sink::cvmfs::merge_cache_dir(&store))?;
+    let (index, _) = crate::index::cache::from_image(&image, &store.merge_cache_dir())?;
     let opts = smoke::Options {
         backend: args.runtime.backend,
         apptainer: args.runtime.apptainer.clone(),

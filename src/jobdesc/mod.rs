@@ -1,5 +1,6 @@
 //! ARC job descriptions: the typed [`JobSpec`], strict xRSL and ADL readers
-//! and writers, templates, site GPU profiles, and REST submission.
+//! and writers, templates, site GPU profiles and the job's work. Sending
+//! them to a CE is [`crate::ce`]'s.
 //!
 //! ARC silently drops unknown attributes and misreads bad units, so every
 //! description is read strictly and checked ([`validate`]) before anything is
@@ -7,9 +8,6 @@
 
 pub mod adl;
 pub mod model;
-pub mod pressure;
-pub mod retrieve;
-pub mod submit;
 pub mod template;
 pub mod validate;
 pub mod work;
@@ -24,6 +22,27 @@ pub use template::Template;
 
 use crate::error::{Error, Result};
 use crate::site::{GpuRequest, SiteProfile};
+
+/// The outputs a job keeps on the CE for retrieval: stdout, stderr and
+/// every output file without a target (directories end in `/`).
+pub fn retrievable_outputs(j: &JobSpec) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let names = j.stdout.iter().chain(&j.stderr).chain(
+        j.output_files
+            .iter()
+            .filter(|f| f.target.is_none())
+            .map(|f| &f.name),
+    );
+    for n in names {
+        if !out
+            .iter()
+            .any(|o| o.trim_end_matches('/') == n.trim_end_matches('/'))
+        {
+            out.push(n.clone());
+        }
+    }
+    out
+}
 
 /// Where in an input a problem is.
 #[derive(Debug, Clone, PartialEq, Eq)]

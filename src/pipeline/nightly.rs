@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::build::{self, BuildOptions, SiteImage};
+use super::stages::Run;
 use crate::digest::Digest;
 use crate::recipe::Recipe;
 use crate::reference::{ImageRef, RegistryRef};
@@ -232,41 +233,128 @@ fn recipe_names(opts: &NightlyOptions) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// One night: what its recipes share.
+struct Night<'a> {
+    opts: &'a NightlyOptions,
+    store: crate::store::Layout,
+    /// When the night started: RFC 3339 and compact (for tags).
+    stamp: String,
+    compact: String,
+    state: State,
+    run: Run,
+    items: Vec<NightlyItem>,
+}
+
+/// One recipe of the night: its build options and what its sites share.
+struct RecipeBuild {
+    recipe: Recipe,
+    bopts: BuildOptions,
+    prepared: build::Prepared,
+    base: build::BaseResolved,
+    build_args: BTreeMap<String, String>,
+    /// Built (and read into the store) once, for the sites that need it.
+    built: Option<std::result::Result<crate::image::Image, String>>,
+}
+
 pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<NightlyReport> {
     let started = std::time::Instant::now();
     let now = crate::clock::now()?;
-    let stamp = crate::clock::rfc3339_utc(now)?;
-    let compact = crate::clock::compact_stamp(now)?;
     let names = recipe_names(opts)?;
-    let store = opts.build.ctx.store()?;
-    let mut state = load_state(&opts.state_dir)?;
-    let mut items = Vec::new();
+    let mut night = Night {
+        opts,
+        store: opts.build.ctx.store()?,
+        stamp: crate::clock::rfc3339_utc(now)?,
+        compact: crate::clock::compact_stamp(now)?,
+        state: load_state(&opts.state_dir)?,
+        run: Run::new(),
+        items: Vec::new(),
+    };
     for name in &names {
         let t0 = std::time::Instant::now();
-        let fail_all = |items: &mut Vec<NightlyItem>, sites: &[String], e: &Error| {
-            for site in sites {
-                items.push(NightlyItem {
-                    recipe: name.clone(),
-                    site: site.clone(),
-                    outcome: Outcome::Failed,
-                    key: None,
-                    manifest_digest: None,
-                    built_at: None,
-                    dated: None,
-                    moving: Vec::new(),
-                    image: None,
-                    error: Some(e.to_string()),
-                    seconds: t0.elapsed().as_secs_f64(),
-                });
+        match night.recipe(name, log) {
+            Ok(None) => {}
+            Ok(Some(mut r)) => {
+                for i in 0..r.prepared.overlays.len() {
+                    let item = night.site(&mut r, i, log)?;
+                    night.items.push(item);
+                }
             }
-        };
-        let recipe = match Recipe::load(&opts.build.recipes_dir, name) {
-            Ok(r) => r,
-            Err(e) => {
-                fail_all(&mut items, &["*".to_string()], &e);
-                continue;
+            // One failing recipe never stops the others.
+            Err((sites, e)) => {
+                for site in sites {
+                    night.items.push(NightlyItem::failed(name, &site, &e, t0));
+                }
             }
-        };
+        }
+    }
+    let pruned = prune(
+        &night.store,
+        &mut night.state,
+        opts.keep,
+        opts.keep_days,
+        now,
+    )?;
+    save_state(&opts.state_dir, &night.state)?;
+    let blobs_removed = if pruned.is_empty() {
+        0
+    } else {
+        night
+            .store
+            .remove_unreferenced_blobs(std::time::Duration::from_secs(3600))?
+    };
+    let items = night.items;
+    let count = |o| items.iter().filter(|i| i.outcome == o).count();
+    Ok(NightlyReport {
+        started: night.stamp,
+        built: count(Outcome::Built),
+        unchanged: count(Outcome::Unchanged),
+        failed: count(Outcome::Failed),
+        items,
+        pruned,
+        blobs_removed,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+impl NightlyItem {
+    fn new(recipe: &str, site: &str) -> NightlyItem {
+        NightlyItem {
+            recipe: recipe.to_string(),
+            site: site.to_string(),
+            outcome: Outcome::Unchanged,
+            key: None,
+            manifest_digest: None,
+            built_at: None,
+            dated: None,
+            moving: Vec::new(),
+            image: None,
+            error: None,
+            seconds: 0.0,
+        }
+    }
+
+    fn failed(recipe: &str, site: &str, e: &Error, since: std::time::Instant) -> NightlyItem {
+        NightlyItem {
+            outcome: Outcome::Failed,
+            error: Some(e.to_string()),
+            seconds: since.elapsed().as_secs_f64(),
+            ..NightlyItem::new(recipe, site)
+        }
+    }
+}
+
+impl Night<'_> {
+    /// A recipe's sites and what they share (None: no site of it is
+    /// asked for). A recipe that does not load or prepare fails its sites
+    /// (`*` when its sites are unknown).
+    fn recipe(
+        &mut self,
+        name: &str,
+        log: &mut dyn FnMut(&str),
+    ) -> std::result::Result<Option<RecipeBuild>, (Vec<String>, Error)> {
+        let opts = self.opts;
+        let recipe =
+            Recipe::load(&opts.build.recipes_dir, name).map_err(|e| (vec!["*".into()], e))?;
         let sites: Vec<String> = recipe
             .spec
             .sites
@@ -275,7 +363,7 @@ pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<N
             .cloned()
             .collect();
         if sites.is_empty() {
-            continue;
+            return Ok(None);
         }
         log(&format!("recipe {name}: sites {}", sites.join(", ")));
         let mut bopts = opts.build.clone();
@@ -287,187 +375,210 @@ pub fn run_nightly(opts: &NightlyOptions, log: &mut dyn FnMut(&str)) -> Result<N
             digest: None,
             ..p.clone()
         });
-        let prepared = match build::prepare(&recipe, &bopts) {
-            Ok(p) => p,
-            Err(e) => {
-                fail_all(&mut items, &sites, &e);
-                continue;
-            }
-        };
-        let base = match build::resolve_base(
+        let prepared = build::prepare(&recipe, &bopts).map_err(|e| (sites.clone(), e))?;
+        let base = build::resolve_base(
             &recipe.spec.base.image,
             bopts.pull,
             bopts.ctx.registry.creds.as_ref(),
-        ) {
-            Ok(b) => b,
-            Err(e) => {
-                fail_all(&mut items, &sites, &e);
-                continue;
-            }
-        };
+        )
+        .map_err(|e| (sites.clone(), e))?;
         let mut build_args = recipe.spec.build_args.clone();
         build_args.extend(bopts.build_args.clone());
-        // Built (and read into the store) once, for the sites that need it.
-        let mut built: Option<std::result::Result<crate::image::Image, String>> = None;
-        for overlay in &prepared.overlays {
-            let t1 = std::time::Instant::now();
-            let key = cache_key(
-                &recipe,
-                &overlay.site,
-                &prepared,
-                overlay,
-                &base,
-                &build_args,
-            );
-            let mut item = NightlyItem {
-                recipe: name.clone(),
-                site: overlay.site.clone(),
-                outcome: Outcome::Unchanged,
-                key: Some(key.to_string()),
-                manifest_digest: None,
-                built_at: None,
-                dated: None,
-                moving: Vec::new(),
-                image: None,
-                error: None,
-                seconds: 0.0,
-            };
-            match decide(opts, &recipe, &overlay.site, &key, &state, &store) {
-                Err(e) => {
-                    log(&format!("  {}: FAILED: {e}", overlay.site));
-                    item.outcome = Outcome::Failed;
-                    item.error = Some(e.to_string());
-                }
-                Ok(Some(prev)) => {
-                    // The local names point at it again when the store has
-                    // it (a retention run may have moved them).
-                    if store.has_blob(&prev.manifest_digest, Some(prev.manifest_size)) {
-                        let desc = crate::store::Descriptor::new(
-                            prev.manifest_media_type.clone(),
-                            prev.manifest_digest.clone(),
-                            prev.manifest_size,
-                        );
-                        for n in build::store_names(&recipe, &overlay.site) {
-                            store.set_ref(&n, &desc)?;
-                        }
-                    }
-                    if let Some(dest) = &bopts.push {
-                        let compact = crate::clock::parse_time(&prev.built)
-                            .and_then(|t| crate::clock::compact_stamp(t).ok())
-                            .unwrap_or_default();
-                        item.dated = Some(format!(
-                            "docker://{}",
-                            dest.with_tag(&dated_tag(&overlay.site, &compact))
-                        ));
-                        item.moving = moving_tags(&recipe, &overlay.site)
-                            .iter()
-                            .map(|t| format!("docker://{}", dest.with_tag(t)))
-                            .collect();
-                    }
-                    item.manifest_digest = Some(prev.manifest_digest.to_string());
-                    item.built_at = Some(prev.built.clone());
-                    log(&format!("  {}: unchanged ({})", overlay.site, prev.built));
-                    state.builds.insert(key.to_string(), prev);
-                }
-                Ok(None) => {
-                    let engine = built.get_or_insert_with(|| {
-                        log(&format!("  building {name} from {}", base.name));
-                        build::build_in_engine(&recipe, &bopts, &prepared, &base, &mut |l| {
-                            tracing::info!("{l}")
-                        })
-                        .map_err(|e| e.to_string())
-                    });
-                    let labels = BTreeMap::from([
-                        (LABEL_KEY.to_string(), key.to_string()),
-                        (LABEL_BUILT.to_string(), stamp.clone()),
-                    ]);
-                    let result = match engine {
-                        Ok(image) => {
-                            let mut local = bopts.clone();
-                            // Pushed below, dated tag first: the moving tags,
-                            // whose labels decide "unchanged", come last.
-                            local.push = None;
-                            build::site_image(&recipe, &local, image, overlay, &prepared, &labels)
-                                .and_then(|mut image| {
-                                    let desc = store.resolve(Some(&image.store_names[0]))?;
-                                    let dated = format!(
-                                        "recipe/{name}:{}",
-                                        dated_tag(&overlay.site, &compact)
-                                    );
-                                    store.set_ref(&dated, &desc)?;
-                                    if let Some(dest) = &bopts.push {
-                                        let mut tags = vec![dated_tag(&overlay.site, &compact)];
-                                        tags.extend(moving_tags(&recipe, &overlay.site));
-                                        for t in tags {
-                                            let d = dest.with_tag(&t);
-                                            crate::transport::copy(
-                                                &ImageRef::Store(image.store_names[0].clone()),
-                                                &ImageRef::Registry(d.clone()),
-                                                &bopts.ctx,
-                                            )?;
-                                            image.pushed.push(format!("docker://{d}"));
-                                        }
-                                    }
-                                    Ok((image, desc))
-                                })
-                                .map_err(|e| e.to_string())
-                        }
-                        Err(e) => Err(e.clone()),
-                    };
-                    match result {
-                        Ok((image, desc)) => {
-                            state.builds.insert(
-                                key.to_string(),
-                                StateEntry {
-                                    recipe: name.clone(),
-                                    site: overlay.site.clone(),
-                                    manifest_digest: desc.digest.clone(),
-                                    manifest_media_type: desc.media_type.clone(),
-                                    manifest_size: desc.size,
-                                    built: stamp.clone(),
-                                },
-                            );
-                            save_state(&opts.state_dir, &state)?;
-                            item.outcome = Outcome::Built;
-                            item.manifest_digest = Some(desc.digest.to_string());
-                            item.built_at = Some(stamp.clone());
-                            if bopts.push.is_some() {
-                                item.dated = image.pushed.first().cloned();
-                                item.moving = image.pushed[1..].to_vec();
-                            }
-                            item.image = Some(image);
-                            log(&format!("  {}: built {}", overlay.site, desc.digest));
-                        }
-                        Err(e) => {
-                            log(&format!("  {}: FAILED: {e}", overlay.site));
-                            item.outcome = Outcome::Failed;
-                            item.error = Some(e);
-                        }
-                    }
-                }
-            }
-            item.seconds = t1.elapsed().as_secs_f64();
-            items.push(item);
-        }
+        Ok(Some(RecipeBuild {
+            recipe,
+            bopts,
+            prepared,
+            base,
+            build_args,
+            built: None,
+        }))
     }
-    let pruned = prune(&store, &mut state, opts.keep, opts.keep_days, now)?;
-    save_state(&opts.state_dir, &state)?;
-    let blobs_removed = if pruned.is_empty() {
-        0
-    } else {
-        store.remove_unreferenced_blobs(std::time::Duration::from_secs(3600))?
-    };
-    let count = |o| items.iter().filter(|i| i.outcome == o).count();
-    Ok(NightlyReport {
-        started: stamp,
-        built: count(Outcome::Built),
-        unchanged: count(Outcome::Unchanged),
-        failed: count(Outcome::Failed),
-        items,
-        pruned,
-        blobs_removed,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+
+    /// Site `i` of a recipe: unchanged (its cache key is current), built,
+    /// or failed.
+    fn site(
+        &mut self,
+        r: &mut RecipeBuild,
+        i: usize,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<NightlyItem> {
+        let t1 = std::time::Instant::now();
+        let overlay = &r.prepared.overlays[i];
+        let site = overlay.site.clone();
+        let key = cache_key(
+            &r.recipe,
+            &site,
+            &r.prepared,
+            overlay,
+            &r.base,
+            &r.build_args,
+        );
+        let mut item = NightlyItem {
+            key: Some(key.to_string()),
+            ..NightlyItem::new(&r.recipe.name, &site)
+        };
+        match decide(self.opts, &r.recipe, &site, &key, &self.state, &self.store) {
+            Err(e) => {
+                log(&format!("  {site}: FAILED: {e}"));
+                item.outcome = Outcome::Failed;
+                item.error = Some(e.to_string());
+            }
+            Ok(Some(prev)) => {
+                self.unchanged(r, &site, &prev, &mut item)?;
+                log(&format!("  {site}: unchanged ({})", prev.built));
+                self.state.builds.insert(key.to_string(), prev);
+            }
+            Ok(None) => match self.build_site(r, i, &key, log) {
+                Ok((image, desc)) => {
+                    self.state.builds.insert(
+                        key.to_string(),
+                        StateEntry {
+                            recipe: r.recipe.name.clone(),
+                            site: site.clone(),
+                            manifest_digest: desc.digest.clone(),
+                            manifest_media_type: desc.media_type.clone(),
+                            manifest_size: desc.size,
+                            built: self.stamp.clone(),
+                        },
+                    );
+                    save_state(&self.opts.state_dir, &self.state)?;
+                    item.outcome = Outcome::Built;
+                    item.manifest_digest = Some(desc.digest.to_string());
+                    item.built_at = Some(self.stamp.clone());
+                    if r.bopts.push.is_some() {
+                        item.dated = image.pushed.first().cloned();
+                        item.moving = image.pushed[1..].to_vec();
+                    }
+                    item.image = Some(image);
+                    log(&format!("  {site}: built {}", desc.digest));
+                }
+                Err(e) => {
+                    log(&format!("  {site}: FAILED: {e}"));
+                    item.outcome = Outcome::Failed;
+                    item.error = Some(e);
+                }
+            },
+        }
+        item.seconds = t1.elapsed().as_secs_f64();
+        Ok(item)
+    }
+
+    /// An unchanged build: the local names point at it again when the
+    /// store has it (a retention run may have moved them).
+    fn unchanged(
+        &self,
+        r: &RecipeBuild,
+        site: &str,
+        prev: &StateEntry,
+        item: &mut NightlyItem,
+    ) -> Result<()> {
+        if self
+            .store
+            .has_blob(&prev.manifest_digest, Some(prev.manifest_size))
+        {
+            let desc = crate::store::Descriptor::new(
+                prev.manifest_media_type.clone(),
+                prev.manifest_digest.clone(),
+                prev.manifest_size,
+            );
+            for n in build::store_names(&r.recipe, site) {
+                self.store.set_ref(&n, &desc)?;
+            }
+        }
+        if let Some(dest) = &r.bopts.push {
+            let compact = crate::clock::parse_time(&prev.built)
+                .and_then(|t| crate::clock::compact_stamp(t).ok())
+                .unwrap_or_default();
+            item.dated = Some(format!(
+                "docker://{}",
+                dest.with_tag(&dated_tag(site, &compact))
+            ));
+            item.moving = moving_tags(&r.recipe, site)
+                .iter()
+                .map(|t| format!("docker://{}", dest.with_tag(t)))
+                .collect();
+        }
+        item.manifest_digest = Some(prev.manifest_digest.to_string());
+        item.built_at = Some(prev.built.clone());
+        Ok(())
+    }
+
+    /// Build site `i`'s image: the recipe built in the engine (source,
+    /// once a night), the site overlay over it (transforms), its names in
+    /// the store and the registry (sinks): dated tag first, the moving
+    /// tags, whose labels decide "unchanged", last.
+    fn build_site(
+        &mut self,
+        r: &mut RecipeBuild,
+        i: usize,
+        key: &Digest,
+        log: &mut dyn FnMut(&str),
+    ) -> std::result::Result<(SiteImage, crate::store::Descriptor), String> {
+        let name = r.recipe.name.clone();
+        let overlay = &r.prepared.overlays[i];
+        let built = match &r.built {
+            Some(b) => b.clone(),
+            None => {
+                log(&format!("  building {name} from {}", r.base.name));
+                let b = self
+                    .run
+                    .stage(&format!("build {name}"), || {
+                        build::build_in_engine(
+                            &r.recipe,
+                            &r.bopts,
+                            &r.prepared,
+                            &r.base,
+                            &mut |l| tracing::info!("{l}"),
+                        )
+                    })
+                    .map_err(|e| e.to_string());
+                r.built = Some(b.clone());
+                b
+            }
+        }?;
+        let labels = BTreeMap::from([
+            (LABEL_KEY.to_string(), key.to_string()),
+            (LABEL_BUILT.to_string(), self.stamp.clone()),
+        ]);
+        let mut local = r.bopts.clone();
+        // Pushed below, dated tag first.
+        local.push = None;
+        let stage = format!("site image {name} {}", overlay.site);
+        let (mut image, desc) = self
+            .run
+            .stage(&stage, || {
+                let image =
+                    build::site_image(&r.recipe, &local, &built, overlay, &r.prepared, &labels)?;
+                let desc = self.store.resolve(Some(&image.store_names[0]))?;
+                let dated = format!("recipe/{name}:{}", dated_tag(&overlay.site, &self.compact));
+                self.store.set_ref(&dated, &desc)?;
+                Ok((image, desc))
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(dest) = &r.bopts.push {
+            let mut tags = vec![dated_tag(&overlay.site, &self.compact)];
+            tags.extend(moving_tags(&r.recipe, &overlay.site));
+            let from = ImageRef::Store(image.store_names[0].clone());
+            let pushed = self
+                .run
+                .stage(&format!("push {name} {}", overlay.site), || {
+                    let mut pushed = Vec::new();
+                    for t in tags {
+                        let d = dest.with_tag(&t);
+                        crate::transport::copy(
+                            &from,
+                            &ImageRef::Registry(d.clone()),
+                            &r.bopts.ctx,
+                        )?;
+                        pushed.push(format!("docker://{d}"));
+                    }
+                    Ok(pushed)
+                })
+                .map_err(|e| e.to_string())?;
+            image.pushed.extend(pushed);
+        }
+        Ok((image, desc))
+    }
 }
 
 /// One job of a CI matrix: a recipe and one of its sites.

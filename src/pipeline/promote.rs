@@ -13,16 +13,21 @@
 //! whatever the outcome.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
+use super::stages::{Prepared, Run, image_summary};
 use crate::config::search::SearchPath;
 use crate::image::Image;
 use crate::index::{FsIndex, cache};
 use crate::reference::{ImageRef, RegistryRef};
-use crate::sink::cvmfs::{self, PublicName, PublishOptions, Repo, RepoConfig};
+pub use crate::sink::Artifact;
+pub use crate::sink::cvmfs::CvmfsTarget;
+use crate::sink::oci::{OciSink, WriteMode};
+use crate::sink::{JobImage, Sink, Spec};
 use crate::site::SiteProfile;
 use crate::smoke::{self, Status};
 use crate::transform::paths::{PathPattern, PatternSet};
@@ -30,37 +35,37 @@ use crate::transform::scan::{self, ScanOptions, ScanStats};
 use crate::transform::secrets::{self, ScrubSecrets};
 use crate::transform::slim::{self, Policy};
 use crate::transform::sshd::{self, StripSshd};
-use crate::transform::{RuleReport, overlay::SiteOverlay};
+use crate::transform::{Chain, RuleReport, Step, Transform, overlay::SiteOverlay};
 use crate::transport::{self, Context};
 use crate::{Error, Result};
 
-/// Which artifacts to make.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+/// Which artifacts to make: kinds of crate::sink::KINDS.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Targets {
-    pub sif: bool,
-    pub cvmfs: bool,
-    pub oci: bool,
+    kinds: Vec<&'static str>,
 }
 
 impl Targets {
     pub fn parse(list: &str) -> Result<Targets> {
         let mut t = Targets::default();
         for w in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-            match w {
-                "sif" => t.sif = true,
-                "cvmfs" => t.cvmfs = true,
-                "oci" => t.oci = true,
-                _ => {
+            match crate::sink::KINDS.iter().find(|(k, _)| *k == w) {
+                Some((k, _)) if !t.kinds.contains(k) => t.kinds.push(k),
+                Some(_) => {}
+                None => {
                     return Err(Error::BadInput {
                         input: format!("--to {list}"),
                         place: format!("{w:?}: "),
                         reason: "not an artifact kind".into(),
-                        hint: Some("use a comma-separated list of sif, cvmfs, oci".into()),
+                        hint: Some(format!(
+                            "use a comma-separated list of {}",
+                            crate::sink::kind_names().join(", ")
+                        )),
                     });
                 }
             }
         }
-        if !(t.sif || t.cvmfs || t.oci) {
+        if t.kinds.is_empty() {
             return Err(Error::bad_input(
                 format!("--to {list}"),
                 "names no artifact",
@@ -68,14 +73,10 @@ impl Targets {
         }
         Ok(t)
     }
-}
 
-/// Where the CVMFS tree goes.
-#[derive(Debug, Clone)]
-pub struct CvmfsTarget {
-    pub repo: RepoConfig,
-    /// Default: gridship.local/promoted/NAME:TAG.
-    pub name: Option<PublicName>,
+    pub fn has(&self, kind: &str) -> bool {
+        self.kinds.contains(&kind)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -127,16 +128,8 @@ pub struct PromoteOptions {
     pub gpu: std::result::Result<String, String>,
     pub created: i64,
     pub reproducible: bool,
-    pub squashfs: crate::sink::squashfs::SquashfsOptions,
+    pub squashfs: crate::encode::squashfs::SquashfsOptions,
     pub ctx: Context,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Artifact {
-    pub kind: String,
-    pub path: String,
-    pub digest: Option<String>,
-    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -177,32 +170,6 @@ pub struct PromoteReport {
     pub ok: bool,
 }
 
-/// Stage timing, and each stage's progress (crate::progress).
-struct Stages {
-    done: Vec<(String, f64)>,
-    merged: Vec<(String, u64)>,
-    current: Option<(crate::progress::Stage, u64)>,
-}
-
-impl Stages {
-    fn start(&mut self, name: &str) {
-        self.finish();
-        self.current = Some((
-            crate::progress::stage(name, None),
-            crate::index::layers_merged(),
-        ));
-    }
-    fn finish(&mut self) {
-        if let Some((stage, merged)) = self.current.take() {
-            let name = stage.name().to_string();
-            let s = stage.finish();
-            self.merged
-                .push((name.clone(), crate::index::layers_merged() - merged));
-            self.done.push((name, s));
-        }
-    }
-}
-
 /// Store names promote works under, removed when it ends.
 struct WorkRefs<'a> {
     store: &'a crate::store::Layout,
@@ -221,34 +188,177 @@ impl Drop for WorkRefs<'_> {
     }
 }
 
+/// What is decided before the session is touched: every override checked.
+struct Plan {
+    site: SiteProfile,
+    overlay: SiteOverlay,
+    policy: Policy,
+}
+
+impl Plan {
+    fn new(opts: &PromoteOptions) -> Result<Plan> {
+        let site = SiteProfile::load(&opts.sites, &opts.site)?;
+        let overlay = SiteOverlay::from_profile(&site)?;
+        let mut policy = Policy::new()?;
+        policy.apply_site(&site.chain)?;
+        for k in &opts.keep {
+            policy.keep(k)?;
+        }
+        for name in &opts.enable_slim {
+            policy.enable(name, &format!("--enable-slim {name}"), "")?;
+        }
+        Ok(Plan {
+            site,
+            overlay,
+            policy,
+        })
+    }
+}
+
 pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
     let started = Instant::now();
-    let mut stages = Stages {
-        done: Vec::new(),
-        merged: Vec::new(),
-        current: None,
-    };
-    let mut warnings = Vec::new();
-    let site = SiteProfile::load(&opts.sites, &opts.site)?;
-    let overlay = SiteOverlay::from_profile(&site)?;
-    // Every override is checked before the session is touched.
-    let mut policy = Policy::new()?;
-    policy.apply_site(&site.chain)?;
-    for k in &opts.keep {
-        policy.keep(k)?;
-    }
-    for name in &opts.enable_slim {
-        policy.enable(name, &format!("--enable-slim {name}"), "")?;
-    }
+    let mut run = Run::new();
+    let mut plan = Plan::new(opts)?;
     let store = opts.ctx.store()?;
     let mut work = WorkRefs {
         store: &store,
         names: Vec::new(),
     };
+    let snap = run.stage_said("snapshot", || snapshot(opts), |s| image_summary(&s.image))?;
+    let name = artifact_name(opts.name.as_deref().unwrap_or(&snap.source_name));
+    let push_dest = push_destination(opts, &name)?;
+    let work_name = format!("gridship-promote/work-{}:{}", std::process::id(), opts.tag);
+    work.names.push(work_name.clone());
+    let (image, overlay_paths) = run.stage("site overlay", || {
+        site_overlay(opts, &plan.overlay, &snap.image, &store, &work_name)
+    })?;
+    let merged = run.stage("merge", || merge(opts, &image, &store, snap.base_layers))?;
+    let before = merged.index.content_bytes();
+    let scanned = run.stage("scan", || scan_once(opts, &merged.index, &image))?;
+    let ruled = run.stage("rules", || {
+        rules(opts, &mut plan, merged, &image, &scanned, &overlay_paths)
+    })?;
+    let mut report = rules_report(opts, &name, &snap, before, scanned.stats, &ruled);
+    if opts.dry_run {
+        return Ok(finish(report, run, started));
+    }
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| Error::io_path(&opts.out, "creating the output directory", e))?;
+    // The promoted image as the sinks see it: the transformed tree over
+    // the working image's layers, with the promoted config.
+    let mut view = image.clone();
+    view.config = ruled.config.clone();
+    view.config_raw = serde_json::to_vec(&ruled.config).expect("config serializes");
+    view.name = format!("promoted/{}:{}", name, opts.tag);
+    let trees = Prepared {
+        index: &ruled.index,
+        chain: &ruled.chain,
+        data: &image,
+        kept_base: ruled.lower.map(|l| (snap.base_layers, Arc::new(l))),
+    };
+    let mut sinks = sinks_for(opts, &name, &store)?;
+    let mut refs: Vec<&mut dyn Sink> = sinks.iter_mut().map(|s| s.as_mut() as _).collect();
+    report.artifacts = run.sinks(&mut refs, &view, &trees)?;
+    for s in &sinks {
+        report.rules.extend(s.rules());
+    }
+    if let Some(dest) = push_dest.filter(|_| opts.targets.has("oci")) {
+        let pushed = run.stage("push", || push(opts, &name, &dest))?;
+        report.artifacts.push(pushed);
+    }
+    let smoke = run.stage("smoke", || {
+        smoke_tests(opts, &plan.site, &view, &ruled.index)
+    })?;
+    let smoke_ok = smoke.ok();
+    if !smoke_ok {
+        run.warnings.push(format!(
+            "smoke tests failed ({} of {}): no job description written",
+            smoke.failed,
+            smoke.checks.len()
+        ));
+        report.ok = false;
+    }
+    report.smoke = Some(smoke);
+    let (made, warnings) = run.stage("jobdesc", || {
+        job_descriptions(
+            opts,
+            &plan.site,
+            &name,
+            &report.artifacts,
+            &ruled.image_command,
+            smoke_ok,
+        )
+    })?;
+    report.artifacts.extend(made);
+    run.warnings.extend(warnings);
+    let report = finish(report, run, started);
+    let json = serde_json::to_vec_pretty(&report).expect("report serializes");
+    crate::fsutil::write_atomic(
+        &opts.out.join(format!("{}.promote.json", name)),
+        &json,
+        0o644,
+    )?;
+    drop(work);
+    Ok(report)
+}
 
-    // Snapshot: commit + read into the store (the container keeps running).
-    stages.start("snapshot");
-    let snapshot = transport::open(&opts.source, &opts.ctx)?;
+/// The report as far as the rules: what a dry run says.
+fn rules_report(
+    opts: &PromoteOptions,
+    name: &str,
+    snap: &Snapshot,
+    before: u64,
+    scan: ScanStats,
+    ruled: &Ruled,
+) -> PromoteReport {
+    PromoteReport {
+        source: opts.source.to_string(),
+        site: opts.site.clone(),
+        name: format!("{}:{}", name, opts.tag),
+        dry_run: opts.dry_run,
+        snapshot_digest: snap.image.manifest_desc.digest.to_string(),
+        layers: snap.image.layers().len(),
+        base_layers: snap.base_layers,
+        merge_cached_layers: ruled.cached,
+        scan,
+        rules: ruled.chain.reports.clone(),
+        sizes: Sizes {
+            before,
+            after: ruled.index.content_bytes(),
+            removed: before.saturating_sub(ruled.index.content_bytes()),
+        },
+        largest_dirs: slim::largest_dirs(&ruled.index, &ruled.chain.reports, slim::LARGEST_DIRS),
+        artifacts: Vec::new(),
+        smoke: None,
+        warnings: ruled.warnings.clone(),
+        stages: Vec::new(),
+        layers_merged: Vec::new(),
+        seconds: 0.0,
+        ok: true,
+    }
+}
+
+/// The report with the stages' times and warnings.
+fn finish(mut report: PromoteReport, run: Run, started: Instant) -> PromoteReport {
+    report.warnings.extend(run.warnings);
+    report.stages = run.stages;
+    report.layers_merged = run.layers_merged;
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+/// The source stage: a container's snapshot (committed and read into the
+/// store; the container keeps running), or an image.
+struct Snapshot {
+    image: Image,
+    /// Layers of the session's base image (the rest are the session's).
+    base_layers: usize,
+    /// The container's or image's name: the artifacts' default name.
+    source_name: String,
+}
+
+fn snapshot(opts: &PromoteOptions) -> Result<Snapshot> {
+    let image = transport::open(&opts.source, &opts.ctx)?;
     let (base_layers, source_name) = match &opts.source {
         ImageRef::Container(c) => {
             let info = crate::engine::inspect_container(c)?;
@@ -258,7 +368,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             )
         }
         other => (
-            snapshot.layers().len().saturating_sub(1),
+            image.layers().len().saturating_sub(1),
             other
                 .to_string()
                 .rsplit(['/', ':'])
@@ -267,9 +377,16 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
                 .to_string(),
         ),
     };
-    let base_layers = base_layers.min(snapshot.layers().len());
-    let name = artifact_name(opts.name.as_deref().unwrap_or(&source_name));
-    let push_dest = match (&opts.push, &opts.push_prefix) {
+    Ok(Snapshot {
+        base_layers: base_layers.min(image.layers().len()),
+        image,
+        source_name,
+    })
+}
+
+/// `--push`, else config.yaml's push prefix: PREFIX/NAME:TAG.
+fn push_destination(opts: &PromoteOptions, name: &str) -> Result<Option<RegistryRef>> {
+    Ok(match (&opts.push, &opts.push_prefix) {
         (Some(p), _) => Some(p.clone()),
         (None, Some(prefix)) => Some(
             crate::reference::parse_registry(&format!(
@@ -280,16 +397,22 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             .map_err(|e| Error::bad_input(format!("push prefix {prefix}"), e))?,
         ),
         (None, None) => None,
-    };
+    })
+}
 
-    // Site overlay: one more layer, env and labels.
-    stages.start("site overlay");
-    let work_name = format!("gridship-promote/work-{}:{}", std::process::id(), opts.tag);
-    work.names.push(work_name.clone());
+/// The site overlay stage: one more layer, env and labels, as the working
+/// image; and the overlay's files, which no slim rule removes.
+fn site_overlay(
+    opts: &PromoteOptions,
+    overlay: &SiteOverlay,
+    snapshot: &Image,
+    store: &crate::store::Layout,
+    work_name: &str,
+) -> Result<(Image, PatternSet)> {
     let created_rfc = crate::clock::rfc3339_utc(opts.created)?;
     let image = crate::sink::oci::append_layer(
-        &snapshot,
-        &store,
+        snapshot,
+        store,
         &crate::sink::oci::NewLayer {
             tar: &overlay.layer,
             created_by: format!(
@@ -300,82 +423,131 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         },
         &created_rfc,
         |config| overlay.apply_config(config),
-        &work_name,
+        work_name,
     )?;
-    let overlay_paths = {
-        let raw = FsIndex::from_layer(&image, image.layers().len() - 1)?;
-        let mut set = PatternSet::default();
-        for (k, _, n) in raw.iter() {
-            if !k.is_empty() && !n.kind.is_dir() {
-                set.push(PathPattern::literal(k));
-            }
+    let raw = FsIndex::from_layer(&image, image.layers().len() - 1)?;
+    let mut paths = PatternSet::default();
+    for (k, _, n) in raw.iter() {
+        if !k.is_empty() && !n.kind.is_dir() {
+            paths.push(PathPattern::literal(k));
         }
-        set
-    };
+    }
+    Ok((image, paths))
+}
 
-    // Merge (lower layers from the cache when an earlier promote or publish
-    // of the same base merged them).
-    stages.start("merge");
-    crate::progress::set_total(image.layers().iter().map(|l| l.size).sum());
-    let cache_dir = cvmfs::merge_cache_dir(&store);
-    let (lower, mut index, cached) = if opts.keep_base {
-        let (l, i, c) = cache::from_image_split(&image, &cache_dir, base_layers)?;
-        (Some(l), i, c)
+/// The merge stage's tree, and with --keep-base the base layers' own.
+struct Merged {
+    index: FsIndex,
+    lower: Option<FsIndex>,
+    cached: usize,
+}
+
+/// Merge the working image (lower layers from the cache when an earlier
+/// promote or publish of the same base merged them).
+fn merge(
+    opts: &PromoteOptions,
+    image: &Image,
+    store: &crate::store::Layout,
+    base_layers: usize,
+) -> Result<Merged> {
+    crate::event::set_total(image.layers().iter().map(|l| l.size).sum());
+    let cache_dir = store.merge_cache_dir();
+    Ok(if opts.keep_base {
+        let (lower, index, cached) = cache::from_image_split(image, &cache_dir, base_layers)?;
+        Merged {
+            index,
+            lower: Some(lower),
+            cached,
+        }
     } else {
-        let (i, c) = cache::from_image(&image, &cache_dir)?;
-        (None, i, c)
-    };
-    let before = index.content_bytes();
+        let (index, cached) = cache::from_image(image, &cache_dir)?;
+        Merged {
+            index,
+            lower: None,
+            cached,
+        }
+    })
+}
 
-    // Content scan, once, for every rule.
-    stages.start("scan");
-    let mut config = image.config.clone();
-    let scripts = sshd::entry_scripts(&index, &config);
+/// The content scan, once for every rule, with the text of the scripts
+/// the image's entrypoint runs (for strip-sshd).
+struct Scanned {
+    stats: ScanStats,
+    findings: HashMap<crate::index::NodeId, scan::Finding>,
+    scripts: HashMap<String, Vec<u8>>,
+}
+
+fn scan_once(opts: &PromoteOptions, index: &FsIndex, image: &Image) -> Result<Scanned> {
+    let scripts = sshd::entry_scripts(index, &image.config);
     let scan = scan::scan(
-        &index,
-        &image,
+        index,
+        image,
         &ScanOptions {
             limit: opts.scan_limit,
             keep_content: scripts.iter().map(|(_, id)| *id).collect(),
             ..Default::default()
         },
     )?;
-    let script_texts: HashMap<String, Vec<u8>> = scripts
+    let texts = scripts
         .iter()
         .filter_map(|(p, id)| scan.contents.get(id).map(|c| (p.clone(), c.clone())))
         .collect();
+    Ok(Scanned {
+        stats: scan.stats,
+        findings: scan.findings,
+        scripts: texts,
+    })
+}
 
-    // Rules.
-    stages.start("rules");
-    let recipe_label = config
-        .config
-        .labels
-        .as_ref()
-        .and_then(|l| l.get("gridship.recipe"))
-        .cloned();
-    if let (Some(dir), Some(name)) = (&opts.recipes_dir, recipe_label) {
-        // A session from a recipe gridship built: that recipe's protected
-        // paths and slim overrides, when this checkout has it.
-        match crate::recipe::Recipe::load(dir, &name) {
-            Ok(recipe) => policy.apply_recipe(&recipe)?,
-            Err(e) => warnings.push(format!(
-                "the session's image comes from recipe {name}, whose overrides were not applied: {e}"
-            )),
-        }
-    }
+/// The rules stage's result: the transformed tree and config.
+struct Ruled {
+    index: FsIndex,
+    lower: Option<FsIndex>,
+    cached: usize,
+    config: crate::image::ImageConfig,
+    chain: Chain,
+    /// What the job runs when --run is not given.
+    image_command: crate::jobdesc::work::ImageCommand,
+    warnings: Vec<String>,
+}
+
+/// The rules, in the chain's order: strip sshd and scrub secrets (then
+/// refuse what --fail-on-secrets and the job's command refuse, before the
+/// long work), slim, world-readable; then the promoted labels.
+fn rules(
+    opts: &PromoteOptions,
+    plan: &mut Plan,
+    merged: Merged,
+    image: &Image,
+    scanned: &Scanned,
+    overlay_paths: &PatternSet,
+) -> Result<Ruled> {
+    let Merged {
+        mut index,
+        lower,
+        cached,
+    } = merged;
+    let mut config = image.config.clone();
+    let mut warnings = recipe_overrides(opts, plan, &config)?;
     let strip = StripSshd {
-        scripts: &script_texts,
+        scripts: &scanned.scripts,
     };
     let scrub = ScrubSecrets {
-        findings: &scan.findings,
-        policy: &policy.secrets,
+        findings: &scanned.findings,
+        policy: &plan.policy.secrets,
     };
-    let mut reports = crate::transform::apply_all(&[&strip, &scrub], &mut index, &mut config)?;
-    if opts.fail_on_secrets && !reports[1].removed.is_empty() {
-        return Err(secrets::refuse(
-            &reports[1].removed,
-            &opts.source.to_string(),
-        ));
+    let scrub_rule = scrub.name();
+    let mut chain = Chain::new();
+    chain.apply(
+        vec![Step::StripSshd(strip), Step::ScrubSecrets(scrub)],
+        &mut index,
+        &mut config,
+    )?;
+    let scrubbed = chain.report(scrub_rule).map(|r| &r.removed);
+    if opts.fail_on_secrets
+        && let Some(removed) = scrubbed.filter(|r| !r.is_empty())
+    {
+        return Err(secrets::refuse(removed, &opts.source.to_string()));
     }
     // What the job runs is known now (sshd stripped): refuse a job with
     // nothing to run, or a missing input, before the long work starts.
@@ -383,38 +555,24 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         entrypoint: config.config.entrypoint.clone().unwrap_or_default(),
         cmd: config.config.cmd.clone().unwrap_or_default(),
     };
-    if !site.gpu_queues.is_empty() {
+    if !plan.site.gpu_queues.is_empty() {
         crate::jobdesc::work::executable_and_args(opts.work.command.as_ref(), &image_command)?;
         crate::jobdesc::work::input_files(&opts.work.inputs)?;
         crate::jobdesc::work::output_files(&opts.work.outputs)?;
     }
     if let Some(lower) = &lower {
-        // Kept base layers still carry what was removed from them.
-        for c in reports.iter().flat_map(|r| &r.removed) {
-            if c.path.starts_with('/') && lower.lookup(&c.path).is_some() {
-                warnings.push(format!(
-                    "--keep-base: {} ({}) is removed from the tree but stays in a base layer of the OCI image; the SIF and CVMFS trees do not carry it",
-                    c.path, c.reason
-                ));
-            }
-        }
+        warnings.extend(kept_in_base(&chain.reports, lower));
     }
-    reports.extend(slim::apply(
-        &mut index,
-        &config,
-        &policy.slim,
-        &scan.findings,
-        &overlay_paths,
-    ));
+    let mut rest = vec![Step::Slim {
+        policy: &plan.policy.slim,
+        findings: &scanned.findings,
+        spare: overlay_paths,
+    }];
     if opts.world_readable {
-        reports.extend(crate::transform::apply_all(
-            &[&crate::transform::readable::WorldReadable],
-            &mut index,
-            &mut config,
-        )?);
+        rest.push(Step::WorldReadable);
     }
-    let largest_dirs = slim::largest_dirs(&index, &reports, slim::LARGEST_DIRS);
-    let rules = reports;
+    chain.apply(rest, &mut index, &mut config)?;
+    let created_rfc = crate::clock::rfc3339_utc(opts.created)?;
     let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
     labels.insert("gridship.promoted.from".into(), opts.source.to_string());
     labels.insert("gridship.promoted.site".into(), opts.site.clone());
@@ -422,236 +580,136 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
         "org.opencontainers.image.created".into(),
         created_rfc.clone(),
     );
-    config.created = Some(created_rfc.clone());
-    let after = index.content_bytes();
-    stages.finish();
+    config.created = Some(created_rfc);
+    Ok(Ruled {
+        index,
+        lower,
+        cached,
+        config,
+        chain,
+        image_command,
+        warnings,
+    })
+}
 
-    let mut report = PromoteReport {
-        source: opts.source.to_string(),
-        site: opts.site.clone(),
-        name: format!("{}:{}", name, opts.tag),
-        dry_run: opts.dry_run,
-        snapshot_digest: snapshot.manifest_desc.digest.to_string(),
-        layers: snapshot.layers().len(),
-        base_layers,
-        merge_cached_layers: cached,
-        scan: scan.stats,
-        rules,
-        sizes: Sizes {
-            before,
-            after,
-            removed: before.saturating_sub(after),
-        },
-        largest_dirs,
-        artifacts: Vec::new(),
-        smoke: None,
-        warnings: Vec::new(),
-        stages: Vec::new(),
-        layers_merged: Vec::new(),
-        seconds: 0.0,
-        ok: true,
+/// A session from a recipe gridship built: that recipe's protected paths
+/// and slim overrides, when this checkout has it.
+fn recipe_overrides(
+    opts: &PromoteOptions,
+    plan: &mut Plan,
+    config: &crate::image::ImageConfig,
+) -> Result<Vec<String>> {
+    let label = config
+        .config
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("gridship.recipe"));
+    let (Some(dir), Some(name)) = (&opts.recipes_dir, label) else {
+        return Ok(Vec::new());
     };
-    if opts.dry_run {
-        report.warnings = warnings;
-        report.stages = stages.done;
-        report.layers_merged = stages.merged;
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
-    }
-    std::fs::create_dir_all(&opts.out)
-        .map_err(|e| Error::io_path(&opts.out, "creating the output directory", e))?;
-
-    // The promoted image as the sinks see it: the transformed tree over
-    // the working image's layers, with the promoted config.
-    let mut view = image.clone();
-    view.config = config.clone();
-    view.config_raw = serde_json::to_vec(&config).expect("config serializes");
-    view.name = format!("promoted/{}:{}", name, opts.tag);
-
-    let mut promoted: Option<Image> = None;
-    if opts.targets.oci || opts.targets.cvmfs {
-        stages.start(if opts.targets.oci {
-            "oci image"
-        } else {
-            "image digests"
-        });
-        let store_name = format!("promoted/{}:{}", name, opts.tag);
-        let keep = if opts.keep_base { base_layers } else { 0 };
-        let diff;
-        let layer_index = match &lower {
-            Some(l) => {
-                diff = index.diff_from(l);
-                &diff
-            }
-            None => &index,
-        };
-        let history = serde_json::json!({
-            "created": created_rfc,
-            "created_by": format!(
-                "gridship promote {} --site {}{}",
-                opts.source,
-                opts.site,
-                if opts.keep_base { " --keep-base" } else { "" }
-            ),
-        });
-        // The CVMFS metadata names the flattened image by its digests:
-        // without --to oci its layer is hashed, none of it kept.
-        let img = crate::sink::oci::write_image(
-            &image,
-            keep,
-            &store,
-            config.clone(),
-            history,
-            |w| {
-                crate::sink::tar::write_tar(
-                    layer_index,
-                    &image,
-                    w,
-                    &crate::sink::tar::TarOptions::default(),
-                )
-                .map(|_| ())
-            },
-            &store_name,
-            if opts.targets.oci {
-                crate::sink::oci::WriteMode::Named
-            } else {
-                crate::sink::oci::WriteMode::DigestsOnly
-            },
-        )?;
-        if opts.targets.oci {
-            report.artifacts.push(Artifact {
-                kind: "oci".into(),
-                path: format!("{}:{}", store.root().display(), store_name),
-                digest: Some(img.manifest_desc.digest.to_string()),
-                bytes: img.layers().iter().map(|l| l.size).sum(),
-            });
-            if let Some(dest) = &push_dest {
-                stages.start("push");
-                transport::copy(
-                    &ImageRef::Store(store_name.clone()),
-                    &ImageRef::Registry(dest.clone()),
-                    &opts.ctx,
-                )?;
-                report.artifacts.push(Artifact {
-                    kind: "oci-pushed".into(),
-                    path: format!("docker://{dest}"),
-                    digest: Some(img.manifest_desc.digest.to_string()),
-                    bytes: 0,
-                });
-            }
+    match crate::recipe::Recipe::load(dir, name) {
+        Ok(recipe) => {
+            plan.policy.apply_recipe(&recipe)?;
+            Ok(Vec::new())
         }
-        promoted = Some(img);
+        Err(e) => Ok(vec![format!(
+            "the session's image comes from recipe {name}, whose overrides were not applied: {e}"
+        )]),
     }
+}
 
-    let mut sif_path = None;
-    if opts.targets.sif {
-        stages.start("sif");
-        let dest = opts.out.join(format!("{}.sif", name));
-        let build = crate::sink::sif::SifBuild {
-            uri: format!("docker://promoted/{}:{}", name, opts.tag),
-            base: None,
-            created: opts.created,
-            reproducible: opts.reproducible,
-            squashfs: opts.squashfs.clone(),
-        };
-        let r = crate::sink::sif::build_sif(&view, index.clone(), &dest, &build)?;
-        report.rules.push(r.transform);
-        report.artifacts.push(Artifact {
-            kind: "sif".into(),
-            path: dest.display().to_string(),
-            digest: Some(crate::digest::Digest::of_file(&dest)?.to_string()),
-            bytes: std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0),
-        });
-        sif_path = Some(dest);
-    }
+/// --keep-base: what sshd and secrets removed still sits in a kept base
+/// layer of the OCI image.
+fn kept_in_base(reports: &[RuleReport], lower: &FsIndex) -> Vec<String> {
+    reports
+        .iter()
+        .flat_map(|r| &r.removed)
+        .filter(|c| c.path.starts_with('/') && lower.lookup(&c.path).is_some())
+        .map(|c| format!(
+            "--keep-base: {} ({}) is removed from the tree but stays in a base layer of the OCI image; the SIF and CVMFS trees do not carry it",
+            c.path, c.reason
+        ))
+        .collect()
+}
 
-    let mut cvmfs_path = None;
-    if opts.targets.cvmfs {
-        stages.start("cvmfs");
-        let img = promoted.as_ref().expect("written for cvmfs");
-        let repo_config = match &opts.cvmfs {
-            Some(t) => t.repo.clone(),
-            None => RepoConfig::new(
-                "promoted.gridship.local",
-                cvmfs::BackendKind::Dir,
-                Some(opts.out.join("cvmfs")),
-                None,
-            )?,
-        };
-        let public = match opts.cvmfs.as_ref().and_then(|t| t.name.clone()) {
-            Some(n) => n,
-            None => PublicName::parse(&format!("gridship.local/promoted/{name}:{}", opts.tag))?,
-        };
-        if repo_config.backend == cvmfs::BackendKind::Dir {
-            std::fs::create_dir_all(&repo_config.root)
-                .map_err(|e| Error::io_path(&repo_config.root, "creating", e))?;
-        }
-        let repo_name = repo_config.name.clone();
-        let mut repo = Repo::open(repo_config)?;
-        // The tree merged and transformed above, under the written image's
-        // digests: the session's layers are not read and merged again.
-        let r = cvmfs::publish_prepared(
-            &mut repo,
-            &public,
-            img,
-            &cvmfs::Prepared {
-                index: &index,
-                data: &image,
-            },
-            &PublishOptions {
-                layers: false,
-                created: opts.created,
-                reuse: true,
-                store: Some(store.clone()),
-                // Already applied to the promoted tree, as --no-world-readable says.
-                world_readable: false,
-                podman: false,
-            },
-        )?;
-        let tree = repo.root().join(&r.flat);
-        report.artifacts.push(Artifact {
-            kind: "cvmfs".into(),
-            path: tree.display().to_string(),
-            digest: Some(r.config_digest.clone()),
-            bytes: report.sizes.after,
-        });
-        // Only a repository the user, config.yaml or the site named is one
-        // worker nodes mount; the local tree under --out is not.
-        if opts.cvmfs.is_some() {
-            let public = Path::new("/cvmfs")
-                .join(&repo_name)
-                .join(public.link_path());
-            report.artifacts.push(Artifact {
-                kind: "cvmfs-link".into(),
-                path: public.display().to_string(),
-                digest: None,
-                bytes: 0,
-            });
-            cvmfs_path = Some(public);
-        } else {
-            warnings.push(format!(
-                "the CVMFS tree under {} is local: no repository was named (--cvmfs-repo, cvmfs.repo of config.yaml, or cvmfs.repo of site {}), so no worker node mounts it and the job description does not use it",
-                repo.root().display(),
-                opts.site
-            ));
+/// The sinks `--to` asks for, in the order of crate::sink::KINDS; a sink
+/// named by digests without an OCI image gets the image's digests first.
+fn sinks_for(
+    opts: &PromoteOptions,
+    name: &str,
+    store: &crate::store::Layout,
+) -> Result<Vec<Box<dyn Sink>>> {
+    let spec = Spec {
+        out: opts.out.clone(),
+        name: name.to_string(),
+        tag: opts.tag.clone(),
+        created: opts.created,
+        reproducible: opts.reproducible,
+        squashfs: opts.squashfs.clone(),
+        cvmfs: opts.cvmfs.clone(),
+        store: store.clone(),
+        site: opts.site.clone(),
+        created_by: format!(
+            "gridship promote {} --site {}{}",
+            opts.source,
+            opts.site,
+            if opts.keep_base { " --keep-base" } else { "" }
+        ),
+    };
+    let mut sinks = Vec::new();
+    for (kind, make) in crate::sink::KINDS {
+        if opts.targets.has(kind) {
+            sinks.push(make(&spec)?);
         }
     }
+    if sinks.iter().any(|s| s.named_by_digests()) && !opts.targets.has("oci") {
+        sinks.insert(
+            0,
+            Box::new(OciSink::for_spec(&spec, WriteMode::DigestsOnly)?),
+        );
+    }
+    Ok(sinks)
+}
 
-    // GPU smoke tests: the static checks always; the run checks when a GPU
-    // is visible (skipped, never passed, when none is).
-    stages.start("smoke");
+/// The push stage: the promoted image from the store to the registry.
+fn push(opts: &PromoteOptions, name: &str, dest: &RegistryRef) -> Result<Artifact> {
+    let store_name = format!("promoted/{}:{}", name, opts.tag);
+    transport::copy(
+        &ImageRef::Store(store_name.clone()),
+        &ImageRef::Registry(dest.clone()),
+        &opts.ctx,
+    )?;
+    let store = opts.ctx.store()?;
+    let desc = store.resolve(Some(&store_name))?;
+    Ok(Artifact {
+        kind: "oci-pushed".into(),
+        path: format!("docker://{dest}"),
+        digest: Some(desc.digest.to_string()),
+        bytes: 0,
+        runs_as: None,
+    })
+}
+
+/// GPU smoke tests: the static checks always; the run checks when a GPU is
+/// visible (skipped, never passed, when none is).
+fn smoke_tests(
+    opts: &PromoteOptions,
+    site: &SiteProfile,
+    view: &Image,
+    index: &FsIndex,
+) -> Result<smoke::Report> {
     let mut suite = match &opts.smoke_suite {
         Some(s) => crate::smoke::suite::Suite::find(s, &opts.suites)?,
         None => {
-            crate::smoke::suite::for_image(&view, opts.recipes_dir.as_deref(), &opts.suites)?.suite
+            crate::smoke::suite::for_image(view, opts.recipes_dir.as_deref(), &opts.suites)?.suite
         }
     };
-    let mut queues = Vec::new();
-    for (n, q) in &site.gpu_queues {
-        if opts.queue.as_ref().is_none_or(|w| w == n) {
-            queues.push((opts.site.clone(), n.clone(), q.clone()));
-        }
-    }
+    let queues = site
+        .gpu_queues
+        .iter()
+        .filter(|(n, _)| opts.queue.as_ref().is_none_or(|w| w == *n))
+        .map(|(n, q)| (opts.site.clone(), n.clone(), q.clone()))
+        .collect();
     let mut skipped = Vec::new();
     if let Err(why) = &opts.gpu {
         suite.checks.retain(|c| {
@@ -668,9 +726,9 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             keep
         });
     }
-    let mut sr = smoke::run(
-        &view,
-        &index,
+    let mut report = smoke::run(
+        view,
+        index,
         &suite,
         &smoke::Options {
             backend: opts.smoke_backend,
@@ -680,119 +738,102 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport> {
             gpu: opts.gpu.clone(),
         },
     )?;
-    sr.skipped += skipped.len();
-    sr.checks.extend(skipped);
-    let smoke_ok = sr.ok();
-    if !smoke_ok {
-        warnings.push(format!(
-            "smoke tests failed ({} of {}): no job description written",
-            sr.failed,
-            sr.checks.len()
-        ));
-    }
-    report.smoke = Some(sr);
+    report.skipped += skipped.len();
+    report.checks.extend(skipped);
+    Ok(report)
+}
 
-    // Job description for the site's GPU queue.
-    stages.start("jobdesc");
+/// The job description for the site's GPU queue, in xRSL and ADL, when
+/// the smoke tests passed. Its image is chosen from the artifacts made, by
+/// what their sinks say a job runs (a mounted CVMFS tree first), never
+/// from the shape of a path.
+fn job_descriptions(
+    opts: &PromoteOptions,
+    site: &SiteProfile,
+    name: &str,
+    artifacts: &[Artifact],
+    image_command: &crate::jobdesc::work::ImageCommand,
+    smoke_ok: bool,
+) -> Result<(Vec<Artifact>, Vec<String>)> {
+    let mut warnings = Vec::new();
     let queue = match &opts.queue {
         Some(q) => Some(q.clone()),
         None => site.gpu_queues.keys().next().cloned(),
     };
-    let job_image = match (&cvmfs_path, &opts.sif_url, &sif_path) {
-        (Some(p), _, _) => Some(JobImage::Cvmfs(p.display().to_string())),
-        (None, Some(u), Some(_)) => Some(JobImage::SifUrl(u.clone())),
+    let runs: Vec<&JobImage> = artifacts
+        .iter()
+        .filter_map(|a| a.runs_as.as_ref())
+        .collect();
+    let cvmfs = runs.iter().find_map(|r| match r {
+        JobImage::Cvmfs(p) => Some(p.display().to_string()),
+        JobImage::Sif(_) => None,
+    });
+    let sif = runs.iter().find_map(|r| match r {
+        JobImage::Sif(p) => Some(p),
+        JobImage::Cvmfs(_) => None,
+    });
+    // (template, image reference)
+    let job_image = match (cvmfs, &opts.sif_url, sif) {
+        (Some(p), _, _) => Some(("gpu-cvmfs", p)),
+        (None, Some(u), Some(_)) => {
+            if opts.targets.has("cvmfs") {
+                warnings.push(format!("the job uses the SIF from {u}, not the CVMFS tree"));
+            }
+            Some(("gpu-sif-staged", u.clone()))
+        }
         // No URL: `gridship submit` uploads the SIF with the job.
-        (None, None, Some(sif)) => Some(JobImage::SifStaged(
-            std::path::absolute(sif).map_err(|e| Error::io_path(sif, "resolving", e))?,
-        )),
-        _ => None,
+        (None, None, Some(sif)) => {
+            let abs = std::path::absolute(sif).map_err(|e| Error::io_path(sif, "resolving", e))?;
+            warnings.push(format!(
+                "the job uses the SIF, staged: it uploads {} with every job; give --sif-url (where the CE fetches it) or a CVMFS repository (--cvmfs-repo) for many jobs",
+                abs.display()
+            ));
+            Some(("gpu-sif-staged", format!("file://{}", abs.display())))
+        }
+        (None, _, None) => None,
     };
-    match &job_image {
-        Some(JobImage::SifStaged(abs)) => warnings.push(format!(
-            "the job uses the SIF, staged: it uploads {} with every job; give --sif-url (where the CE fetches it) or a CVMFS repository (--cvmfs-repo) for many jobs",
-            abs.display()
-        )),
-        Some(JobImage::SifUrl(u)) if opts.targets.cvmfs => warnings.push(format!(
-            "the job uses the SIF from {u}, not the CVMFS tree"
-        )),
-        _ => {}
+    if !smoke_ok {
+        return Ok((Vec::new(), warnings));
     }
-    match (smoke_ok, queue, job_image) {
-        (false, _, _) => report.ok = false,
-        (true, None, _) => warnings.push(format!(
-            "site {} has no gpu_queues: no job description written",
-            opts.site
-        )),
-        (true, Some(_), None) => warnings.push(if opts.targets.cvmfs {
+    let (Some(q), Some((tname, image_ref))) = (&queue, job_image) else {
+        warnings.push(if queue.is_none() {
+            format!("site {} has no gpu_queues: no job description written", opts.site)
+        } else if opts.targets.has("cvmfs") {
             "no job description: the CVMFS tree is local and no SIF was made (name a repository with --cvmfs-repo, or add sif to --to)".into()
         } else {
             "no job description: no SIF or CVMFS tree was made (add sif or cvmfs to --to)".into()
-        }),
-        (true, Some(q), Some(job_image)) => {
-            let (tname, image_ref) = job_image.template_and_ref();
-            let template = crate::jobdesc::template::Template::load(&opts.templates, tname)?;
-            let jobs = crate::jobdesc::for_image(
-                &site,
-                &q,
-                &image_ref,
-                &template,
-                &crate::jobdesc::Request {
-                    gpus: opts.gpus,
-                    work: opts.work.clone(),
-                    image_command: image_command.clone(),
-                },
-            )?;
-            for (format, ext) in [
-                (crate::jobdesc::Format::Xrsl, "xrsl"),
-                (crate::jobdesc::Format::Adl, "adl"),
-            ] {
-                let path = opts.out.join(format!("{}.{ext}", name));
-                let text = crate::jobdesc::render(&jobs, format);
-                crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644)?;
-                report.artifacts.push(Artifact {
-                    kind: ext.into(),
-                    path: path.display().to_string(),
-                    digest: Some(crate::digest::Digest::of_bytes(text.as_bytes()).to_string()),
-                    bytes: text.len() as u64,
-                });
-            }
-        }
-    }
-    stages.finish();
-    report.warnings = warnings;
-    report.stages = stages.done;
-    report.layers_merged = stages.merged;
-    report.seconds = started.elapsed().as_secs_f64();
-    let json = serde_json::to_vec_pretty(&report).expect("report serializes");
-    crate::fsutil::write_atomic(
-        &opts.out.join(format!("{}.promote.json", name)),
-        &json,
-        0o644,
+        });
+        return Ok((Vec::new(), warnings));
+    };
+    let template = crate::jobdesc::template::Template::load(&opts.templates, tname)?;
+    let jobs = crate::jobdesc::for_image(
+        site,
+        q,
+        &image_ref,
+        &template,
+        &crate::jobdesc::Request {
+            gpus: opts.gpus,
+            work: opts.work.clone(),
+            image_command: image_command.clone(),
+        },
     )?;
-    drop(work);
-    Ok(report)
-}
-
-/// What the job description runs: chosen from the artifacts made, never
-/// from the shape of a path.
-enum JobImage {
-    /// A tree in a repository worker nodes mount (/cvmfs/REPO/...).
-    Cvmfs(String),
-    /// A SIF the CE fetches from a URL.
-    SifUrl(String),
-    /// A SIF uploaded with every job.
-    SifStaged(PathBuf),
-}
-
-impl JobImage {
-    /// The job template's name and the image reference it is given.
-    fn template_and_ref(self) -> (&'static str, String) {
-        match self {
-            JobImage::Cvmfs(p) => ("gpu-cvmfs", p),
-            JobImage::SifUrl(u) => ("gpu-sif-staged", u),
-            JobImage::SifStaged(p) => ("gpu-sif-staged", format!("file://{}", p.display())),
-        }
+    let mut made = Vec::new();
+    for (format, ext) in [
+        (crate::jobdesc::Format::Xrsl, "xrsl"),
+        (crate::jobdesc::Format::Adl, "adl"),
+    ] {
+        let path = opts.out.join(format!("{}.{ext}", name));
+        let text = crate::jobdesc::render(&jobs, format);
+        crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644)?;
+        made.push(Artifact {
+            kind: ext.into(),
+            path: path.display().to_string(),
+            digest: Some(crate::digest::Digest::of_bytes(text.as_bytes()).to_string()),
+            bytes: text.len() as u64,
+            runs_as: None,
+        });
     }
+    Ok((made, warnings))
 }
 
 /// A name for artifacts: lower case, `[a-z0-9._-]`.
@@ -824,9 +865,10 @@ mod tests {
         assert_eq!(artifact_name("/My Session_1"), "my-session_1");
         assert_eq!(artifact_name("///"), "session");
         let t = Targets::parse("sif, oci").unwrap();
-        assert!(t.sif && t.oci && !t.cvmfs);
-        let e = Targets::parse("sif,tar").unwrap_err().to_string();
-        assert!(e.contains("--to sif,tar") && e.contains("\"tar\""), "{e}");
+        assert!(t.has("sif") && t.has("oci") && !t.has("cvmfs"));
+        let e = Targets::parse("sif,zip").unwrap_err().to_string();
+        assert!(e.contains("--to sif,zip") && e.contains("\"zip\""), "{e}");
+        assert!(e.contains("oci, sif, cvmfs, dir, tar"), "{e}");
         assert!(Targets::parse(",").is_err());
     }
 }

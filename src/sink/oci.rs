@@ -231,3 +231,95 @@ fn flattened(
         extra: Default::default(),
     })
 }
+
+/// The transformed tree as one flattened OCI image in the store (promote
+/// `--to oci`), or only its digests (what a CVMFS tree is named by).
+pub struct OciSink {
+    pub store: Layout,
+    /// The store name, e.g. promoted/NAME:TAG.
+    pub name: String,
+    /// The history entry of the new layer (created, created_by).
+    pub history: serde_json::Value,
+    pub mode: WriteMode,
+    /// After [`super::Sink::write`].
+    pub written: Option<Image>,
+}
+
+impl OciSink {
+    /// Promote's image: promoted/NAME:TAG in the store.
+    pub fn from_spec(spec: &super::Spec) -> Result<Box<dyn super::Sink>> {
+        Ok(Box::new(OciSink::for_spec(spec, WriteMode::Named)?))
+    }
+
+    pub fn for_spec(spec: &super::Spec, mode: WriteMode) -> Result<OciSink> {
+        Ok(OciSink {
+            store: spec.store.clone(),
+            name: format!("promoted/{}:{}", spec.name, spec.tag),
+            history: serde_json::json!({
+                "created": crate::clock::rfc3339_utc(spec.created)?,
+                "created_by": spec.created_by,
+            }),
+            mode,
+            written: None,
+        })
+    }
+}
+
+impl super::Sink for OciSink {
+    fn kind(&self) -> &'static str {
+        "oci"
+    }
+
+    fn stage_name(&self) -> &'static str {
+        match self.mode {
+            WriteMode::Named => "oci image",
+            WriteMode::DigestsOnly => "image digests",
+        }
+    }
+
+    fn write(&mut self, input: &super::SinkInput) -> Result<Vec<super::Artifact>> {
+        let tree = input.tree(self)?;
+        let diff;
+        let (keep, layer_index) = match &tree.kept_base {
+            Some((keep, lower)) => {
+                diff = tree.index.diff_from(lower);
+                (*keep, &diff)
+            }
+            None => (0, &tree.index),
+        };
+        let img = write_image(
+            &tree.data,
+            keep,
+            &self.store,
+            tree.config.clone(),
+            self.history.clone(),
+            |w| {
+                crate::encode::tar::write_tar(
+                    layer_index,
+                    &tree.data,
+                    w,
+                    &crate::encode::tar::TarOptions::default(),
+                )
+                .map(|_| ())
+            },
+            &self.name,
+            self.mode,
+        )?;
+        let artifacts = match self.mode {
+            WriteMode::Named => vec![super::Artifact {
+                kind: "oci".into(),
+                path: format!("{}:{}", self.store.root().display(), self.name),
+                digest: Some(img.manifest_desc.digest.to_string()),
+                bytes: img.layers().iter().map(|l| l.size).sum(),
+                runs_as: None,
+            }],
+            WriteMode::DigestsOnly => Vec::new(),
+        };
+        self.written = Some(img);
+        Ok(artifacts)
+    }
+
+    fn image(&self) -> Option<&Image> {
+        self.written.as_ref()
+    }
+}

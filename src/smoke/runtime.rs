@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::encode::dir::{UnpackOptions, unpack};
 use crate::image::Image;
 use crate::index::FsIndex;
-use crate::sink::dir::{UnpackOptions, unpack};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

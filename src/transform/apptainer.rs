@@ -39,7 +39,7 @@ use crate::clock::Civil;
 use crate::image::{ContainerConfig, Image, ImageConfig};
 use crate::index::{Data, FsIndex, Kind, Meta, Node, NodeId, display_path};
 use crate::layers::{LayerReader, diagnose, layer_io};
-use crate::transform::{Change, RuleReport, Transform};
+use crate::transform::{Change, Edit, RuleReport, Transform};
 use crate::{Error, Result};
 
 /// The script Apptainer translates the image's Env into.
@@ -47,16 +47,58 @@ pub const ENV_SCRIPT: &str = "/.singularity.d/env/10-docker2singularity.sh";
 
 // gridship's action and environment scripts (same behaviour as Apptainer's).
 const EXEC_SH: &str = include_str!("apptainer/exec.sh");
-const RUN_SH: &str = include_str!("apptainer/run.sh");
 const SHELL_SH: &str = include_str!("apptainer/shell.sh");
 const START_SH: &str = include_str!("apptainer/start.sh");
-const TEST_SH: &str = include_str!("apptainer/test.sh");
+/// The run and test actions: one script, handing over to a SCIF app's
+/// script, the image's, or a fallback.
+const HANDOVER_SH: &str = include_str!("apptainer/handover.sh");
 const BASE_01_SH: &str = include_str!("apptainer/01-base.sh");
 const ENVIRONMENT_90_SH: &str = include_str!("apptainer/90-environment.sh");
 const APPS_95_SH: &str = include_str!("apptainer/95-apps.sh");
 const BASE_99_SH: &str = include_str!("apptainer/99-base.sh");
 const RUNTIMEVARS_99_SH: &str = include_str!("apptainer/99-runtimevars.sh");
 const STARTSCRIPT_SH: &str = include_str!("apptainer/startscript.sh");
+
+/// What the run and test actions hand over to ([`HANDOVER_SH`]).
+struct Handover {
+    action: &'static str,
+    summary: &'static str,
+    /// The script's name in a SCIF app and in /.singularity.d.
+    script: &'static str,
+    no_app: &'static str,
+    none: &'static str,
+    fallback: &'static str,
+}
+
+const RUN: Handover = Handover {
+    action: "run",
+    summary: "hand over to a SCIF app's runscript, the image's runscript, or /bin/sh.",
+    script: "runscript",
+    no_app: "No Apptainer runscript for contained app",
+    none: "No Apptainer runscript found, executing /bin/sh",
+    fallback: "/bin/sh \"$@\"",
+};
+
+const TEST: Handover = Handover {
+    action: "test",
+    summary: "run a SCIF app's test, the image's /.singularity.d/test, or succeed.",
+    script: "test",
+    no_app: "No tests for contained app",
+    none: "No test found in container, executing /bin/sh -c true",
+    fallback: "/bin/sh -c true",
+};
+
+impl Handover {
+    fn script(&self) -> String {
+        HANDOVER_SH
+            .replace("@ACTION@", self.action)
+            .replace("@SUMMARY@", self.summary)
+            .replace("@SCIF@", self.script)
+            .replace("@NO_APP@", self.no_app)
+            .replace("@NONE@", self.none)
+            .replace("@FALLBACK@", self.fallback)
+    }
+}
 
 /// What an entry of the layout is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,12 +292,8 @@ impl Transform for ApptainerMetadata {
          deffile, action scripts, symlinks, mount points, empty /etc/hosts and /etc/resolv.conf"
     }
 
-    fn apply(
-        &self,
-        index: &mut FsIndex,
-        config: &mut ImageConfig,
-        report: &mut RuleReport,
-    ) -> Result<()> {
+    fn apply(&self, edit: Edit<'_>) -> Result<()> {
+        let Edit(index, config, report) = edit;
         let o = &self.options;
         let time = Civil::from_unix(o.created)?;
         let c = &config.config;
@@ -297,14 +335,15 @@ impl Transform for ApptainerMetadata {
                 ed.make_symlink(e.path, target)?;
             }
         }
+        let (run_sh, test_sh) = (RUN.script(), TEST.script());
         let base_files: [(&str, u32, &str); 13] = [
             ("/etc/hosts", 0o644, ""),
             ("/etc/resolv.conf", 0o644, ""),
             ("/.singularity.d/actions/exec", 0o755, EXEC_SH),
-            ("/.singularity.d/actions/run", 0o755, RUN_SH),
+            ("/.singularity.d/actions/run", 0o755, &run_sh),
             ("/.singularity.d/actions/shell", 0o755, SHELL_SH),
             ("/.singularity.d/actions/start", 0o755, START_SH),
-            ("/.singularity.d/actions/test", 0o755, TEST_SH),
+            ("/.singularity.d/actions/test", 0o755, &test_sh),
             ("/.singularity.d/env/01-base.sh", 0o755, BASE_01_SH),
             (
                 "/.singularity.d/env/90-environment.sh",
@@ -1545,6 +1584,20 @@ fn read_contents(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The run and test actions are the scripts they were as two files.
+    #[test]
+    fn handover_scripts_are_the_run_and_test_actions() {
+        let sha = |s: &str| crate::digest::Digest::of_bytes(s.as_bytes()).to_string();
+        assert_eq!(
+            sha(&RUN.script()),
+            "sha256:37bfd83e91b70f935b23bf037696a0d7f5383db0ece1c38b8524d015fa172abe"
+        );
+        assert_eq!(
+            sha(&TEST.script()),
+            "sha256:36f58ec71336e0d6cced59401dbf04bedd87c914aec9e3b316b1c790430103f1"
+        );
+    }
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

@@ -1,10 +1,16 @@
 //! Transforms: named rule sets that edit the merged index and the image
 //! config, each reporting what it did (paths, bytes, reasons) so a site can
 //! see and tune it. Sinks read the result; no transform writes anything.
+//!
+//! Every pipeline applies the steps it needs in one order, [`Step::rank`]:
+//! what a rule removes or widens is decided before the format's own layout
+//! (the Apptainer metadata) is added, and the publisher's widening comes
+//! last.
 
 pub mod apptainer;
 pub mod overlay;
 pub mod paths;
+pub mod publishable;
 pub mod readable;
 pub mod scan;
 pub mod secrets;
@@ -89,17 +95,20 @@ impl RuleReport {
     }
 }
 
+/// What a rule edits, the merged tree and the config, and the report where
+/// it says what it did: `Edit(index, config, report)`.
+pub struct Edit<'a>(
+    pub &'a mut FsIndex,
+    pub &'a mut ImageConfig,
+    pub &'a mut RuleReport,
+);
+
 /// A rule set over the merged tree and the config.
 pub trait Transform {
     /// Short stable name, used in reports and to select or skip the rule.
     fn name(&self) -> &'static str;
     fn description(&self) -> &'static str;
-    fn apply(
-        &self,
-        index: &mut FsIndex,
-        config: &mut ImageConfig,
-        report: &mut RuleReport,
-    ) -> Result<()>;
+    fn apply(&self, edit: Edit<'_>) -> Result<()>;
 }
 
 /// Run transforms in order; one report per transform.
@@ -111,10 +120,121 @@ pub fn apply_all(
     let mut reports = Vec::new();
     for t in transforms {
         let mut report = RuleReport::new(t.name(), t.description());
-        t.apply(index, config, &mut report)?;
+        t.apply(Edit(index, config, &mut report))?;
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// One step of the transform chain, with what it needs.
+pub enum Step<'a> {
+    StripSshd(sshd::StripSshd<'a>),
+    ScrubSecrets(secrets::ScrubSecrets<'a>),
+    /// The slim rules (one report each).
+    Slim {
+        policy: &'a slim::SlimPolicy,
+        findings: &'a HashMap<NodeId, scan::Finding>,
+        /// Paths no slim rule removes (the site overlay's files).
+        spare: &'a paths::PatternSet,
+    },
+    WorldReadable,
+    /// The Apptainer layout (`/.singularity.d`), which SIF and CVMFS trees need.
+    Apptainer(Box<apptainer::ApptainerMetadata>),
+    /// Owner read/write for the CVMFS publisher, as DUCC does.
+    Publishable,
+}
+
+impl Step<'_> {
+    /// The step's place in every chain: the one definition of the order.
+    pub fn rank(&self) -> u8 {
+        match self {
+            Step::StripSshd(_) => 0,
+            Step::ScrubSecrets(_) => 1,
+            Step::Slim { .. } => 2,
+            Step::WorldReadable => 3,
+            Step::Apptainer(_) => 4,
+            Step::Publishable => 5,
+        }
+    }
+
+    fn apply(&self, index: &mut FsIndex, config: &mut ImageConfig) -> Result<Vec<RuleReport>> {
+        let one = |t: &dyn Transform, index: &mut FsIndex, config: &mut ImageConfig| {
+            apply_all(&[t], index, config)
+        };
+        match self {
+            Step::StripSshd(t) => one(t, index, config),
+            Step::ScrubSecrets(t) => one(t, index, config),
+            Step::Slim {
+                policy,
+                findings,
+                spare,
+            } => Ok(slim::apply(index, config, policy, findings, spare)),
+            Step::WorldReadable => one(&readable::WorldReadable, index, config),
+            Step::Apptainer(t) => one(t.as_ref(), index, config),
+            Step::Publishable => one(&publishable::Publishable, index, config),
+        }
+    }
+}
+
+/// A tree going through the chain: the steps applied so far may only be
+/// followed by later ones, so a pipeline that applies its own steps and
+/// then a sink's cannot get the order wrong.
+pub struct Chain {
+    applied: Option<u8>,
+    pub reports: Vec<RuleReport>,
+}
+
+impl Chain {
+    pub fn new() -> Chain {
+        Chain {
+            applied: None,
+            reports: Vec::new(),
+        }
+    }
+
+    /// Apply `steps` in the chain's order, after those applied already.
+    /// Returns the number of reports added.
+    pub fn apply(
+        &mut self,
+        mut steps: Vec<Step>,
+        index: &mut FsIndex,
+        config: &mut ImageConfig,
+    ) -> Result<usize> {
+        steps.sort_by_key(Step::rank);
+        let before = self.reports.len();
+        for step in &steps {
+            let rank = step.rank();
+            if self.applied.is_some_and(|done| rank <= done) {
+                return Err(crate::Error::Other(format!(
+                    "transform step {rank} asked for after step {} was applied",
+                    self.applied.unwrap_or_default()
+                )));
+            }
+            self.reports.extend(step.apply(index, config)?);
+            self.applied = Some(rank);
+        }
+        Ok(self.reports.len() - before)
+    }
+
+    /// A chain for a copy of the tree, going on from where this one is
+    /// (its reports stay here).
+    pub fn continued(&self) -> Chain {
+        Chain {
+            applied: self.applied,
+            reports: Vec::new(),
+        }
+    }
+
+    /// The report of rule `name`, if it ran.
+    pub fn report(&self, name: &str) -> Option<&RuleReport> {
+        self.reports.iter().find(|r| r.rule == name)
+    }
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain::new()
+    }
 }
 
 /// What a rule decides about one path.

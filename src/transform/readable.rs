@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::LazyLock;
 
 use super::paths::{PathPattern, PatternSet};
-use super::{RuleReport, Transform};
+use super::{Edit, Transform};
 use crate::Result;
 use crate::image::ImageConfig;
 use crate::index::{FsIndex, Kind, display_path};
@@ -139,6 +139,24 @@ pub fn widened_mode(dir: bool, mode: u32) -> u32 {
 /// Home and working directories a pool account cannot enter or list
 /// (`/home/NAME`, `/root`, the image's WorkingDir), with their modes: what
 /// `gridship sif` without the rule warns about.
+/// The warning a tree without the rule gets when a home or the working
+/// directory is closed to pool accounts.
+pub fn closed_homes_warning(index: &FsIndex, config: &ImageConfig) -> Option<String> {
+    let closed = closed_homes(index, config);
+    if closed.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = closed
+        .iter()
+        .map(|(p, m)| format!("{p} ({m:04o})"))
+        .collect();
+    Some(format!(
+        "{} closed to group and others: a grid job runs as a pool account, not the session's uid, and will not read {}; --world-readable gives them the owner's read and search bits (credential files excepted)",
+        list.join(", "),
+        if closed.len() == 1 { "it" } else { "them" }
+    ))
+}
+
 pub fn closed_homes(index: &FsIndex, config: &ImageConfig) -> Vec<(String, u32)> {
     let workdir = config
         .config
@@ -166,12 +184,8 @@ impl Transform for WorldReadable {
     fn description(&self) -> &'static str {
         "the owner's read and execute/search bits given to group and others, so a pool account running the job reads what the session's user could (never write, setuid or setgid); credential files and directories (password hashes, sudoers, private keys: readable::CREDENTIALS) are never opened"
     }
-    fn apply(
-        &self,
-        index: &mut FsIndex,
-        _config: &mut ImageConfig,
-        report: &mut RuleReport,
-    ) -> Result<()> {
+    fn apply(&self, edit: Edit<'_>) -> Result<()> {
+        let Edit(index, _, report) = edit;
         // Nodes at or below a credential path, by the path the list names
         // (the first path of a node decides which entry is reported).
         // One pass gives both: the held nodes (as credential_nodes) and the
@@ -239,6 +253,7 @@ impl Transform for WorldReadable {
 mod tests {
     use super::*;
     use crate::index::Kind;
+    use crate::transform::RuleReport;
 
     #[test]
     fn modes() {
@@ -320,7 +335,7 @@ mod tests {
             .unwrap();
         let mut report = RuleReport::new("world-readable", "");
         WorldReadable
-            .apply(&mut index, &mut ImageConfig::default(), &mut report)
+            .apply(Edit(&mut index, &mut ImageConfig::default(), &mut report))
             .unwrap();
         let got: Vec<(&str, &str)> = report
             .changed
@@ -381,7 +396,7 @@ mod tests {
         index.link("/home/bob/shadow-copy", "/etc/shadow").unwrap();
         let mut report = RuleReport::new("world-readable", "");
         WorldReadable
-            .apply(&mut index, &mut ImageConfig::default(), &mut report)
+            .apply(Edit(&mut index, &mut ImageConfig::default(), &mut report))
             .unwrap();
         let mode = |p: &str| index.lookup(p).unwrap().2.meta.mode;
         for (p, want) in [

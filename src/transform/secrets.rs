@@ -15,9 +15,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::paths::{PathPattern, PatternSet};
 use super::scan::Finding;
-use super::{RuleReport, Transform, remove_where};
-use crate::image::ImageConfig;
-use crate::index::{FsIndex, NodeId};
+use super::{Edit, Transform, remove_where};
+use crate::index::NodeId;
 use crate::{Error, Result};
 
 /// (kind, patterns) of secrets known by name.
@@ -145,12 +144,8 @@ impl Transform for ScrubSecrets<'_> {
     fn description(&self) -> &'static str {
         "private keys, proxies, tokens, credentials, histories, secret Env values"
     }
-    fn apply(
-        &self,
-        index: &mut FsIndex,
-        config: &mut ImageConfig,
-        report: &mut RuleReport,
-    ) -> Result<()> {
+    fn apply(&self, edit: Edit<'_>) -> Result<()> {
+        let Edit(index, config, report) = edit;
         let by_name = name_rules()?;
         let allowed = |key: &[u8]| self.policy.allow.covering(key).is_some();
         remove_where(

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use regex::bytes::Regex;
 
 use super::paths::PatternSet;
-use super::{RuleReport, Transform, remove_where};
+use super::{Edit, RuleReport, Transform, remove_where};
 use crate::Result;
 use crate::image::ImageConfig;
 use crate::index::{FsIndex, Kind, NodeId};
@@ -99,12 +99,8 @@ impl Transform for StripSshd<'_> {
     fn description(&self) -> &'static str {
         "SSH server, its configuration, host keys, authorized_keys, service units; an sshd-starting entrypoint"
     }
-    fn apply(
-        &self,
-        index: &mut FsIndex,
-        config: &mut ImageConfig,
-        report: &mut RuleReport,
-    ) -> Result<()> {
+    fn apply(&self, edit: Edit<'_>) -> Result<()> {
+        let Edit(index, config, report) = edit;
         let texts: Vec<String> = SERVER_PATHS.iter().map(|s| s.to_string()).collect();
         let patterns = PatternSet::compile(&texts, "built-in strip-sshd rule")?;
         remove_where(

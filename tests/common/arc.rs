@@ -243,16 +243,13 @@ pub fn gridship(args: &[&str], env: &[(&str, &str)]) -> Run {
 }
 
 /// A REST client of the local A-REX with the test proxy, and a runtime to drive it.
-pub fn rest(a: &Arex) -> (gridship::jobdesc::submit::ArcRest, tokio::runtime::Runtime) {
+pub fn rest(a: &Arex) -> (gridship::ce::arc::ArcRest, tokio::runtime::Runtime) {
     rest_at(a, &a.url)
 }
 
 /// The same, for another URL of the same CE (e.g. through a forwarder).
-pub fn rest_at(
-    a: &Arex,
-    url: &str,
-) -> (gridship::jobdesc::submit::ArcRest, tokio::runtime::Runtime) {
-    use gridship::jobdesc::submit::{ArcRest, AuthConfig, AuthMode};
+pub fn rest_at(a: &Arex, url: &str) -> (gridship::ce::arc::ArcRest, tokio::runtime::Runtime) {
+    use gridship::ce::{AuthConfig, AuthMode, arc::ArcRest};
     let client = ArcRest::connect(
         url,
         &AuthConfig {

@@ -577,6 +577,20 @@ impl Drop for Session {
     }
 }
 
+/// Remove a container and the engine images of gridship's snapshots of it.
+pub fn remove_container(name: &str) {
+    let docker = env("GRIDSHIP_DOCKER");
+    let id = Command::new(&docker)
+        .args(["inspect", "-f", "{{.Id}}", name])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let _ = Command::new(&docker).args(["rm", "-f", name]).output();
+    if let Some(id12) = id.get(..12) {
+        remove_snapshots_of(id12);
+    }
+}
+
 /// Remove the engine images of gridship's snapshots of a container.
 pub fn remove_snapshots_of(id12: &str) {
     let docker = env("GRIDSHIP_DOCKER");

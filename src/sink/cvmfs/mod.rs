@@ -29,14 +29,15 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::encode::dir::{UnpackOptions, write_tree};
 use crate::error::IoContext;
 use crate::fsutil::write_atomic;
 use crate::image::{Image, media};
 use crate::index::{Data, FsIndex, Kind, NodeId};
 use crate::reference::RegistryRef;
-use crate::sink::dir::{UnpackOptions, write_tree};
+use crate::sink::{Artifact, JobImage, Sink, SinkInput, Spec, Trees};
 use crate::store::Descriptor;
-use crate::transform::{RuleReport, Transform};
+use crate::transform::{RuleReport, Step};
 use crate::{Error, Result};
 
 // The setting lives with config.yaml's (cvmfs.backend), which reads it.
@@ -268,6 +269,9 @@ pub struct PublishReport {
     /// The tag pointed at another tree before (now scheduled for gc).
     pub replaced: Option<PathBuf>,
     pub transforms: Vec<RuleReport>,
+    /// Regular-file bytes of the tree, when this publish built it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_bytes: Option<u64>,
     pub seconds: f64,
 }
 
@@ -280,43 +284,6 @@ fn now() -> i64 {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0)
     })
-}
-
-/// Make every entry readable by the publisher, as DUCC does before a
-/// publish: files `| 0600`, directories `| 0700` (CVMFS reads the tree as
-/// the repository owner). Each widened path is reported.
-pub struct Publishable;
-
-impl Transform for Publishable {
-    fn name(&self) -> &'static str {
-        "cvmfs-publishable"
-    }
-    fn description(&self) -> &'static str {
-        "owner read/write (files) and read/write/search (directories) added, as DUCC does, so the publisher can read every entry (credential files: owner read and search only)"
-    }
-    fn apply(
-        &self,
-        index: &mut FsIndex,
-        _config: &mut crate::image::ImageConfig,
-        report: &mut RuleReport,
-    ) -> Result<()> {
-        // Owner rw (files) and rwx (directories), as DUCC does; credential
-        // files only get what reading them takes (owner r, and x on a
-        // directory), never write: readable::CREDENTIALS.
-        let held = crate::transform::readable::credential_nodes(index);
-        let owner = |id, dir: bool, mode: u32| {
-            mode | match (held.contains(&id), dir) {
-                (false, true) => 0o700,
-                (false, false) => 0o600,
-                (true, true) => 0o500,
-                (true, false) => 0o400,
-            }
-        };
-        for (path, old, mode) in index.remap_modes(owner) {
-            report.change(path, format!("mode {old:04o} -> {mode:04o}"));
-        }
-        Ok(())
-    }
 }
 
 impl Repo {
@@ -570,11 +537,11 @@ impl Repo {
     ) -> Result<()> {
         match self.config.backend {
             BackendKind::Ingest => self.ingest(&rel.to_string_lossy(), catalog, |stdin| {
-                crate::sink::tar::write_tar(
+                crate::encode::tar::write_tar(
                     index,
                     image,
                     io::BufWriter::new(stdin),
-                    &crate::sink::tar::TarOptions {
+                    &crate::encode::tar::TarOptions {
                         reproducible: None,
                         omit_root: false,
                     },
@@ -930,20 +897,9 @@ pub struct PublishOptions {
     pub reuse: bool,
     /// Images in the store, to find earlier trees' layers (for reuse).
     pub store: Option<crate::store::Layout>,
-    /// Run the world-readable rule on the flat tree (before the publisher's
-    /// own widening, so it follows the image's owner bits).
-    pub world_readable: bool,
     /// Also enter the image in the podman additional image store
     /// (`podmanStore/`), its one layer being the flat tree.
     pub podman: bool,
-}
-
-/// A tree merged and transformed already (promote's): published as it is,
-/// plus the Apptainer layout, without reading the layers again.
-pub struct Prepared<'a> {
-    pub index: &'a FsIndex,
-    /// The image whose layers the index's file contents come from.
-    pub data: &'a Image,
 }
 
 /// Where an image's link and manifest go: the public name, or one
@@ -965,83 +921,43 @@ impl Placement {
     }
 }
 
-/// Where merge states of published images are kept: beside the store,
-/// whose blobs they describe.
-pub fn merge_cache_dir(store: &crate::store::Layout) -> PathBuf {
-    store.root().join("gridship-cache").join("merge")
-}
-
-/// The flat tree of an image: merged, with the Apptainer layout, readable
-/// by the publisher.
-fn flat_index(
-    image: &Image,
-    name: &PublicName,
-    opts: &PublishOptions,
-    prepared: Option<&Prepared>,
-) -> Result<(FsIndex, Vec<RuleReport>, usize)> {
-    let (created, store) = (opts.created, opts.store.as_ref());
-    // A nightly image differs from yesterday's in its top layers: merge
-    // from the cached state of the shared lower ones.
-    let (mut index, cached) = match (prepared, store) {
-        (Some(p), _) => (p.index.clone(), 0),
-        (None, Some(store)) => crate::index::cache::from_image(image, &merge_cache_dir(store))?,
-        (None, None) => (FsIndex::from_image(image)?, 0),
-    };
-    let mut config = image.config.clone();
+/// What a flat tree needs beyond the pipeline's transforms: the Apptainer
+/// layout (named as DUCC names it, docker://NAME, with the image as its
+/// base) and the publisher's widening.
+pub fn flat_needs(name: &PublicName, created: i64, image: &Image) -> Result<Vec<Step<'static>>> {
     let mut app = crate::transform::apptainer::ApptainerOptions::for_image(
         &format!("docker://{name}"),
         created,
-        &config,
+        &image.config,
     )?;
     app.base = Some(crate::transform::apptainer::BaseImage {
         name: name.to_string(),
         digest: image.manifest_desc.digest.to_string(),
     });
-    let apptainer = crate::transform::apptainer::ApptainerMetadata::new(app);
-    let mut transforms: Vec<&dyn Transform> = vec![&apptainer];
-    if opts.world_readable {
-        transforms.push(&crate::transform::readable::WorldReadable);
-    }
-    transforms.push(&Publishable);
-    let reports = crate::transform::apply_all(&transforms, &mut index, &mut config)?;
-    Ok((index, reports, cached))
+    Ok(vec![
+        Step::Apptainer(Box::new(
+            crate::transform::apptainer::ApptainerMetadata::new(app),
+        )),
+        Step::Publishable,
+    ])
 }
 
-/// Publish one image under `name`.
+/// Publish one image under `name`, its tree from `trees`.
 pub fn publish(
     repo: &mut Repo,
     name: &PublicName,
     image: &Image,
+    trees: &dyn Trees,
     opts: &PublishOptions,
 ) -> Result<PublishReport> {
-    publish_at(repo, name, image, None, opts, &Placement::public(name))
-}
-
-/// Publish a tree promote merged and transformed already, under the
-/// digests of the image promote wrote (`image`: its manifest and config),
-/// so no layer is read and merged a second time.
-pub fn publish_prepared(
-    repo: &mut Repo,
-    name: &PublicName,
-    image: &Image,
-    tree: &Prepared,
-    opts: &PublishOptions,
-) -> Result<PublishReport> {
-    publish_at(
-        repo,
-        name,
-        image,
-        Some(tree),
-        opts,
-        &Placement::public(name),
-    )
+    publish_at(repo, name, image, trees, opts, &Placement::public(name))
 }
 
 pub(crate) fn publish_at(
     repo: &mut Repo,
     name: &PublicName,
     image: &Image,
-    prepared: Option<&Prepared>,
+    trees: &dyn Trees,
     opts: &PublishOptions,
     place: &Placement,
 ) -> Result<PublishReport> {
@@ -1056,8 +972,6 @@ pub(crate) fn publish_at(
         ..Default::default()
     };
     let link = place.link.clone();
-    // File contents come from the layers the index was merged from.
-    let data = prepared.map_or(image, |p| p.data);
     if let Ok(m) = fs::symlink_metadata(repo.abs(&link))
         && !m.file_type().is_symlink()
     {
@@ -1091,17 +1005,22 @@ pub(crate) fn publish_at(
         if repo.exists(&flat) {
             report.flat_status = "present".into();
         } else {
-            let (index, transforms, cached) = flat_index(image, name, opts, prepared)?;
-            report.transforms = transforms;
-            report.merge_cached_layers = cached;
+            let tree = trees.tree(image, flat_needs(name, opts.created, image)?)?;
+            report.transforms = tree.reports;
+            report.merge_cached_layers = tree.merge_cached_layers;
+            report.content_bytes = Some(tree.index.content_bytes());
             let mut unpack = UnpackOptions::for_current_user();
             // Reuse matches files by the layers of earlier published
-            // manifests, which a prepared tree's working layers are not.
-            if opts.reuse && prepared.is_none() && repo.config.backend == BackendKind::Dir {
-                unpack.reuse = reusable_files(repo, name, image, &index, opts)?;
+            // manifests; a tree merged from other layers (promote's working
+            // image) has none of them.
+            if opts.reuse
+                && tree.data.manifest_desc.digest == image.manifest_desc.digest
+                && repo.config.backend == BackendKind::Dir
+            {
+                unpack.reuse = reusable_files(repo, name, image, &tree.index, trees, opts)?;
                 report.reused_files = unpack.reuse.len() as u64;
             }
-            repo.put_tree(&flat, &index, data, &unpack, true)?;
+            repo.put_tree(&flat, &tree.index, &tree.data, &unpack, true)?;
             report.flat_status = "built".into();
         }
         drop(flat_lock);
@@ -1180,6 +1099,7 @@ fn reusable_files(
     name: &PublicName,
     image: &Image,
     index: &FsIndex,
+    trees: &dyn Trees,
     opts: &PublishOptions,
 ) -> Result<HashMap<NodeId, PathBuf>> {
     let Some(store) = &opts.store else {
@@ -1230,7 +1150,9 @@ fn reusable_files(
         },
         "earlier published image",
     )?;
-    let (old_index, _, _) = flat_index(&old_image, name, opts, None)?;
+    let old_index = trees
+        .tree(&old_image, flat_needs(name, opts.created, &old_image)?)?
+        .index;
     let old_root = repo.abs(&flat_path(&old.config.digest));
     // (layer digest, header position) → old path and node, in shared layers.
     let mut old_files: HashMap<(Digest, u64), (Vec<u8>, NodeId)> = HashMap::new();
@@ -1517,50 +1439,185 @@ pub fn gc_with(repo: &mut Repo, opts: &GcOptions) -> Result<Vec<GcItem>> {
     Ok(items)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::index::{Data, Kind, Meta, Node};
+/// Where promote's CVMFS tree goes.
+#[derive(Debug, Clone)]
+pub struct CvmfsTarget {
+    pub repo: RepoConfig,
+    /// Default: gridship.local/promoted/NAME:TAG.
+    pub name: Option<PublicName>,
+}
 
-    /// The publisher may read every entry; a credential file gains read
-    /// (and a directory search) for its owner, never write.
-    #[test]
-    fn publishable_never_gives_credentials_write() {
-        let node = |kind, mode| Node {
-            kind,
-            meta: Meta {
-                mode,
-                ..Default::default()
-            },
-        };
-        let file = |mode| {
-            node(
-                Kind::File {
-                    size: 1,
-                    data: Data::Bytes(b"x"[..].into()),
-                },
-                mode,
-            )
-        };
-        let mut index = FsIndex::new();
-        for (p, n) in [
-            ("/etc/shadow", file(0o000)),
-            ("/etc/sudoers", file(0o440)),
-            ("/etc/ssl/private", node(Kind::Dir, 0o000)),
-            ("/opt/app/run", file(0o500)),
-            ("/opt/app/data", node(Kind::Dir, 0o500)),
-        ] {
-            index.put(p, n).unwrap();
+/// The repository a [`CvmfsSink`] publishes into.
+pub enum RepoAt<'r> {
+    /// Opened when the sink writes: its lock is held for the publish only.
+    Config(RepoConfig),
+    /// Opened by the caller, for several publishes under one lock.
+    Open(&'r mut Repo),
+}
+
+/// The CVMFS sink: an image's flat tree (or each platform's, for a
+/// multi-arch image) published in a repository, under its public name.
+pub struct CvmfsSink<'r> {
+    pub repo: RepoAt<'r>,
+    pub name: PublicName,
+    pub options: PublishOptions,
+    /// Every platform of a multi-arch image (the input image is the
+    /// default platform's).
+    pub platforms: Option<Vec<(crate::store::Platform, Image)>>,
+    /// Whether worker nodes mount the repository (one the user,
+    /// config.yaml or the site named): only then is the tree a job's image.
+    pub mounted: bool,
+    /// Named in the warning about a local tree.
+    pub site: String,
+    /// After [`Sink::write`]: one per platform.
+    pub reports: Vec<PublishReport>,
+    warnings: Vec<String>,
+}
+
+impl<'r> CvmfsSink<'r> {
+    pub fn new(repo: RepoAt<'r>, name: PublicName, options: PublishOptions) -> CvmfsSink<'r> {
+        CvmfsSink {
+            repo,
+            name,
+            options,
+            platforms: None,
+            mounted: true,
+            site: String::new(),
+            reports: Vec::new(),
+            warnings: Vec::new(),
         }
-        let mut report = RuleReport::new("cvmfs-publishable", "");
-        Publishable
-            .apply(&mut index, &mut Default::default(), &mut report)
-            .unwrap();
-        let mode = |p: &str| index.lookup(p).unwrap().2.meta.mode;
-        assert_eq!(mode("/etc/shadow"), 0o400);
-        assert_eq!(mode("/etc/sudoers"), 0o440);
-        assert_eq!(mode("/etc/ssl/private"), 0o500);
-        assert_eq!(mode("/opt/app/run"), 0o700);
-        assert_eq!(mode("/opt/app/data"), 0o700);
+    }
+}
+
+impl CvmfsSink<'static> {
+    /// Promote's tree: in the repository named (`--cvmfs-repo`, config.yaml,
+    /// the site), else a dir backend under OUT/cvmfs that no worker mounts.
+    pub fn from_spec(spec: &Spec) -> Result<Box<dyn Sink>> {
+        let repo = match &spec.cvmfs {
+            Some(t) => t.repo.clone(),
+            None => RepoConfig::new(
+                "promoted.gridship.local",
+                BackendKind::Dir,
+                Some(spec.out.join("cvmfs")),
+                None,
+            )?,
+        };
+        let name = match spec.cvmfs.as_ref().and_then(|t| t.name.clone()) {
+            Some(n) => n,
+            None => PublicName::parse(&format!(
+                "gridship.local/promoted/{}:{}",
+                spec.name, spec.tag
+            ))?,
+        };
+        let mut sink = CvmfsSink::new(
+            RepoAt::Config(repo),
+            name,
+            PublishOptions {
+                layers: false,
+                created: spec.created,
+                reuse: true,
+                store: Some(spec.store.clone()),
+                podman: false,
+            },
+        );
+        sink.mounted = spec.cvmfs.is_some();
+        sink.site = spec.site.clone();
+        Ok(Box::new(sink))
+    }
+}
+
+impl Sink for CvmfsSink<'_> {
+    fn kind(&self) -> &'static str {
+        "cvmfs"
+    }
+
+    fn needs(&self, image: &Image) -> Result<Vec<Step<'static>>> {
+        flat_needs(&self.name, self.options.created, image)
+    }
+
+    fn named_by_digests(&self) -> bool {
+        true
+    }
+
+    fn write(&mut self, input: &SinkInput) -> Result<Vec<Artifact>> {
+        let mut opened;
+        let repo = match &mut self.repo {
+            RepoAt::Open(r) => &mut **r,
+            RepoAt::Config(c) => {
+                if c.backend == BackendKind::Dir {
+                    fs::create_dir_all(&c.root).at("creating", &c.root)?;
+                }
+                opened = Repo::open(c.clone())?;
+                &mut opened
+            }
+        };
+        self.reports = match &self.platforms {
+            None => vec![publish(
+                repo,
+                &self.name,
+                input.image,
+                input.trees,
+                &self.options,
+            )?],
+            Some(images) => {
+                multiarch::publish_index(repo, &self.name, images, input.trees, &self.options)?
+            }
+        };
+        let mut artifacts = Vec::new();
+        for r in &self.reports {
+            let tree = repo.root().join(&r.flat);
+            artifacts.push(Artifact {
+                kind: "cvmfs".into(),
+                path: tree.display().to_string(),
+                digest: Some(r.config_digest.clone()),
+                // A tree published before: its size on disk.
+                bytes: r.content_bytes.unwrap_or_else(|| tree_bytes(&tree)),
+                runs_as: None,
+            });
+        }
+        if self.mounted {
+            let public = Path::new("/cvmfs")
+                .join(&repo.config.name)
+                .join(self.name.link_path());
+            artifacts.push(Artifact {
+                kind: "cvmfs-link".into(),
+                path: public.display().to_string(),
+                digest: None,
+                bytes: 0,
+                runs_as: Some(JobImage::Cvmfs(public)),
+            });
+        } else {
+            self.warnings.push(format!(
+                "the CVMFS tree under {} is local: no repository was named (--cvmfs-repo, cvmfs.repo of config.yaml, or cvmfs.repo of site {}), so no worker node mounts it and the job description does not use it",
+                repo.root().display(),
+                self.site
+            ));
+        }
+        Ok(artifacts)
+    }
+
+    /// Each tree's name, place and status (the rule reports stay in
+    /// `reports`: they list every path).
+    fn report(&self) -> Option<serde_json::Value> {
+        let trees: Vec<_> = self
+            .reports
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "flat": r.flat,
+                    "flat_status": r.flat_status,
+                    "platform": r.platform,
+                    "reused_files": r.reused_files,
+                    "layers_built": r.layers_built.len(),
+                    "layers_present": r.layers_present.len(),
+                })
+            })
+            .collect();
+        Some(serde_json::json!({ "trees": trees }))
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
     }
 }

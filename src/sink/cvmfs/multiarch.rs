@@ -134,6 +134,7 @@ pub fn publish_index(
     repo: &mut Repo,
     name: &PublicName,
     images: &[(Platform, Image)],
+    trees: &dyn crate::sink::Trees,
     opts: &PublishOptions,
 ) -> Result<Vec<PublishReport>> {
     let public = name.link_path();
@@ -157,7 +158,7 @@ pub fn publish_index(
             // One image per name in podman's store: the default platform's.
             podman_name: arch == default,
         };
-        let mut r = publish_at(repo, name, image, None, opts, &place)?;
+        let mut r = publish_at(repo, name, image, trees, opts, &place)?;
         r.platform = Some(format!(
             "{}/{}{}",
             p.os,

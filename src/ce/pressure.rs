@@ -7,15 +7,10 @@
 //! what the CE reported and the budget spent, and the loop ([`run`]) that
 //! talks to the CE and keeps the job list ([`PressureState`]) on disk.
 //!
-//! A-REX REST states and how the loop counts them:
-//!
-//! | REST state                                                   | counted as |
-//! |--------------------------------------------------------------|------------|
-//! | ACCEPTING ACCEPTED PREPARING PREPARED SUBMITTING QUEUING HELD | idle       |
-//! | RUNNING EXITINGLRMS EXECUTED FINISHING KILLING               | running    |
-//! | FINISHED                                                     | finished   |
-//! | FAILED KILLED WIPED, or the CE no longer knows the job (404) | failed     |
-//! | OTHER, anything else, a job whose status could not be read   | unknown    |
+//! How the loop counts a job: by the [`Phase`] the CE reports (ARC's
+//! states map to phases in [`crate::ce::arc::phase`]); a job the CE no
+//! longer knows (404) is failed, one whose status could not be read is
+//! unknown.
 //!
 //! Unknown jobs are alive for every cap (they may be waiting or running) but
 //! are never reported as idle: an error must not look like a supplied queue.
@@ -26,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::model::JobSpec;
-use super::submit::{ArcRest, AuthConfig, now_unix, retrievable_outputs};
+use super::joblist::now_unix;
+use super::{AuthConfig, ComputeElement, Phase};
 use crate::config::search::SearchPath;
 use crate::error::{Error, Result};
+use crate::jobdesc::{self, JobSpec, retrievable_outputs};
 use crate::lockfile::{self, LockFile};
 
 // ---------------------------------------------------------------------------
@@ -140,7 +136,7 @@ impl PressureConfig {
             );
         }
         if let Some(ce) = &self.ce
-            && let Err(e) = super::submit::ce_base(ce)
+            && let Err(e) = super::endpoint(ce)
         {
             return bad("ce", e.to_string());
         }
@@ -168,7 +164,7 @@ impl PressureConfig {
             return bad("budget_hours", format!("{b} is not a number of hours ≥ 0"));
         }
         if let Some(s) = &self.stop_after
-            && let Err((why, hint)) = super::xrsl::parse_duration(s)
+            && let Err((why, hint)) = jobdesc::xrsl::parse_duration(s)
         {
             return bad("stop_after", format!("{why}; {hint}"));
         }
@@ -201,7 +197,7 @@ impl PressureConfig {
     pub fn stop_after_s(&self) -> Option<u64> {
         self.stop_after
             .as_deref()
-            .and_then(|s| super::xrsl::parse_duration(s).ok())
+            .and_then(|s| jobdesc::xrsl::parse_duration(s).ok())
     }
 
     /// The budget in seconds of walltime × slots.
@@ -241,30 +237,6 @@ pub fn config_changes(old: &PressureConfig, new: &PressureConfig) -> Vec<String>
 // ---------------------------------------------------------------------------
 // States and the cycle's decision
 // ---------------------------------------------------------------------------
-
-/// How the loop counts a job (see the table at the top).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    Idle,
-    Running,
-    Finished,
-    Failed,
-    Unknown,
-}
-
-/// A-REX REST state → phase.
-pub fn phase(state: &str) -> Phase {
-    match state {
-        "ACCEPTING" | "ACCEPTED" | "PREPARING" | "PREPARED" | "SUBMITTING" | "QUEUING" | "HELD" => {
-            Phase::Idle
-        }
-        "RUNNING" | "EXITINGLRMS" | "EXECUTED" | "FINISHING" | "KILLING" => Phase::Running,
-        "FINISHED" => Phase::Finished,
-        "FAILED" | "KILLED" | "WIPED" => Phase::Failed,
-        _ => Phase::Unknown,
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -606,7 +578,7 @@ fn resolve_target(cfg: &PressureConfig, config: &Path, sites: &SearchPath) -> Re
         }
         (None, None) => unreachable!("checked"),
     };
-    let mut jobs = super::load(&desc)?;
+    let mut jobs = jobdesc::load(&desc)?;
     if jobs.len() != 1 {
         return Err(Error::bad_input(
             desc.display().to_string(),
@@ -622,7 +594,7 @@ fn resolve_target(cfg: &PressureConfig, config: &Path, sites: &SearchPath) -> Re
     }
     let site = cfg.site.clone().or(report_site);
     let ce = match (&cfg.ce, site) {
-        (Some(ce), _) => super::submit::ce_base(ce)?,
+        (Some(ce), _) => super::endpoint(ce)?,
         (None, Some(site)) => {
             let p = crate::site::SiteProfile::load(sites, &site)?;
             let ce = p.ce.map(|c| c.endpoint).ok_or_else(|| {
@@ -631,7 +603,7 @@ fn resolve_target(cfg: &PressureConfig, config: &Path, sites: &SearchPath) -> Re
                     format!("site '{site}' has no ce: section; set ce: in the pressure config"),
                 )
             })?;
-            super::submit::ce_base(&ce)?
+            super::endpoint(&ce)?
         }
         (None, None) => {
             return Err(Error::bad_input(
@@ -704,17 +676,17 @@ struct Looper {
     opts: Options,
     cfg: PressureConfig,
     state: PressureState,
-    clients: HashMap<String, ArcRest>,
+    clients: HashMap<String, Box<dyn ComputeElement>>,
     cycle: u64,
 }
 
 impl Looper {
-    fn client(&mut self, ce: &str) -> Result<&ArcRest> {
+    fn client(&mut self, ce: &str) -> Result<&dyn ComputeElement> {
         if !self.clients.contains_key(ce) {
-            let c = ArcRest::connect(ce, &self.opts.auth)?;
+            let c = super::connect(ce, &self.opts.auth)?;
             self.clients.insert(ce.to_string(), c);
         }
-        Ok(&self.clients[ce])
+        Ok(self.clients[ce].as_ref())
     }
 
     /// Settle submissions whose outcome is unknown (the loop was killed, or
@@ -817,7 +789,7 @@ impl Looper {
         let mut status_failed = false;
         for (ce, ids) in &by_ce {
             let res = match self.client(ce) {
-                Ok(c) => c.action("status", ids).await,
+                Ok(c) => c.status(ids).await,
                 Err(e) => Err(e),
             };
             match res {
@@ -827,8 +799,8 @@ impl Looper {
                             if let Some(j) = self.state.jobs.iter_mut().find(|j| j.id == rep.id) {
                                 j.state = rep.state.clone();
                             }
-                            rep.state.as_deref().map(phase).unwrap_or(Phase::Unknown)
-                        } else if rep.status_code == "404" {
+                            rep.phase
+                        } else if rep.unknown_job() {
                             // The CE no longer has it (cleaned or wiped elsewhere).
                             Phase::Failed
                         } else {
@@ -910,14 +882,14 @@ impl Looper {
             }
             let ids: Vec<String> = to_clean.iter().map(|(i, _)| i.clone()).collect();
             let res = match self.client(&ce) {
-                Ok(c) => c.action("clean", &ids).await,
+                Ok(c) => c.clean(&ids).await,
                 Err(e) => Err(e),
             };
             match res {
                 Ok(replies) => {
                     let gone: BTreeSet<String> = replies
                         .iter()
-                        .filter(|c| c.ok() || c.status_code == "404")
+                        .filter(|c| c.ok() || c.unknown_job())
                         .map(|c| c.id.clone())
                         .collect();
                     for c in replies.iter().filter(|c| !gone.contains(&c.id)) {
@@ -1037,7 +1009,7 @@ impl Looper {
                 self.state.budget_used_s -= t.cost_s * u64::from(p.submit);
             } else {
                 let res = match self.client(&t.ce) {
-                    Ok(c) => c.submit_each(&specs, &t.base_dir).await,
+                    Ok(c) => super::submit_each(c, &specs, &t.base_dir).await,
                     Err(e) => Err(e),
                 };
                 match res {
@@ -1377,30 +1349,6 @@ mod tests {
         assert_eq!(backoff_s(2, 5, 60), 60);
         assert_eq!(backoff_s(2, 200, 60), 60);
         assert_eq!(backoff_s(60, 1, 30), 60, "never shorter than a cycle");
-    }
-
-    #[test]
-    fn states_map_explicitly() {
-        for s in [
-            "ACCEPTING",
-            "ACCEPTED",
-            "PREPARING",
-            "PREPARED",
-            "SUBMITTING",
-            "QUEUING",
-            "HELD",
-        ] {
-            assert_eq!(phase(s), Phase::Idle, "{s}");
-        }
-        for s in ["RUNNING", "EXITINGLRMS", "EXECUTED", "FINISHING", "KILLING"] {
-            assert_eq!(phase(s), Phase::Running, "{s}");
-        }
-        assert_eq!(phase("FINISHED"), Phase::Finished);
-        for s in ["FAILED", "KILLED", "WIPED"] {
-            assert_eq!(phase(s), Phase::Failed, "{s}");
-        }
-        assert_eq!(phase("OTHER"), Phase::Unknown);
-        assert_eq!(phase(""), Phase::Unknown);
     }
 
     fn parse(text: &str) -> Result<PressureConfig> {

@@ -144,7 +144,7 @@ impl LayerStore {
     /// Write the tar of the layer with chain ID `chain_id` to `out`; the
     /// caller verifies it against the diff ID. Returns the bytes written.
     pub fn write_layer(&self, chain_id: &Digest, out: &mut dyn Write) -> Result<u64> {
-        let mut tar = crate::progress::Counted(self.open_layer(chain_id)?);
+        let mut tar = crate::event::Counted(self.open_layer(chain_id)?);
         io::copy(&mut tar, out).map_err(|e| {
             crate::digest::unwrap_io(e, || format!("copying layer {chain_id} of the engine"))
         })

@@ -3,31 +3,15 @@
 //! Files land in `DIR/JOBID/` under the names the job gave them. Each is
 //! downloaded into `.NAME.gridship-part` beside its final name and renamed
 //! when complete, so a killed `get` leaves only whole files plus parts that
-//! the next run continues (HTTP Range). A file already there is kept; when
-//! the CE's differs, that is reported, never overwritten.
+//! the next run continues (ARC: by HTTP Range). A file already there is
+//! kept; when the CE's differs, that is reported, never overwritten.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::submit::ArcRest;
+use super::{ComputeElement, Fetch, JobList, Phase};
 use crate::error::{Error, Result};
-
-/// A-REX's per-job control files that arcget's gmlog directory holds.
-const GMLOG_FILES: &[&str] = &[
-    "errors",
-    "failed",
-    "local",
-    "diag",
-    "status",
-    "description",
-    "input",
-    "output",
-    "statistics",
-];
-
-/// States after which a job's session directory no longer changes.
-pub const FINAL_STATES: &[&str] = &["FINISHED", "FAILED", "KILLED", "WIPED"];
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -76,29 +60,10 @@ pub fn part_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.gridship-part"))
 }
 
-/// Every file and directory under `dir` of the session (recursively), as
-/// relative paths.
-async fn walk(
-    client: &ArcRest,
-    id: &str,
-    dir: &str,
-    files: &mut Vec<String>,
-    dirs: &mut Vec<String>,
-) -> Result<()> {
-    for (name, is_dir) in client.list_session(id, dir).await? {
-        let rel = if dir.is_empty() {
-            name
-        } else {
-            format!("{dir}/{name}")
-        };
-        if is_dir {
-            dirs.push(rel.clone());
-            Box::pin(walk(client, id, &rel, files, dirs)).await?;
-        } else {
-            files.push(rel);
-        }
-    }
-    Ok(())
+/// A listed output path stays inside the job's directory: relative, no
+/// empty, `.` or `..` component. A CE is not trusted with where files land.
+fn safe_path(p: &str) -> bool {
+    !p.is_empty() && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// `path` is the output `o` or inside it.
@@ -136,7 +101,7 @@ fn same_content(a: &Path, b: &Path) -> Result<bool> {
 
 /// Download one session file to `target` through its part file.
 async fn fetch_one(
-    client: &ArcRest,
+    client: &dyn ComputeElement,
     id: &str,
     name: &str,
     target: &Path,
@@ -145,7 +110,7 @@ async fn fetch_one(
         std::fs::create_dir_all(parent).map_err(|e| Error::io_path(parent, "creating", e))?;
     }
     let part = part_path(target);
-    let (bytes, resumed) = client.download(id, name, &part).await?;
+    let Fetch { bytes, resumed } = client.fetch(id, name, &part).await?;
     let (action, conflict) = settle(&part, target, resumed)?;
     Ok((bytes, action, conflict))
 }
@@ -171,9 +136,10 @@ fn settle(part: &Path, target: &Path, resumed: bool) -> Result<(Action, bool)> {
 
 /// Bring back job `id`'s outputs (`outputs` as the description names them;
 /// empty: everything in its session directory) into `dir/id/`, and with
-/// `gmlog` A-REX's control files into `dir/id/gmlog/`.
+/// `gmlog` the CE's own records of the job (A-REX's control files, as arcget
+/// keeps them) into `dir/id/gmlog/`.
 pub async fn get_job(
-    client: &ArcRest,
+    client: &dyn ComputeElement,
     id: &str,
     state: &str,
     outputs: &[String],
@@ -185,7 +151,22 @@ pub async fn get_job(
     }
     let job_dir = dir.join(id);
     let (mut files, mut dirs) = (Vec::new(), Vec::new());
-    walk(client, id, "", &mut files, &mut dirs).await?;
+    for e in client.list_outputs(id).await? {
+        if !safe_path(&e.path) {
+            return Err(super::ce_error(
+                client.endpoint(),
+                format!(
+                    "listing the outputs of job {id}: unusable name {:?}",
+                    e.path
+                ),
+            ));
+        }
+        if e.is_dir {
+            dirs.push(e.path);
+        } else {
+            files.push(e.path);
+        }
+    }
     let wanted = |p: &str| outputs.is_empty() || outputs.iter().any(|o| under(o, p));
     let missing: Vec<String> = outputs
         .iter()
@@ -222,8 +203,8 @@ pub async fn get_job(
         });
     }
     if gmlog {
-        for name in GMLOG_FILES {
-            let Some(data) = client.diagnose(id, name).await? else {
+        for name in client.diagnostic_names() {
+            let Some(data) = client.diagnostic(id, name).await? else {
                 continue;
             };
             let rel = format!("gmlog/{name}");
@@ -244,4 +225,89 @@ pub async fn get_job(
         }
     }
     Ok(fetched)
+}
+
+/// What `get` did for its jobs.
+#[derive(Debug, Clone, Default)]
+pub struct GetReport {
+    pub fetched: Vec<Fetched>,
+    /// Jobs cleaned from the CE after everything came back.
+    pub cleaned: Vec<String>,
+    /// One line for each job that did not come back whole, naming it.
+    pub problems: Vec<String>,
+}
+
+/// `gridship get` for jobs of one CE, added to `report`: each job's status,
+/// then, if it has ended, its outputs (as `list` records them; else
+/// everything) into `dir/ID/`, then with `clean` the job is cleaned when
+/// everything came back. A job that cannot be fetched is a problem, not an
+/// error: the others still come back.
+pub async fn get_jobs(
+    client: &dyn ComputeElement,
+    ids: &[String],
+    list: &JobList,
+    dir: &Path,
+    gmlog: bool,
+    clean: bool,
+    report: &mut GetReport,
+) -> Result<()> {
+    for r in client.status(ids).await? {
+        if !r.ok() {
+            report
+                .problems
+                .push(format!("{}: {} {}", r.id, r.status_code, r.reason));
+            continue;
+        }
+        let state = r.state.clone().unwrap_or_default();
+        if !r.phase.is_final() {
+            report.problems.push(format!(
+                "{}: still {state}; wait for it with `gridship status --wait {}`",
+                r.id, r.id
+            ));
+            continue;
+        }
+        let outputs = list
+            .find(&r.id)
+            .map(|j| j.outputs.clone())
+            .unwrap_or_default();
+        let f = match get_job(client, &r.id, &state, &outputs, dir, gmlog).await {
+            Ok(f) => f,
+            Err(e) => {
+                report.problems.push(format!("{}: {e}", r.id));
+                continue;
+            }
+        };
+        if r.phase != Phase::Finished {
+            report.problems.push(format!(
+                "{}: the job ended {state}; what it left is in {}",
+                r.id,
+                f.dir.display()
+            ));
+        }
+        if !f.missing.is_empty() {
+            report
+                .problems
+                .push(format!("{}: the CE has no {}", r.id, f.missing.join(", ")));
+        }
+        for c in &f.conflicts {
+            report.problems.push(format!(
+                "{}: {} differs from the CE's copy and was kept; move it away and run get again",
+                r.id,
+                f.dir.join(c).display()
+            ));
+        }
+        if clean && f.conflicts.is_empty() && f.missing.is_empty() {
+            for c in client.clean(std::slice::from_ref(&r.id)).await? {
+                if c.ok() {
+                    report.cleaned.push(c.id);
+                } else {
+                    report
+                        .problems
+                        .push(format!("{}: clean: {} {}", c.id, c.status_code, c.reason));
+                }
+            }
+        }
+        report.fetched.push(f);
+    }
+    Ok(())
 }
