@@ -255,11 +255,14 @@ pub fn import_docker_archive(
     Manifest::put_oci(layout, (config_digest, config_size), layers)
 }
 
+/// The compression of a stored layer, from its first bytes (a file, or a
+/// layer the store links in the engine: always a plain tar).
 fn sniff_blob(layout: &Layout, d: &Digest) -> Result<Compression> {
-    let path = layout.blob_path(d);
     let mut head = [0u8; 4];
-    let mut f = File::open(&path).at("opening", &path)?;
-    let n = f.read(&mut head).at("reading", &path)?;
+    let mut blob = layout.open_blob(d, None)?;
+    let n = blob
+        .read(&mut head)
+        .map_err(|e| crate::digest::unwrap_io(e, || format!("reading blob {d}")))?;
     Ok(Compression::sniff(&head[..n]))
 }
 

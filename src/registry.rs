@@ -198,7 +198,6 @@ impl Session {
         {
             return Ok(false);
         }
-        let path = layout.blob_path(&desc.digest);
         // Verify before sending: a corrupt local blob must not leave.
         let mut check = layout.open_blob(&desc.digest, Some(desc.size))?;
         std::io::copy(&mut check, &mut std::io::sink())
@@ -206,10 +205,11 @@ impl Session {
         let bar = crate::event::item(format!("push {}", desc.digest.short()), desc.size);
         retrying(|| async {
             // Each try sends the whole blob again, from a fresh reader.
-            let file = tokio::fs::File::open(&path).await?;
+            let chunks = blob_chunks(layout, desc)
+                .map_err(|e| OciDistributionError::GenericError(Some(e.to_string())))?;
             bar.restart();
             let counted = bar.clone();
-            let stream = file_chunks(file).map(move |c| {
+            let stream = chunks.map(move |c| {
                 if let Ok(b) = &c {
                     counted.inc(b.len() as u64);
                 }
@@ -224,6 +224,52 @@ impl Session {
         bar.finish();
         Ok(true)
     }
+}
+
+/// A stream of 1 MiB chunks of a stored blob, verified as it is read: a
+/// file, or a layer the store links in the engine's layer store (a
+/// session's snapshot), which only a reader can give. The blocking read
+/// runs on a thread of its own.
+pub fn blob_chunks(
+    layout: &Layout,
+    desc: &Descriptor,
+) -> Result<impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static> {
+    use std::io::Read;
+    let mut reader = layout.open_blob(&desc.digest, Some(desc.size))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    std::thread::spawn(move || {
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut n = 0;
+            // Full chunks (a reader may return less than asked).
+            let end = loop {
+                match reader.read(&mut buf[n..]) {
+                    Ok(0) => break true,
+                    Ok(k) => {
+                        n += k;
+                        if n == buf.len() {
+                            break false;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            };
+            buf.truncate(n);
+            if n > 0 && tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
+                return; // the upload gave up
+            }
+            if end {
+                return;
+            }
+        }
+    });
+    Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }))
 }
 
 /// A stream of 1 MiB chunks from a file (request bodies for pushes and

@@ -355,6 +355,31 @@ fn container_snapshot_reads_only_its_new_layer() {
     );
     assert_eq!(ours[1..], theirs[1..], "the same layers, blob for blob");
 
+    // Pushed, the linked layer is read from the engine's layer store (no
+    // blob file in the store) and arrives as the same blob.
+    let pushed = format!(
+        "docker://{}/{}:1",
+        common::registry(),
+        unique("gridship-test/snap-push").to_lowercase()
+    );
+    let mut push: Vec<String> = vec!["copy".into(), "store:snap".into(), pushed.clone()];
+    push.extend(common::creds_args());
+    g.run(&push).ok();
+    let mut inspect: Vec<String> = vec!["--json".into(), "inspect".into(), pushed];
+    inspect.extend(common::creds_args());
+    let remote = g.run(&inspect).ok().json();
+    let remote: Vec<String> =
+        std::iter::once(remote["manifest"]["digest"].as_str().unwrap().to_string())
+            .chain(
+                remote["layers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|l| l["digest"].as_str().unwrap().to_string()),
+            )
+            .collect();
+    assert_eq!(remote, ours, "the registry has the snapshot, blob for blob");
+
     // And the merged tree has the changes.
     let dir = tmp.path().join("tree");
     g.run(&["unpack", "store:snap", dir.to_str().unwrap()]).ok();
