@@ -218,6 +218,16 @@ impl Drop for Stage {
     }
 }
 
+/// Whether a report is due: `PROGRESS_EVERY` since the last one, or
+/// `force`d (then it is the last one from now).
+fn due(last_sent: &mut Instant, force: bool) -> bool {
+    if !force && last_sent.elapsed() < PROGRESS_EVERY {
+        return false;
+    }
+    *last_sent = Instant::now();
+    true
+}
+
 /// Update the running stage and send its progress when it is due (or
 /// `force`d).
 fn update(force: bool, f: impl FnOnce(&mut Running)) {
@@ -227,10 +237,9 @@ fn update(force: bool, f: impl FnOnce(&mut Running)) {
                 return;
             };
             f(r);
-            if !force && r.last_sent.elapsed() < PROGRESS_EVERY {
+            if !due(&mut r.last_sent, force) {
                 return;
             }
-            r.last_sent = Instant::now();
             Event::Progress {
                 stage: r.name.clone(),
                 bytes: r.bytes,
@@ -330,10 +339,10 @@ impl Item {
             Ok(mut s) => {
                 let was_done = s.done;
                 f(&mut s);
-                if was_done || (!s.done && s.last_sent.elapsed() < PROGRESS_EVERY) {
+                let last = s.done;
+                if was_done || !due(&mut s.last_sent, last) {
                     return;
                 }
-                s.last_sent = Instant::now();
                 Event::Item {
                     item: s.name.clone(),
                     bytes: s.bytes,

@@ -63,6 +63,33 @@ impl Sink for TreeDir {
 /// take turns.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// A pipeline's test ground: the busybox fixture, a store of its own,
+/// and the events seen while `listening` lives.
+struct Setup {
+    work: tempfile::TempDir,
+    source: ImageRef,
+    ctx: gridship::transport::Context,
+    events: Arc<Mutex<Vec<Event>>>,
+    listening: gridship::event::Listening,
+}
+
+fn setup() -> Setup {
+    let work = tempfile::tempdir().unwrap();
+    let fixture = common::fixtures().join("busybox-oci");
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    Setup {
+        source: format!("oci:{}:1", fixture.display()).parse().unwrap(),
+        ctx: gridship::transport::Context {
+            store: work.path().join("store"),
+            ..Default::default()
+        },
+        work,
+        events,
+        listening: gridship::event::listen(move |e| seen.lock().unwrap().push(e.clone())),
+    }
+}
+
 /// path -> (type and mode, content digest or link target): what a job
 /// sees of a tree, times aside.
 fn tree_view(root: &Path) -> BTreeMap<String, String> {
@@ -87,20 +114,14 @@ fn tree_view(root: &Path) -> BTreeMap<String, String> {
 fn a_sink_from_the_test_tree_gets_the_transformed_tree_and_its_own_stage() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let g = Gridship::new();
-    let work = tempfile::tempdir().unwrap();
-    let fixture = common::fixtures().join("busybox-oci");
-    let source: ImageRef = format!("oci:{}:1", fixture.display()).parse().unwrap();
+    let Setup {
+        work,
+        source,
+        ctx,
+        events,
+        listening,
+    } = setup();
     let created = 1_767_225_600;
-
-    // The events of this pipeline.
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let seen = events.clone();
-    let listening = gridship::event::listen(move |e| seen.lock().unwrap().push(e.clone()));
-
-    let ctx = gridship::transport::Context {
-        store: work.path().join("store"),
-        ..Default::default()
-    };
     let dest = work.path().join("tree");
     let (done, sink) = convert(
         &source,
@@ -229,16 +250,13 @@ fn a_sink_from_the_test_tree_gets_the_transformed_tree_and_its_own_stage() {
 #[test]
 fn a_failing_sink_fails_its_stage_and_the_pipeline() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let work = tempfile::tempdir().unwrap();
-    let fixture = common::fixtures().join("busybox-oci");
-    let source: ImageRef = format!("oci:{}:1", fixture.display()).parse().unwrap();
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let seen = events.clone();
-    let listening = gridship::event::listen(move |e| seen.lock().unwrap().push(e.clone()));
-    let ctx = gridship::transport::Context {
-        store: work.path().join("store"),
-        ..Default::default()
-    };
+    let Setup {
+        work,
+        source,
+        ctx,
+        events,
+        listening,
+    } = setup();
     let dest = work.path().join("tree");
     let err = convert(&source, &ctx, &ConvertOptions::default(), |_| {
         Ok(TreeDir {

@@ -311,6 +311,7 @@ fn rules_report(
     scan: ScanStats,
     ruled: &Ruled,
 ) -> PromoteReport {
+    let after = ruled.index.content_bytes();
     PromoteReport {
         source: opts.source.to_string(),
         site: opts.site.clone(),
@@ -324,8 +325,8 @@ fn rules_report(
         rules: ruled.chain.reports.clone(),
         sizes: Sizes {
             before,
-            after: ruled.index.content_bytes(),
-            removed: before.saturating_sub(ruled.index.content_bytes()),
+            after,
+            removed: before.saturating_sub(after),
         },
         largest_dirs: slim::largest_dirs(&ruled.index, &ruled.chain.reports, slim::LARGEST_DIRS),
         artifacts: Vec::new(),

@@ -16,7 +16,7 @@ use crate::Result;
 use crate::image::Image;
 use crate::index::{FsIndex, cache};
 use crate::sink::{Artifact, Sink, SinkInput, Tree, Trees};
-use crate::transform::{Chain, RuleReport, Step};
+use crate::transform::{Chain, Step};
 
 /// The stages a pipeline ran, in order.
 #[derive(Debug, Default)]
@@ -182,13 +182,12 @@ impl Trees for Prepared<'_> {
         let mut config = image.config.clone();
         let mut chain = self.chain.continued();
         chain.apply(needs, &mut index, &mut config)?;
-        let mut reports: Vec<RuleReport> = self.chain.reports.clone();
-        reports.extend(chain.reports);
         Ok(Tree {
             index,
             config,
             data: self.data.clone(),
-            reports,
+            // The rules are promote's report's; the sink's steps are new.
+            reports: chain.reports,
             // Merged before: the sinks merge nothing.
             merge_cached_layers: 0,
             kept_base: self.kept_base.clone(),

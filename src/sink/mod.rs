@@ -55,7 +55,9 @@ pub struct Tree {
     pub config: ImageConfig,
     /// The image whose layers the index's file contents come from.
     pub data: Image,
-    /// What the sink's own steps did ([`Sink::needs`]).
+    /// What the steps applied in making this tree did, in order: the
+    /// pipeline's own when the tree is merged on asking ([`Trees`] of
+    /// convert and publish), then the sink's ([`Sink::needs`]).
     pub reports: Vec<RuleReport>,
     /// Layers whose merged state came from the merge cache.
     pub merge_cached_layers: usize,
