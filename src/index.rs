@@ -89,6 +89,9 @@ pub struct LayerInfo {
     pub size: u64,
     pub compression: Compression,
     pub entries: u64,
+    /// Bytes of the uncompressed layer tar (0 where the index came from a
+    /// saved merge state rather than the blob).
+    pub diff_size: u64,
 }
 
 /// The merged tree. Keys are paths relative to the image root without a
@@ -184,7 +187,7 @@ impl FsIndex {
         let entries = self
             .apply_layer(&mut layer)
             .map_err(|e| diagnose(image, i, e))?;
-        self.layers.push(LayerInfo {
+        let mut info = LayerInfo {
             index: i,
             digest: layer.desc.digest.clone(),
             diff_id: layer.diff_id.clone(),
@@ -192,8 +195,11 @@ impl FsIndex {
             size: layer.desc.size,
             compression: layer.compression,
             entries,
-        });
-        layer.finish().map_err(|e| diagnose(image, i, e))
+            diff_size: 0,
+        };
+        info.diff_size = layer.finish().map_err(|e| diagnose(image, i, e))?;
+        self.layers.push(info);
+        Ok(())
     }
 
     /// Read and merge every layer of `image`, verifying each blob.
@@ -1324,6 +1330,7 @@ pub mod cache {
                 // compressed otherwise here than where the state was made.
                 compression: crate::layers::LayerStream::open(image, i).ok()?.1,
                 entries: l.entries,
+                diff_size: 0,
             });
         }
         Some(idx)

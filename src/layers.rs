@@ -127,12 +127,13 @@ impl LayerStream {
     }
 
     /// Read the rest of the stream (tar padding, then the blob's end) and
-    /// verify the diff_id and the blob digest.
-    pub fn finish(mut self) -> Result<()> {
+    /// verify the diff_id and the blob digest. Returns the uncompressed
+    /// size (the layer tar's bytes).
+    pub fn finish(mut self) -> Result<u64> {
         let what = self.what;
         io::copy(&mut self.inner, &mut io::sink())
             .map_err(|e| unwrap_io(e, || format!("reading {what}")))?;
-        let (diff, _) = self.inner.hasher.finish();
+        let (diff, diff_size) = self.inner.hasher.finish();
         if diff != self.diff_id {
             return Err(Error::DigestMismatch {
                 what: format!("uncompressed {what} (diff_id)"),
@@ -149,7 +150,7 @@ impl LayerStream {
             tracing::warn!("{what}: {trailing} bytes after the compressed stream");
         }
         debug_assert!(blob.get_ref().0.is_verified());
-        Ok(())
+        Ok(diff_size)
     }
 }
 
@@ -192,8 +193,8 @@ impl LayerReader {
     }
 
     /// Read the rest of the stream (what follows the end of the archive
-    /// included) and verify both digests.
-    pub fn finish(self) -> Result<()> {
+    /// included) and verify both digests. Returns the uncompressed size.
+    pub fn finish(self) -> Result<u64> {
         self.tar.into_inner().finish()
     }
 }

@@ -713,11 +713,12 @@ fn server_publishers_wait_for_the_transaction() {
         c[c.len() - 2..],
         [format!("transaction {REPO}"), format!("publish {REPO}")]
     );
-    // Two gridship publishers at once: one transaction at a time, both done.
+    // Two gridship publishers at once (of names not published yet: one
+    // already there opens no transaction): one transaction at a time.
     std::fs::remove_file(&log).unwrap();
-    let tag2 = push_tags(&g, &unique("turns").to_lowercase(), &["1"]).remove(0);
-    let a = cmd(&image, "60").spawn().unwrap();
-    let b = cmd(&tag2, "60").spawn().unwrap();
+    let tags = push_tags(&g, &unique("turns").to_lowercase(), &["1", "2"]);
+    let a = cmd(&tags[0], "60").spawn().unwrap();
+    let b = cmd(&tags[1], "60").spawn().unwrap();
     to_run(a.wait_with_output().unwrap()).ok();
     to_run(b.wait_with_output().unwrap()).ok();
     assert_eq!(

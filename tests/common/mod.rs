@@ -494,6 +494,7 @@ pub fn cvmfs_repo_snapshot(root: &Path) -> Snapshot {
         let publish_time = p.ends_with("/.cvmfscatalog")
             || p.starts_with("/.metadata")
             || p.starts_with("/podmanStore")
+            || (p.starts_with("/.layers") && p.contains("/.metadata/"))
             || (e.kind == "symlink" && !p.starts_with("/.flat") && !p.starts_with("/.layers"));
         if publish_time {
             e.mtime = None;

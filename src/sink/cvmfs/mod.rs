@@ -44,6 +44,7 @@ use crate::{Error, Result};
 pub use crate::config::file::BackendKind;
 
 pub mod bundle;
+pub mod layer_meta;
 pub mod lock;
 pub mod multiarch;
 pub mod podman;
@@ -126,8 +127,24 @@ pub struct Repo {
     /// The repository lock is exclusive (gc, server backends): nobody
     /// else writes, per-image locks are not needed to sweep leftovers.
     exclusive: bool,
-    in_transaction: bool,
+    /// The cvmfs-server transaction of [`Repo::transaction`]: opened at
+    /// the first write, so a publish that changes nothing publishes no
+    /// new revision.
+    txn: std::cell::Cell<Txn>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Txn {
+    /// Not in [`Repo::transaction`] (or not a cvmfs-server repository).
+    None,
+    /// In [`Repo::transaction`], nothing written yet.
+    Wanted,
+    /// `cvmfs_server transaction` succeeded: publish or abort at the end.
+    Open,
+}
+
+/// Where cvmfs_server keeps a repository's spool (`in_transaction.lock`).
+const SPOOL: &str = "/var/spool/cvmfs";
 
 /// The name an image is published under: `REGISTRY/REPOSITORY:TAG`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -272,6 +289,9 @@ pub struct PublishReport {
     /// Regular-file bytes of the tree, when this publish built it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_bytes: Option<u64>,
+    /// What the user should know about this publish (also logged).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub seconds: f64,
 }
 
@@ -316,7 +336,7 @@ impl Repo {
             config,
             lock: held,
             exclusive,
-            in_transaction: false,
+            txn: std::cell::Cell::new(Txn::None),
         };
         if repo.config.backend == BackendKind::Dir {
             fs::create_dir_all(&repo.config.root).at("creating", &repo.config.root)?;
@@ -375,6 +395,7 @@ impl Repo {
         for e in rd {
             let e = e.at("reading", &dir)?;
             if e.file_name().to_string_lossy().starts_with(&prefix) {
+                self.begin_write()?;
                 remove_any(&e.path())?;
             }
         }
@@ -454,8 +475,10 @@ impl Repo {
         )))
     }
 
-    /// Run `f` in one transaction (cvmfs-server), aborting on any error and
-    /// returning that error (never swallowed by the abort).
+    /// Run `f` in at most one transaction (cvmfs-server): it is opened at
+    /// the first write, published when `f` succeeds and aborted on any
+    /// error (the error returned is `f`'s, never the abort's). When `f`
+    /// writes nothing, no transaction is opened and no revision published.
     pub fn transaction<T>(&mut self, f: impl FnOnce(&mut Repo) -> Result<T>) -> Result<T> {
         if self.config.backend != BackendKind::CvmfsServer {
             return f(self);
@@ -463,34 +486,72 @@ impl Repo {
         let name = self.config.name.clone();
         // A transaction our killed predecessor left open is aborted first:
         // the marker says it was ours (we hold the lock, so it is not
-        // running). One opened by someone else is left for them.
-        let marker = self.config.lock.with_extension("txn");
+        // running). Until then /cvmfs/REPO shows its half-written work.
+        let marker = self.txn_marker();
         if marker.exists() {
             tracing::warn!("aborting the transaction a killed gridship run left open on {name}");
             self.server(&["abort", "-f", &name])?;
-        }
-        self.open_transaction(&name)?;
-        File::create(&marker).at("creating", &marker)?;
-        self.in_transaction = true;
-        let result = f(self).and_then(|v| self.server(&["publish", &name]).map(|()| v));
-        self.in_transaction = false;
-        // The original error is what is reported, never the abort's.
-        let (closed, txn_closed) = match result {
-            Ok(v) => (Ok(v), true),
-            Err(e) => match self.server(&["abort", "-f", &name]) {
-                Ok(()) => (Err(e), true),
-                Err(abort) => (
-                    Err(Error::Other(format!(
-                        "{e}\n  (and cvmfs_server abort -f failed: {abort})"
-                    ))),
-                    false,
-                ),
-            },
-        };
-        if txn_closed {
             let _ = fs::remove_file(&marker);
         }
-        closed
+        self.txn.set(Txn::Wanted);
+        // One someone else has open: what the mount shows is their
+        // unpublished work, so wait for it before reading anything.
+        if Path::new(SPOOL)
+            .join(&name)
+            .join("in_transaction.lock")
+            .exists()
+        {
+            if let Err(e) = self.begin_write() {
+                self.txn.set(Txn::None);
+                return Err(e);
+            }
+        }
+        let result = f(self);
+        if self.txn.replace(Txn::None) != Txn::Open {
+            if result.is_ok() {
+                tracing::info!("nothing to change on {name}: no transaction opened");
+            }
+            return result;
+        }
+        let result = result.and_then(|v| self.server(&["publish", &name]).map(|()| v));
+        match result {
+            Ok(v) => {
+                let _ = fs::remove_file(&marker);
+                tracing::info!("published {name}");
+                Ok(v)
+            }
+            Err(e) => match self.server(&["abort", "-f", &name]) {
+                Ok(()) => {
+                    let _ = fs::remove_file(&marker);
+                    tracing::warn!("aborted the transaction on {name}: nothing was published");
+                    Err(e)
+                }
+                // The marker stays: the next run aborts it.
+                Err(abort) => Err(Error::Other(format!(
+                    "{e}\n  (and cvmfs_server abort -f {name} failed: {abort})"
+                ))),
+            },
+        }
+    }
+
+    /// Marks a transaction gridship opened, so a killed run's is known.
+    fn txn_marker(&self) -> PathBuf {
+        self.config.lock.with_extension("txn")
+    }
+
+    /// Called before every write: opens the transaction
+    /// [`Repo::transaction`] wants, once.
+    fn begin_write(&self) -> Result<()> {
+        if self.txn.get() != Txn::Wanted {
+            return Ok(());
+        }
+        let name = self.config.name.clone();
+        self.open_transaction(&name)?;
+        let marker = self.txn_marker();
+        self.txn.set(Txn::Open);
+        File::create(&marker).at("creating", &marker)?;
+        tracing::info!("opened a transaction on {name}");
+        Ok(())
     }
 
     /// `cvmfs_server transaction`, waiting up to `lock_timeout` while it
@@ -535,6 +596,7 @@ impl Repo {
         opts: &UnpackOptions,
         catalog: bool,
     ) -> Result<()> {
+        self.begin_write()?;
         match self.config.backend {
             BackendKind::Ingest => self.ingest(&rel.to_string_lossy(), catalog, |stdin| {
                 crate::encode::tar::write_tar(
@@ -576,8 +638,13 @@ impl Repo {
         }
     }
 
-    /// A small file, replaced atomically.
+    /// A small file, replaced atomically; the same bytes are not written
+    /// again (no transaction for a file that would not change).
     fn put_file(&self, rel: &Path, data: &[u8]) -> Result<()> {
+        if fs::read(self.abs(rel)).is_ok_and(|old| old == data) {
+            return Ok(());
+        }
+        self.begin_write()?;
         match self.config.backend {
             BackendKind::Ingest => self.ingest_small(rel, Some(data), None),
             _ => {
@@ -591,6 +658,7 @@ impl Repo {
 
     /// A symlink, replaced atomically.
     fn put_symlink(&self, rel: &Path, target: &Path) -> Result<()> {
+        self.begin_write()?;
         match self.config.backend {
             BackendKind::Ingest => self.ingest_small(rel, None, Some(target)),
             _ => {
@@ -687,6 +755,10 @@ impl Repo {
 
     /// Remove a tree or file (gc).
     fn remove(&self, rel: &Path) -> Result<()> {
+        if !self.exists(rel) {
+            return Ok(());
+        }
+        self.begin_write()?;
         match self.config.backend {
             BackendKind::Ingest => {
                 let r = rel.to_string_lossy().into_owned();
@@ -702,6 +774,7 @@ impl Repo {
         if self.exists(&rel) {
             return Ok(());
         }
+        self.begin_write()?;
         match self.config.backend {
             BackendKind::Ingest => {
                 // An empty tar with --catalog makes the nested catalog.
@@ -794,6 +867,10 @@ impl Repo {
     }
 
     fn write_schedule(&self, s: &[Scheduled]) -> Result<()> {
+        // No file is the empty schedule: gc of a clean repository writes nothing.
+        if s.is_empty() && !self.exists(Path::new(SCHEDULE)) {
+            return Ok(());
+        }
         let mut data = serde_json::to_vec_pretty(s).expect("schedule serializes");
         data.push(b'\n');
         self.put_file(Path::new(SCHEDULE), &data)
@@ -1034,20 +1111,61 @@ pub(crate) fn publish_at(
                     &format!("tree {}", lp.display()),
                 )?;
                 repo.sweep_tmp(&lp, ".layerfs")?;
+                repo.sweep_tmp(&layer_meta::dir(&lp), "")?;
+                let layers_json = layer_meta::dir(&lp).join("layers.json");
                 // layerfs is the unit renamed into place: it is there only complete.
                 if repo.exists(&lp.join("layerfs")) {
                     report.layers_present.push(l.digest.to_string());
-                    continue;
+                    // A tree an older gridship published has no record yet.
+                    if !repo.exists(&layers_json) {
+                        let info = crate::index::LayerInfo {
+                            index: i,
+                            digest: l.digest.clone(),
+                            diff_id: image.config.rootfs.diff_ids[i].clone(),
+                            media_type: l.media_type.clone(),
+                            size: l.size,
+                            compression: crate::layers::Compression::None,
+                            entries: 0,
+                            diff_size: crate::archive::decompress_layer(
+                                image,
+                                i,
+                                &mut io::sink(),
+                            )?,
+                        };
+                        repo.put_file(&layers_json, &layer_meta::layers_json(&info, opts.created)?)?;
+                    }
+                } else {
+                    let raw = FsIndex::from_layer(image, i)?;
+                    if repo.config.backend == BackendKind::CvmfsServer {
+                        let markers = raw
+                            .iter()
+                            .filter(|(k, _, _)| {
+                                k.rsplit(|&b| b == b'/')
+                                    .next()
+                                    .is_some_and(|n| n.starts_with(b".wh."))
+                            })
+                            .count();
+                        if markers > 0 {
+                            let w = format!(
+                                "layer {}: its {markers} whiteout marker(s) (.wh.*) are not in .layers/…/layerfs: a cvmfs_server transaction drops such files (the flat tree is right: the markers were applied); publish with --backend ingest to keep them, as DUCC does",
+                                l.digest
+                            );
+                            tracing::warn!("{w}");
+                            report.warnings.push(w);
+                        }
+                    }
+                    repo.put_tree(
+                        &lp.join("layerfs"),
+                        &raw,
+                        image,
+                        &UnpackOptions::for_current_user(),
+                        true,
+                    )?;
+                    let info = raw.layers.first().expect("one layer read");
+                    repo.put_file(&layers_json, &layer_meta::layers_json(info, opts.created)?)?;
+                    report.layers_built.push(l.digest.to_string());
                 }
-                let raw = FsIndex::from_layer(image, i)?;
-                repo.put_tree(
-                    &lp.join("layerfs"),
-                    &raw,
-                    image,
-                    &UnpackOptions::for_current_user(),
-                    true,
-                )?;
-                report.layers_built.push(l.digest.to_string());
+                layer_meta::add_origin(repo, &lp, &config_digest)?;
             }
         }
         if opts.podman {
@@ -1618,6 +1736,7 @@ impl Sink for CvmfsSink<'_> {
     }
 
     fn warnings(&self) -> Vec<String> {
-        self.warnings.clone()
+        let publishes = self.reports.iter().flat_map(|r| r.warnings.iter().cloned());
+        self.warnings.iter().cloned().chain(publishes).collect()
     }
 }
