@@ -83,17 +83,92 @@ need_root() {
 	[[ $EUID -eq 0 ]] || die "$CI_NAME must run as root (it installs packages and starts system services)"
 }
 
-# ci_lock: serialise ci/setup and ci/fixtures across concurrent runs on this machine.
-# Child scripts inherit GRIDSHIP_CI_LOCK_HELD and do not lock again.
+# ci_lock: serialise the ci/ scripts that change this machine's test services (ci/setup,
+# ci/fixtures, ci/apptainer, ci/cvmfs, ci/arex start) across concurrent runs.
+# The lock is an flock on an fd (its number exported as GRIDSHIP_CI_LOCK_FD) of
+# $GRIDSHIP_CI_STATE/.lock. Child scripts inherit the fd and GRIDSHIP_CI_LOCK_HELD=1
+# and do not lock again (they would wait for their own parent). Every process that
+# inherits the fd keeps the lock while it lives: start long-lived daemons (and
+# commands that start them: mount, service, cvmfs_server) with spawn_detached or
+# without_lock, never directly.
 ci_lock() {
-	if [[ ${GRIDSHIP_CI_LOCK_HELD:-} == 1 ]]; then return 0; fi
+	if [[ ${GRIDSHIP_CI_LOCK_HELD:-} == 1 ]] && _ci_lock_fd_open "${GRIDSHIP_CI_LOCK_FD:-}"; then
+		return 0
+	fi
 	mkdir -p "$GRIDSHIP_CI_STATE"
+	local holders
 	exec {CI_LOCK_FD}>"$GRIDSHIP_CI_STATE/.lock"
 	if ! flock -n "$CI_LOCK_FD"; then
-		log "another ci/setup or ci/fixtures holds $GRIDSHIP_CI_STATE/.lock; waiting (up to 30 min)"
-		flock -w 1800 "$CI_LOCK_FD" || die "timed out waiting for $GRIDSHIP_CI_STATE/.lock"
+		holders=$(lock_holders | sed 's/^/pid /' | paste -sd, - | sed 's/,/, /g')
+		log "another ci/ script holds $GRIDSHIP_CI_STATE/.lock${holders:+ (open in: $holders)}; waiting (up to 30 min)"
+		if ! flock -w 1800 "$CI_LOCK_FD"; then
+			holders=$(lock_holders | sed 's/^/pid /' | paste -sd, - | sed 's/,/, /g')
+			die "timed out waiting for $GRIDSHIP_CI_STATE/.lock${holders:+; it is open in $holders (a daemon started without without_lock keeps it until it exits)}"
+		fi
 	fi
-	export GRIDSHIP_CI_LOCK_HELD=1
+	GRIDSHIP_CI_LOCK_FD=$CI_LOCK_FD
+	export GRIDSHIP_CI_LOCK_HELD=1 GRIDSHIP_CI_LOCK_FD
+	on_exit _ci_lock_check_leaks
+}
+
+# _ci_lock_fd_open FD: FD is open in this shell on $GRIDSHIP_CI_STATE/.lock.
+_ci_lock_fd_open() {
+	local fd=$1 target
+	[[ $fd =~ ^[0-9]+$ ]] || return 1
+	target=$(readlink "/proc/$BASHPID/fd/$fd" 2>/dev/null) || return 1
+	[[ $target == "$(readlink -f "$GRIDSHIP_CI_STATE/.lock")" ]]
+}
+
+# lock_holders: "PID (COMMAND LINE)" of the processes that have $GRIDSHIP_CI_STATE/.lock
+# open, but this shell and its children (they share its fd). Other ci/ scripts waiting
+# for the lock are among them.
+lock_holders() {
+	local lock f pid p cmd
+	lock=$(readlink -f "$GRIDSHIP_CI_STATE/.lock")
+	{ find /proc/[0-9]*/fd -maxdepth 1 -lname "$lock" 2>/dev/null || true; } | while read -r f; do
+		pid=${f#/proc/}
+		pid=${pid%%/*}
+		p=$pid
+		while [[ -n $p && $p != 0 && $p != 1 && $p != "$$" ]]; do
+			p=$(awk '/^PPid:/ { print $2 }' "/proc/$p/status" 2>/dev/null)
+		done
+		# ours (a child of this shell), or gone meanwhile
+		[[ -z $p || $p == "$$" ]] && continue
+		cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+		printf '%s (%s)\n' "$pid" "$(cut -c1-120 <<<"$cmd" | sed 's/ *$//')"
+	done | sort -un
+	return 0
+}
+
+# At the exit of the script that took the lock: a process other than a ci/ script
+# still holding the lock file open (a daemon started with the fd) keeps the lock, and
+# every later ci/ script would wait for it.
+_ci_lock_check_leaks() {
+	local leaks
+	leaks=$(lock_holders | grep -Ev '^[0-9]+ \(([^ ]*/)?bash ([^ ]*/)?ci/[a-z]+( .*)?\)$' || true)
+	[[ -z $leaks ]] && return 0
+	warn "still open in processes that outlive $CI_NAME, which keep $GRIDSHIP_CI_STATE/.lock locked (start daemons with without_lock or spawn_detached): $(paste -sd';' - <<<"$leaks")"
+}
+
+# without_lock CMD...: run CMD (a command or function) without this script's lock fd,
+# and without GRIDSHIP_CI_LOCK_HELD: for anything that starts a daemon which outlives
+# the script (service apache2 start, mount -t cvmfs, cvmfs_server mkfs/mount/publish,
+# which start cvmfs2 FUSE daemons). Not for ci/ scripts: they would wait for the lock
+# this script holds.
+without_lock() {
+	local fd=${GRIDSHIP_CI_LOCK_FD:-}
+	if ! _ci_lock_fd_open "$fd"; then
+		"$@"
+		return
+	fi
+	if [[ $(type -t "$1") == function ]]; then
+		(
+			unset GRIDSHIP_CI_LOCK_HELD GRIDSHIP_CI_LOCK_FD
+			"$@"
+		) {fd}>&-
+	else
+		env -u GRIDSHIP_CI_LOCK_HELD -u GRIDSHIP_CI_LOCK_FD "$@" {fd}>&-
+	fi
 }
 
 # spawn_detached PIDFILE LOGFILE CMD...: start a long-lived service in its own session
@@ -103,11 +178,13 @@ spawn_detached() {
 	local pidfile=$1 logfile=$2
 	shift 2
 	printf '\n==== %s %s starts: %s\n' "$(date -Is)" "$CI_NAME" "$*" >>"$logfile"
-	if [[ -n ${CI_LOCK_FD:-} ]]; then
-		setsid "$@" >>"$logfile" 2>&1 </dev/null {CI_LOCK_FD}>&- &
-	else
-		setsid "$@" >>"$logfile" 2>&1 </dev/null &
-	fi
+	(
+		# exec all the way down: $! is the service's own pid.
+		fd=${GRIDSHIP_CI_LOCK_FD:-}
+		if _ci_lock_fd_open "$fd"; then exec {fd}>&-; fi
+		unset GRIDSHIP_CI_LOCK_HELD GRIDSHIP_CI_LOCK_FD
+		exec setsid "$@" >>"$logfile" 2>&1 </dev/null
+	) &
 	echo $! >"$pidfile"
 	disown $! 2>/dev/null || true
 }

@@ -4,6 +4,10 @@
 //! the pool account (not root, not the first `adduser` uid), for both image
 //! kinds: a CVMFS flat tree published by `gridship cvmfs publish` and a SIF
 //! made by `gridship sif` that the client uploads into the session directory.
+//! Where `ci/arex` mounted the real CernVM-FS client of ci/cvmfs's Stratum 0
+//! at the CE's /cvmfs/gridship.test, the tree is published there with the
+//! cvmfs-server backend and the job reads it through the client; otherwise
+//! into a `dir` repository of the test under the CE's /cvmfs.
 //! Job descriptions are gridship's own (`gridship jobdesc` for the CE's site
 //! profile `arex-local`), sent with `gridship submit`.
 
@@ -13,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::arc::{Arex, ContainerCe, arex, container_ce, repo};
+use common::arc::{Arex, ContainerCe, arex, container_ce, cvmfs_client, repo};
 use common::{Gridship, env, fixtures, unique};
 
 /// The Debian fixture (python3, openssh-server) as an OCI layout reference.
@@ -56,12 +60,15 @@ fn os_release_of(image: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A published CVMFS repository under the CE's /cvmfs, removed when dropped.
-struct Published(PathBuf);
+/// A `dir` repository of the test under the CE's /cvmfs, removed when
+/// dropped (the real repository's images stay published).
+struct Published(Option<PathBuf>);
 
 impl Drop for Published {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -157,22 +164,33 @@ fn container_jobs_run_in_the_image_as_the_pool_account() {
     let jobs = d.path().join("jobs.json");
 
     // Both images at once (each gridship with its own store): (a) a CVMFS flat
-    // tree in a repository of this test under the CE's /cvmfs, (b) a SIF beside
-    // the job description, uploaded as an input file.
-    let repo_name = format!("{}.test", unique("arex-container"));
-    let published = Published(ce.cvmfs.join(&repo_name));
+    // tree, in the repository the CE's CernVM-FS client mounts (cvmfs-server
+    // backend) or else in a `dir` repository of this test under the CE's
+    // /cvmfs, (b) a SIF beside the job description, uploaded as an input file.
+    let worker_cvmfs = cvmfs_client(&ce);
+    let (repo_name, published) = match &worker_cvmfs {
+        Some(c) => (c.repo.clone(), Published(None)),
+        None => {
+            let r = format!("{}.test", unique("arex-container"));
+            let dir = ce.cvmfs.join(&r);
+            (r, Published(Some(dir)))
+        }
+    };
     let name = "gridship.test/debian:arex-container";
-    let root = published.0.display().to_string();
+    let mut publish = vec![
+        "--json", "cvmfs", "publish", &oci, "--name", name, "--repo", &repo_name,
+    ];
+    let root = published.0.as_ref().map(|p| p.display().to_string());
+    match &root {
+        Some(root) => publish.extend(["--root", root.as_str()]),
+        None => publish.extend(["--backend", "cvmfs-server"]),
+    }
     let sif_dir = d.path().join("sif");
     std::fs::create_dir(&sif_dir).unwrap();
     let sif = sif_dir.join("image.sif");
     std::thread::scope(|s| {
         s.spawn(|| {
-            g.run(&[
-                "--json", "cvmfs", "publish", &oci, "--name", name, "--repo", &repo_name, "--root",
-                &root,
-            ])
-            .ok();
+            g.run(&publish).ok();
         });
         s.spawn(|| {
             Gridship::new()
@@ -181,6 +199,11 @@ fn container_jobs_run_in_the_image_as_the_pool_account() {
         });
     });
     let cvmfs_image = format!("/cvmfs/{repo_name}/{name}");
+    if let Some(c) = &worker_cvmfs {
+        // The worker node sees the new revision now, not after its TTL.
+        c.sync();
+        c.assert_serves(&cvmfs_image);
+    }
     let cvmfs_adl = d.path().join("cvmfs.adl");
     jobdesc(
         &g,
@@ -289,6 +312,10 @@ fn container_jobs_run_in_the_image_as_the_pool_account() {
         let session = sessions.join(id).display().to_string();
         assert_eq!(shown.env.get("HOME"), Some(&session), "job {id}: HOME");
         assert_eq!(shown.env.get("PWD"), Some(&session), "job {id}: PWD");
+        // The CVMFS image: what the worker node's CernVM-FS client serves.
+        if let (Some(c), true) = (&worker_cvmfs, image == cvmfs_image) {
+            c.assert_serves(&image);
+        }
     }
 
     let mut args = vec!["clean".to_string()];

@@ -9,7 +9,10 @@
 //! the session's 1000); `gridship status --wait` and `gridship get` bring the
 //! results back. They equal, byte for byte, what the same command gives in
 //! the session; the job ran under Apptainer, with no sshd in the image, and
-//! no planted secret is in anything that came back.
+//! no planted secret is in anything that came back. Where `ci/arex` mounted
+//! the real CernVM-FS client of ci/cvmfs's Stratum 0 (the CE's
+//! /cvmfs/gridship.test), promote publishes there with the cvmfs-server
+//! backend and the CVMFS jobs read the image through the client.
 
 mod common;
 
@@ -17,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::arc::{arex, container_ce, repo};
+use common::arc::{arex, container_ce, cvmfs_client, repo};
 use common::{Gridship, env, unique};
 
 /// The markers of every planted secret, plain and as PEM bodies carry them
@@ -74,12 +77,15 @@ impl Drop for Session {
     }
 }
 
-/// A published CVMFS repository under the CE's /cvmfs, removed on drop.
-struct Published(PathBuf);
+/// A `dir` repository of the test under the CE's /cvmfs, removed on drop
+/// (the real repository's images stay published).
+struct Published(Option<PathBuf>);
 
 impl Drop for Published {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -216,11 +222,24 @@ fn session_to_grid_job_and_back() {
     );
 
     // promote for the CE's site, with the user's command and outputs; the
-    // CVMFS tree goes into a repository of this test under the CE's /cvmfs.
+    // CVMFS tree goes into the repository the CE's CernVM-FS client mounts
+    // (cvmfs-server backend), or else into a `dir` repository of this test
+    // under the CE's /cvmfs.
     let g = Gridship::new();
     let promoted = d.path().join("promoted");
-    let repo_name = format!("{}.test", unique("mission"));
-    let published = Published(ce.cvmfs.join(&repo_name));
+    let client = cvmfs_client(&ce);
+    let (repo_name, published) = match &client {
+        Some(c) => (c.repo.clone(), Published(None)),
+        None => {
+            let r = format!("{}.test", unique("mission"));
+            let dir = ce.cvmfs.join(&r);
+            (r, Published(Some(dir)))
+        }
+    };
+    let cvmfs_where: Vec<&str> = match &published.0 {
+        Some(dir) => vec!["--cvmfs-root", dir.to_str().unwrap()],
+        None => vec!["--cvmfs-backend", "cvmfs-server"],
+    };
     let r = g
         .cmd()
         .env("GRIDSHIP_SITE_OVERLAYS", &ce.site_overlays)
@@ -242,13 +261,12 @@ fn session_to_grid_job_and_back() {
             "t1",
             "--cvmfs-repo",
             &repo_name,
-            "--cvmfs-root",
-            published.0.to_str().unwrap(),
             "--run",
             &run,
             "--output",
             "results/",
         ])
+        .args(cvmfs_where)
         .output()
         .unwrap();
     let r = common::to_run(r).ok();
@@ -281,6 +299,15 @@ fn session_to_grid_job_and_back() {
             .contains(&cvmfs_image),
         "the xRSL runs the CVMFS image"
     );
+    if let Some(c) = &client {
+        // The worker node sees the new revision now, not after its TTL.
+        c.sync();
+        let served = c.assert_serves(&cvmfs_image);
+        assert!(
+            !served.join("usr/sbin/sshd").exists(),
+            "sshd is in the tree the client serves"
+        );
+    }
 
     // The SIF promote made, uploaded with the job (queue cpu: ENV/APPTAINER).
     let sif_adl = promoted.join("mission-sif.adl");
@@ -378,6 +405,10 @@ fn session_to_grid_job_and_back() {
             Some(image.as_str()),
             "{desc}: job {id}: APPTAINER_CONTAINER\n{stdout}"
         );
+        // The CVMFS image: what the worker node's CernVM-FS client serves.
+        if let (Some(c), true) = (&client, image == cvmfs_image) {
+            c.assert_serves(&image);
+        }
         let uid = ce.pool_uid.to_string();
         assert_eq!(
             line_value(&stdout, "uid="),

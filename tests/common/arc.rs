@@ -211,6 +211,156 @@ pub fn container_ce(a: &Arex) -> ContainerCe {
     ce
 }
 
+/// The CE's `/cvmfs/REPO` as a worker node has it: the real CernVM-FS
+/// client mount (cvmfs2 over FUSE) of ci/cvmfs's Stratum 0, which `ci/arex`
+/// makes and exports as GRIDSHIP_AREX_CVMFS_REPO and _TALK. Tests publish
+/// into REPO with `--backend cvmfs-server` (on this host, the Stratum 0's
+/// own `/cvmfs/REPO`) and the CE's jobs read it through the client.
+pub struct CvmfsClient {
+    /// The repository (gridship.test).
+    pub repo: String,
+    /// The client's mount point on the host: the jobs' `/cvmfs/REPO`.
+    pub mount: PathBuf,
+    /// The client's talk socket (`cvmfs_talk -p`).
+    pub talk: PathBuf,
+}
+
+/// The CE's CernVM-FS client, where `ci/arex` mounted one (checked to
+/// answer as a client of its repository); `None` where the CE's /cvmfs is a
+/// plain directory (no CernVM-FS tarball: ci/cvmfs says why in
+/// GRIDSHIP_TEST_CVMFS).
+pub fn cvmfs_client(ce: &ContainerCe) -> Option<CvmfsClient> {
+    let m = ci_env();
+    let repo = m.get("GRIDSHIP_AREX_CVMFS_REPO")?.clone();
+    let talk = PathBuf::from(m.get("GRIDSHIP_AREX_CVMFS_TALK").unwrap_or_else(|| {
+        panic!("GRIDSHIP_AREX_CVMFS_REPO is set but not GRIDSHIP_AREX_CVMFS_TALK: run `ci/arex`")
+    }));
+    let c = CvmfsClient {
+        mount: ce.cvmfs.join(&repo),
+        repo,
+        talk,
+    };
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(c.mount.to_str().unwrap()));
+    assert!(
+        line.is_some_and(|l| l.starts_with("cvmfs2 ") && l.split(' ').nth(2) == Some("fuse")),
+        "{} is not a CernVM-FS client mount (/proc/mounts: {line:?}): run `ci/arex`",
+        c.mount.display()
+    );
+    assert_eq!(
+        c.fqrn_of(&c.mount),
+        c.repo,
+        "the client at {} serves another repository: run `ci/arex`",
+        c.mount.display()
+    );
+    Some(c)
+}
+
+impl CvmfsClient {
+    /// The repository the client serves `path` (on the host) from: its
+    /// `user.fqrn` attribute, which only a CernVM-FS client answers.
+    pub fn fqrn_of(&self, path: &Path) -> String {
+        let out = Command::new("getfattr")
+            .args(["-n", "user.fqrn", "--only-values", "--absolute-names"])
+            .arg(path)
+            .output()
+            .expect("run getfattr (Debian package attr)");
+        assert!(
+            out.status.success(),
+            "getfattr -n user.fqrn {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The root catalog the Stratum 0 publishes (the C line of
+    /// `.cvmfspublished`, over HTTP as the client reads it).
+    fn published_root(&self) -> String {
+        let url = format!("http://127.0.0.1/cvmfs/{}/.cvmfspublished", self.repo);
+        let out = Command::new("curl")
+            .args(["-fsS", "--max-time", "10", &url])
+            .output()
+            .expect("run curl");
+        assert!(
+            out.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+            .split(|&b| b == b'\n')
+            .find_map(|l| l.strip_prefix(b"C"))
+            .map(|h| String::from_utf8_lossy(h).trim().to_string())
+            .unwrap_or_else(|| panic!("{url} has no C line"))
+    }
+
+    /// Make the client see what was just published (`cvmfs_talk remount
+    /// sync`), waiting until it serves the published root catalog.
+    pub fn sync(&self) {
+        let want = self.published_root();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let out = Command::new("cvmfs_talk")
+                .arg("-p")
+                .arg(&self.talk)
+                .args(["remount", "sync"])
+                .output()
+                .expect("run cvmfs_talk");
+            let have = Command::new("getfattr")
+                .args(["-n", "user.root_hash", "--only-values", "--absolute-names"])
+                .arg(&self.mount)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            if have == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the CernVM-FS client at {} serves root catalog {have:?}, not the published {want} \
+                 (cvmfs_talk -p {} remount sync: {}{})",
+                self.mount.display(),
+                self.talk.display(),
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+
+    /// Where a job's `/cvmfs/REPO/...` path is on the host, asserting that
+    /// the client serves it: the path resolves (a published image's public
+    /// link included) to a directory inside the client's mount whose
+    /// `user.fqrn` is the repository.
+    pub fn assert_serves(&self, job_path: &str) -> PathBuf {
+        let rel = job_path
+            .strip_prefix(&format!("/cvmfs/{}/", self.repo))
+            .unwrap_or_else(|| panic!("{job_path} is not under /cvmfs/{}/", self.repo));
+        let host = self.mount.join(rel);
+        let real = std::fs::canonicalize(&host).unwrap_or_else(|e| {
+            panic!(
+                "{job_path}: {} is not readable through the CernVM-FS client: {e}",
+                host.display()
+            )
+        });
+        assert!(
+            real.starts_with(&self.mount) && real.is_dir(),
+            "{job_path}: {} resolves to {}, not a directory in the client's mount",
+            host.display(),
+            real.display()
+        );
+        assert_eq!(
+            self.fqrn_of(&real),
+            self.repo,
+            "{job_path}: {} is not served by the CernVM-FS client",
+            real.display()
+        );
+        real
+    }
+}
+
 pub struct Run {
     pub code: i32,
     pub stdout: String,

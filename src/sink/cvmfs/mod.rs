@@ -496,15 +496,12 @@ impl Repo {
         self.txn.set(Txn::Wanted);
         // One someone else has open: what the mount shows is their
         // unpublished work, so wait for it before reading anything.
-        if Path::new(SPOOL)
-            .join(&name)
-            .join("in_transaction.lock")
-            .exists()
+        let foreign = Path::new(SPOOL).join(&name).join("in_transaction.lock");
+        if foreign.exists()
+            && let Err(e) = self.begin_write()
         {
-            if let Err(e) = self.begin_write() {
-                self.txn.set(Txn::None);
-                return Err(e);
-            }
+            self.txn.set(Txn::None);
+            return Err(e);
         }
         let result = f(self);
         if self.txn.replace(Txn::None) != Txn::Open {
