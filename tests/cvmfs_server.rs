@@ -16,7 +16,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -476,29 +476,6 @@ fn multiarch_busybox(dir: &Path) -> String {
     format!("oci:{}:1", dir.display())
 }
 
-/// podman with a private main store and the repository's podmanStore
-/// added read-only (README: podman's additional image store).
-fn podman(tmp: &Path, store: &Path, args: &[&str]) -> Output {
-    Command::new("podman")
-        .arg("--root")
-        .arg(tmp.join("podman-root"))
-        .arg("--runroot")
-        .arg(tmp.join("podman-run"))
-        .args([
-            "--storage-driver",
-            "overlay",
-            "--storage-opt",
-            &format!("additionalimagestore={}", store.display()),
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-        ])
-        .args(args)
-        .output()
-        .expect("podman runs (ci/setup installs it)")
-}
-
 fn out_ok(out: Output, what: &str) -> String {
     assert!(
         out.status.success(),
@@ -620,7 +597,7 @@ fn publish_check_read_then_republish_changes_nothing() {
     let config = r["config_digest"].as_str().unwrap();
     let got = {
         out_ok(
-            podman(
+            podman_with_store(
                 tmp.path(),
                 &store,
                 &[
@@ -643,7 +620,7 @@ fn publish_check_read_then_republish_changes_nothing() {
     };
     assert_eq!(got.as_bytes(), busybox_file("etc/passwd"));
     let ids = out_ok(
-        podman(
+        podman_with_store(
             tmp.path(),
             &store,
             &["images", "--format", "{{.ID}} {{.ReadOnly}}"],
@@ -1215,21 +1192,7 @@ fn cvmfs_snapshot(root: &Path) -> BTreeMap<String, Node> {
         let rel = format!("/{}", e.path().strip_prefix(root).unwrap().display());
         let m = std::fs::symlink_metadata(e.path()).unwrap();
         let ft = m.file_type();
-        let kind = if ft.is_dir() {
-            "dir"
-        } else if ft.is_file() {
-            "file"
-        } else if ft.is_symlink() {
-            "symlink"
-        } else if ft.is_char_device() {
-            "char"
-        } else if ft.is_block_device() {
-            "block"
-        } else if ft.is_fifo() {
-            "fifo"
-        } else {
-            "socket"
-        };
+        let kind = file_kind(ft);
         // Files over CVMFS's minimum chunk size are chunked when published
         // through the overlay but not by `cvmfs_server ingest`: their bytes
         // are hashed here.
@@ -1899,7 +1862,7 @@ fn ducc_and_gridship_publish_the_same_debian_tree() {
     let script = "ls -a /etc/skel | tr '\\n' ' '; echo; ls /etc/motd 2>&1 | head -1";
     let mut podman_sees = Vec::new();
     for m in [&dm, &om] {
-        let out = podman(
+        let out = podman_with_store(
             &tmp.path().join(m.file_name().unwrap()),
             &m.join("podmanStore"),
             &[

@@ -24,29 +24,6 @@ fn gc(g: &Gridship, root: &Path) -> serde_json::Value {
         .json()
 }
 
-/// podman with a private main store (so anything pulled would show) and the
-/// repository's store added read-only.
-fn podman(tmp: &Path, store: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("podman")
-        .arg("--root")
-        .arg(tmp.join("podman-root"))
-        .arg("--runroot")
-        .arg(tmp.join("podman-run"))
-        .args([
-            "--storage-driver",
-            "overlay",
-            "--storage-opt",
-            &format!("additionalimagestore={}", store.display()),
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-        ])
-        .args(args)
-        .output()
-        .expect("podman runs (ci/setup installs it)")
-}
-
 fn ok(out: std::process::Output, what: &str) -> String {
     assert!(
         out.status.success(),
@@ -106,7 +83,7 @@ fn podman_and_runc_run_the_published_debian_tree_as_chroot_does() {
     // podman: the image by its public name from the repository's store.
     let store = root.join("podmanStore");
     let inspect: serde_json::Value = serde_json::from_str(&ok(
-        podman(tmp.path(), &store, &["image", "inspect", &name]),
+        podman_with_store(tmp.path(), &store, &["image", "inspect", &name]),
         "podman image inspect",
     ))
     .unwrap();
@@ -128,7 +105,7 @@ fn podman_and_runc_run_the_published_debian_tree_as_chroot_does() {
     let stored = std::fs::read(store.join("overlay-images").join(hex).join(key)).unwrap();
     assert_eq!(sha256_bytes(&stored), hex);
     let got = ok(
-        podman(
+        podman_with_store(
             tmp.path(),
             &store,
             &[
@@ -151,7 +128,7 @@ fn podman_and_runc_run_the_published_debian_tree_as_chroot_does() {
     assert_eq!(got, want, "podman run differs from chroot");
     // Nothing was pulled into podman's own store.
     let own = ok(
-        podman(
+        podman_with_store(
             tmp.path(),
             &store,
             &["images", "--format", "{{.ID}} {{.ReadOnly}}"],
@@ -372,7 +349,7 @@ fn multi_arch_index_behind_a_variant_link_and_gc_together() {
     }
     // podman still reads the store gc rewrote: the one image left.
     let listed = ok(
-        podman(
+        podman_with_store(
             tmp.path(),
             &root.join("podmanStore"),
             &["images", "--format", "{{.Repository}}:{{.Tag}}"],

@@ -229,6 +229,49 @@ pub fn sha256_file(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
+/// What a directory entry is, as snapshots name it.
+pub fn file_kind(ft: std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "dir"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_char_device() {
+        "char"
+    } else if ft.is_block_device() {
+        "block"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else {
+        "socket"
+    }
+}
+
+/// podman with a private main store under `tmp` (so anything pulled would
+/// show) and `store` (a repository's podmanStore) added read-only, as
+/// README's additional image store.
+pub fn podman_with_store(tmp: &Path, store: &Path, args: &[&str]) -> Output {
+    Command::new("podman")
+        .arg("--root")
+        .arg(tmp.join("podman-root"))
+        .arg("--runroot")
+        .arg(tmp.join("podman-run"))
+        .args([
+            "--storage-driver",
+            "overlay",
+            "--storage-opt",
+            &format!("additionalimagestore={}", store.display()),
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ])
+        .args(args)
+        .output()
+        .expect("podman runs (ci/setup installs it)")
+}
+
 pub fn snapshot(root: &Path) -> Snapshot {
     let mut snap = Snapshot::default();
     let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
@@ -238,21 +281,7 @@ pub fn snapshot(root: &Path) -> Snapshot {
         let key = format!("/{}", rel.display());
         let m = std::fs::symlink_metadata(entry.path()).unwrap();
         let ft = m.file_type();
-        let kind = if ft.is_dir() {
-            "dir"
-        } else if ft.is_file() {
-            "file"
-        } else if ft.is_symlink() {
-            "symlink"
-        } else if ft.is_char_device() {
-            "char"
-        } else if ft.is_block_device() {
-            "block"
-        } else if ft.is_fifo() {
-            "fifo"
-        } else {
-            "socket"
-        };
+        let kind = file_kind(ft);
         let info = Info {
             kind,
             mode: if ft.is_symlink() {
