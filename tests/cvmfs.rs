@@ -78,15 +78,6 @@ fn assert_flat_is_umoci_plus_layout(
     );
 }
 
-fn report_of<'a>(run: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    run["published"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("{name} not in {run}"))
-}
-
 #[test]
 fn flat_trees_are_umoci_plus_the_layout() {
     let g = Gridship::new();

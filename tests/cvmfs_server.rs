@@ -339,15 +339,6 @@ fn publish(g: &Gridship, repo: &StratumRepo, backend: &str, args: &[&str]) -> Ru
     )
 }
 
-fn report_of<'a>(run: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    run["published"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("{name} not in {run}"))
-}
-
 fn opened(run: &Run, repo: &StratumRepo) -> usize {
     run.stderr
         .matches(&format!("opened a transaction on {}", repo.name))

@@ -229,6 +229,16 @@ pub fn sha256_file(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
+/// One image's entry in `cvmfs publish --json`'s `published` list.
+pub fn report_of<'a>(run: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    run["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {run}"))
+}
+
 /// What a directory entry is, as snapshots name it.
 pub fn file_kind(ft: std::fs::FileType) -> &'static str {
     if ft.is_dir() {
