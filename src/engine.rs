@@ -325,7 +325,7 @@ pub fn load(archive: &Path) -> Result<()> {
 }
 
 /// Map an engine error on `what` to ours: a missing object is NotFound.
-fn engine_error(what: &str, e: bollard::errors::Error) -> Error {
+pub(crate) fn engine_error(what: &str, e: bollard::errors::Error) -> Error {
     match e {
         bollard::errors::Error::DockerResponseServerError {
             status_code: 404,

@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a stage or an item reports.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A stage began; `total` is the bytes it heads for, when known.
@@ -117,6 +117,13 @@ impl Drop for Listening {
             l.retain(|(id, _)| *id != self.id);
         }
     }
+}
+
+/// Pass on an event another process reported (a service's operation,
+/// read from its stream) to this process's listeners: the bars show it as
+/// if the stage ran here.
+pub fn relay(event: &Event) {
+    emit(event);
 }
 
 /// Send a log record (`line`: a formatted record, "LEVEL target: text").

@@ -28,6 +28,7 @@ pub mod progress;
 pub mod recipe;
 pub mod reference;
 pub mod registry;
+pub mod serve;
 pub mod sink;
 pub mod site;
 pub mod smoke;

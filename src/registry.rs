@@ -335,7 +335,7 @@ where
 /// collector, about 25 ms of CPU in every process, most of what a nightly
 /// "unchanged" decision costs. ARC's client names aws-lc-rs itself (it needs
 /// P-521 and signs proxies), so it is not affected.
-fn tls_provider() {
+pub(crate) fn tls_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // An embedding program that chose a provider keeps it.

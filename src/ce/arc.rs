@@ -11,7 +11,7 @@
 //! the HTTP reason phrase with an empty body, and one-element lists come
 //! back as objects.
 
-mod tls;
+pub(crate) mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -15,6 +15,7 @@ pub mod export;
 pub mod image;
 pub mod pressure;
 pub mod promote;
+pub mod serve;
 pub mod sif;
 pub mod smoke;
 pub mod store;
@@ -168,6 +169,15 @@ pub enum Command {
     Nightly(build::NightlyArgs),
     /// Take a development session to the grid: snapshot, strip sshd, scrub secrets, slim, SIF/CVMFS/OCI, smoke tests, job description.
     Promote(Box<promote::PromoteArgs>),
+    /// The development node's session service: the only holder of engine
+    /// access; users promote and manage their sessions through it (HTTPS
+    /// with grid certificates, proxies or tokens; a socket inside each session).
+    Serve(serve::ServeArgs),
+    /// Your sessions through `gridship serve`: list, show, stop, start, remove, snapshot, new.
+    Session(serve::SessionArgs),
+    /// Operations of `gridship serve` (promote, snapshot, new session): list, show, cancel, wait.
+    #[command(subcommand)]
+    Operation(serve::OperationCommand),
     /// What the local store holds (ls, du) and cleaning it (gc).
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -203,6 +213,7 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    serve::die_with_parent();
     let global = &cli.global;
     crate::progress::init(match (global.events, global.quiet || global.json) {
         (true, _) => crate::progress::Show::JsonLines,
@@ -221,6 +232,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot(a) => build::snapshot(global, &a),
         Command::Nightly(a) => build::nightly(global, &a),
         Command::Promote(a) => promote::run(global, &a),
+        Command::Serve(a) => serve::serve(global, &a),
+        Command::Session(a) => serve::session(global, &a),
+        Command::Operation(c) => serve::operation(global, &c),
         Command::Smoke(a) => smoke::smoke(global, &a),
         Command::Store(c) => store::run(global, &c),
         Command::Jobdesc(a) => arc::jobdesc(global, a),

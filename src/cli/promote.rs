@@ -17,9 +17,48 @@ use crate::sink::cvmfs::PublicName;
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
     /// The session: a container name or id (running or stopped), or any
-    /// image reference (docker://..., oci:DIR:TAG, ...).
+    /// image reference (docker://..., oci:DIR:TAG, ...). Left out inside a
+    /// session started by `gridship serve`: this session, through the
+    /// service.
     #[arg(value_name = "CONTAINER", value_parser = parse_source)]
-    pub source: ImageRef,
+    pub source: Option<ImageRef>,
+    /// What the promotion makes; the options a session's user may also give
+    /// through `gridship serve`.
+    #[command(flatten)]
+    pub job: PromoteJobArgs,
+    /// Where the SIF, the job descriptions, the report and (by default)
+    /// the CVMFS tree go. Through the service: ~/gridship/TAG.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Push the OCI image to this registry reference (with --to oci).
+    /// Default with --to oci: push: of config.yaml + /NAME:TAG.
+    #[arg(long, value_name = "REG/REPO:TAG", value_parser = parse_push)]
+    pub push: Option<RegistryRef>,
+    #[command(flatten)]
+    pub cvmfs: CvmfsRepoArgs<PromoteCvmfsNames>,
+    /// Public name in the repository (default gridship.local/promoted/NAME:TAG).
+    #[arg(long, value_name = "REG/REPO:TAG")]
+    pub cvmfs_name: Option<String>,
+    // How smoke run checks execute the image (they run when a GPU is visible).
+    #[command(flatten)]
+    pub runtime: super::smoke::RuntimeArgs,
+    #[command(flatten)]
+    pub dirs: ProjectDirs,
+    #[command(flatten)]
+    pub templates: super::TemplatesOpt,
+    #[command(flatten)]
+    pub suites: super::SuitesOpt,
+    #[command(flatten)]
+    pub access: AccessOpts,
+    #[command(flatten)]
+    pub service: super::serve::ServiceArgs,
+}
+
+/// The options of a promotion that name no host path: what a session's
+/// user may give through `gridship serve`, which parses them with these
+/// same definitions and validators.
+#[derive(Debug, Clone, Args)]
+pub struct PromoteJobArgs {
     /// The site (`gridship sites` lists them): overlay, slim and secrets
     /// overrides, GPU queues. Default: site: of config.yaml.
     #[arg(long)]
@@ -32,10 +71,6 @@ pub struct PromoteArgs {
     /// (default: queue: of config.yaml, else the site's first).
     #[arg(long, value_name = "QUEUE")]
     pub queue: Option<String>,
-    /// Where the SIF, the job descriptions, the report and (by default)
-    /// the CVMFS tree go.
-    #[arg(long, value_name = "DIR", default_value = "promoted")]
-    pub out: PathBuf,
     /// Artifact name (default: the container's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -71,36 +106,16 @@ pub struct PromoteArgs {
     /// Bytes of each file the secret scan reads.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub scan_limit: usize,
-    /// Push the OCI image to this registry reference (with --to oci).
-    /// Default with --to oci: push: of config.yaml + /NAME:TAG.
-    #[arg(long, value_name = "REG/REPO:TAG", value_parser = parse_push)]
-    pub push: Option<RegistryRef>,
     /// Where the CE fetches the SIF, for a SIF job description.
     #[arg(long, value_name = "URL")]
     pub sif_url: Option<String>,
-    #[command(flatten)]
-    pub cvmfs: CvmfsRepoArgs<PromoteCvmfsNames>,
-    /// Public name in the repository (default gridship.local/promoted/NAME:TAG).
-    #[arg(long, value_name = "REG/REPO:TAG")]
-    pub cvmfs_name: Option<String>,
     /// Smoke-test suite: a name (`gridship suites`) or a YAML file
     /// (default: the session's recipe's own suite, else gpu-basic).
     #[arg(long, value_name = "NAME|FILE")]
     pub suite: Option<String>,
-    // How smoke run checks execute the image (they run when a GPU is visible).
-    #[command(flatten)]
-    pub runtime: super::smoke::RuntimeArgs,
     /// What the job description runs and brings back.
     #[command(flatten)]
     pub work: super::arc::WorkArgs,
-    #[command(flatten)]
-    pub dirs: ProjectDirs,
-    #[command(flatten)]
-    pub templates: super::TemplatesOpt,
-    #[command(flatten)]
-    pub suites: super::SuitesOpt,
-    #[command(flatten)]
-    pub access: AccessOpts,
 }
 
 /// promote's names for the CVMFS repository options, `cvmfs-` before
@@ -149,26 +164,37 @@ fn parse_push(s: &str) -> std::result::Result<RegistryRef, String> {
 }
 
 pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
+    // No container, or a service named: promote through `gridship serve`.
+    // Inside a session the service started, a named container is asked of
+    // the service too (which answers only for this session).
+    let in_session = crate::serve::client::session_socket().is_some();
+    let source = match (&a.source, &a.service.service) {
+        (Some(ImageRef::Container(_)), None) if in_session => {
+            return super::serve::promote_remote(global, a);
+        }
+        (Some(s), None) => s.clone(),
+        _ => return super::serve::promote_remote(global, a),
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let epoch = super::sif::source_date_epoch()?;
     let created = epoch.unwrap_or(now);
-    let tag = match &a.tag {
+    let tag = match &a.job.tag {
         Some(t) => t.clone(),
         None => crate::clock::compact_stamp(created)?,
     };
     a.runtime.check()?;
-    if a.push.is_some() && !a.to.has("oci") {
+    if a.push.is_some() && !a.job.to.has("oci") {
         return Err(Error::bad_input("--push", "needs oci in --to").into());
     }
     let d = super::defaults()?;
-    let site = super::require_site(a.site.as_deref())?;
-    let queue = super::or_config(a.queue.as_deref(), &d.queue);
+    let site = super::require_site(a.job.site.as_deref())?;
+    let queue = super::or_config(a.job.queue.as_deref(), &d.queue);
     // A push prefix from config.yaml: PREFIX/NAME:TAG, when an OCI image is made.
     let push_prefix = match (&a.push, &d.push) {
-        (None, Some(prefix)) if a.to.has("oci") => Some(prefix.value.clone()),
+        (None, Some(prefix)) if a.job.to.has("oci") => Some(prefix.value.clone()),
         _ => None,
     };
     // The repository: --cvmfs-repo, else config.yaml's, else the site's own
@@ -198,7 +224,7 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
     let mut ctx = a.access.context(global);
     ctx.pause_containers = a.access.pause;
     let opts = PromoteOptions {
-        source: a.source.clone(),
+        source,
         site,
         sites: a.dirs.overlays.search(),
         recipes_dir: Some(
@@ -208,25 +234,25 @@ pub fn run(global: &GlobalOpts, a: &PromoteArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(crate::recipe::default_recipes_dir),
         ),
         queue,
-        targets: a.to.clone(),
-        out: a.out.clone(),
-        name: a.name.clone(),
+        targets: a.job.to.clone(),
+        out: a.out.clone().unwrap_or_else(|| PathBuf::from("promoted")),
+        name: a.job.name.clone(),
         tag,
-        keep_base: a.keep_base,
-        fail_on_secrets: a.fail_on_secrets,
-        dry_run: a.dry_run,
-        keep: a.keep.clone(),
-        enable_slim: a.enable_slim.clone(),
-        scan_limit: a.scan_limit,
-        world_readable: !a.no_world_readable,
+        keep_base: a.job.keep_base,
+        fail_on_secrets: a.job.fail_on_secrets,
+        dry_run: a.job.dry_run,
+        keep: a.job.keep.clone(),
+        enable_slim: a.job.enable_slim.clone(),
+        scan_limit: a.job.scan_limit,
+        world_readable: !a.job.no_world_readable,
         cvmfs,
         push: a.push.clone(),
         push_prefix,
-        sif_url: a.sif_url.clone(),
+        sif_url: a.job.sif_url.clone(),
         templates: a.templates.search(),
-        work: a.work.work(),
-        gpus: a.work.gpus,
-        smoke_suite: a.suite.clone(),
+        work: a.job.work.work(),
+        gpus: a.job.work.gpus,
+        smoke_suite: a.job.suite.clone(),
         suites: a.suites.search(),
         smoke_backend: a.runtime.backend,
         smoke_apptainer: a.runtime.apptainer.clone(),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::search::{system_config_dir, user_config_dir};
 use crate::error::{Error, Result};
 
-const HINT: &str = "keys: site, queue, push, ce, auth (auto|x509|token), cvmfs: {repo, backend (dir|cvmfs-server|ingest), root}";
+const HINT: &str = "keys: site, queue, push, ce, auth (auto|x509|token), cvmfs: {repo, backend (dir|cvmfs-server|ingest), root}, serve: {...}";
 
 /// One file's contents.
 #[derive(Debug, Default, Deserialize)]
@@ -28,6 +28,9 @@ struct ConfigFile {
     /// Default `--auth`.
     auth: Option<String>,
     cvmfs: Option<CvmfsSection>,
+    /// `gridship serve`'s section, read by serve::config.
+    #[allow(dead_code)]
+    serve: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,6 +5,7 @@
 
 pub mod arc;
 pub mod layers;
+pub mod serve;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

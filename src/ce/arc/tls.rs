@@ -12,7 +12,7 @@ use crate::ce::auth::{AuthConfig, AuthMode, env_path, find_token, read};
 use crate::error::{Error, Result};
 
 /// A client, and what the credential lets it do besides.
-pub(super) struct Client {
+pub(crate) struct Client {
     pub http: reqwest::Client,
     /// Proxy PEM when X.509 is used: needed to sign delegations.
     pub proxy_pem: Option<(PathBuf, Vec<u8>)>,
@@ -21,7 +21,7 @@ pub(super) struct Client {
 }
 
 /// The client for the CE at `base` with the credential `cfg` names.
-pub(super) fn client(base: &str, cfg: &AuthConfig) -> Result<Client> {
+pub(crate) fn client(base: &str, cfg: &AuthConfig) -> Result<Client> {
     let mut b = reqwest::Client::builder()
         .timeout(cfg.timeout.unwrap_or(Duration::from_secs(60)))
         // Downloads lift the total limit; a stall still ends them.
