@@ -398,6 +398,26 @@ fn identities_sessions_refusals_and_promote_from_inside() {
     assert_eq!(ops_before, ops_after, "a refused request made an operation");
     assert!(running(&a) && running(&b));
 
+    // The socket answers only processes inside its session: not the host.
+    let n = serve.audit().len();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--unix-socket"])
+        .arg(sockets.join(&a.name).join("gridship.sock"))
+        .arg("http://gridship/api/v1/sessions/self")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the host got an answer: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_refused_and_audited(
+        &serve,
+        n,
+        "session socket",
+        "is not inside the session's container",
+    );
+
     // Inside the session, as uid 1000 with no engine socket: promote this session.
     let no_engine = Command::new(env("GRIDSHIP_DOCKER"))
         .args([
@@ -874,6 +894,346 @@ fn the_queue_runs_in_turn_and_a_killed_service_leaves_nothing_half_made() {
     );
     assert_eq!(next["state"], "done", "{next}");
     drop(serve);
+}
+
+/// The session image with a user of uid 1000 made at build time, as a
+/// node's approved images have (make-session adds bob at run time instead).
+fn image_with_user() -> String {
+    let image = "gridship-test/session-user:1";
+    let have = Command::new(env("GRIDSHIP_DOCKER"))
+        .args(["image", "inspect", image])
+        .output()
+        .unwrap();
+    if !have.status.success() {
+        // make-session builds the base image when it is missing.
+        drop(bare_session("gs-image", "nobody"));
+        let ctx = tempfile::tempdir().unwrap();
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            "FROM gridship-test/session:1\nRUN adduser --quiet --disabled-password --gecos '' --uid 1000 bob\n",
+        )
+        .unwrap();
+        let out = Command::new(env("GRIDSHIP_DOCKER"))
+            .args(["build", "-q", "--network", "none", "-t", image])
+            .arg(ctx.path())
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    image.to_string()
+}
+
+#[test]
+fn session_actions_new_snapshot_stop_start_remove_and_cancel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki").tap_mkdir());
+    let root = tmp.path().join("node").tap_mkdir();
+    let port = free_port();
+    let image = image_with_user();
+    let serve = Serve::start(
+        &root,
+        &pki,
+        port,
+        "  images: [\"gridship-test/session-user:\"]\n",
+    );
+    let url = serve.url();
+    let name = common::unique("gs-new");
+    // Removed at the end, whatever happens.
+    let _guard = Session { name: name.clone() };
+    let key = tmp.path().join("id.pub");
+    std::fs::write(&key, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop\n").unwrap();
+
+    // Not an approved image: refused, audited, nothing made.
+    let n = serve.audit().len();
+    let r = client(
+        &serve,
+        &pki,
+        &pki.alice.proxy,
+        &[
+            "session",
+            "new",
+            &name,
+            "--image",
+            "gridship-test/session:1",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("neither an approved image"),
+        "{}",
+        r.stderr
+    );
+    assert_refused_and_audited(&serve, n, "new-session", "approved");
+    // A key with options (command=...) is refused too.
+    std::fs::write(
+        tmp.path().join("bad.pub"),
+        "command=\"sh\" ssh-ed25519 AAAA x\n",
+    )
+    .unwrap();
+    let r = client(
+        &serve,
+        &pki,
+        &pki.alice.proxy,
+        &[
+            "session",
+            "new",
+            &name,
+            "--image",
+            &image,
+            "--ssh-key",
+            tmp.path().join("bad.pub").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    // New session: owner label, socket directory, the key in the user's home.
+    let r = client(
+        &serve,
+        &pki,
+        &pki.alice.proxy,
+        &[
+            "--json",
+            "session",
+            "new",
+            &name,
+            "--image",
+            &image,
+            "--ssh-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let r = client(
+        &serve,
+        &pki,
+        &pki.alice.proxy,
+        &["--json", "operation", "wait", &id],
+    )
+    .ok();
+    assert_eq!(r.json()["state"], "done", "{}", r.stdout);
+    let label = docker(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"gridship.owner\"}}",
+        &name,
+    ]);
+    assert_eq!(label.trim(), pki.alice.dn);
+    let mounts = docker(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{.Source}}:{{.Destination}}:{{.RW}} {{end}}",
+        &name,
+    ]);
+    assert_eq!(
+        mounts.trim(),
+        format!(
+            "{}:/run/gridship:false",
+            root.join("sockets").join(&name).display()
+        )
+    );
+    let keys = docker(&[
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "stat -c '%U %a' /home/bob/.ssh /home/bob/.ssh/authorized_keys; cat /home/bob/.ssh/authorized_keys",
+    ]);
+    assert_eq!(
+        keys,
+        "bob 700\nbob 600\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop\n"
+    );
+    let sock = root.join("sockets").join(&name).join("gridship.sock");
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no socket for the new session"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let listed = client(
+        &serve,
+        &pki,
+        &pki.alice.proxy,
+        &["--json", "session", "show", &name],
+    )
+    .ok()
+    .json();
+    assert_eq!(
+        (listed["state"].as_str(), listed["image"].as_str()),
+        (Some("running"), Some(image.as_str()))
+    );
+    // A name that exists is refused.
+    let r = client(
+        &serve,
+        &pki,
+        &pki.alice.proxy,
+        &["session", "new", &name, "--image", &image],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("exists already"), "{}", r.stderr);
+
+    // Snapshot: an image of the owner's that the session keeps running through.
+    docker(&["exec", &name, "sh", "-c", "echo kept > /home/bob/state.txt"]);
+    let r = client(
+        &serve,
+        &pki,
+        &pki.alice.proxy,
+        &["--json", "session", "snapshot", &name],
+    )
+    .ok();
+    let op = client(
+        &serve,
+        &pki,
+        &pki.alice.proxy,
+        &[
+            "--json",
+            "operation",
+            "wait",
+            r.json()["id"].as_str().unwrap(),
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(op["state"], "done", "{op}");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &name]).trim(),
+        "true"
+    );
+    let snap = format!("gridship-session/{name}:{}", op["tag"].as_str().unwrap());
+    let from_snap = docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "cat",
+        &snap,
+        "/home/bob/state.txt",
+    ]);
+    assert_eq!(from_snap, "kept\n");
+    // Bob may not start from alice's snapshot.
+    let r = client(
+        &serve,
+        &pki,
+        &pki.bob.proxy,
+        &["session", "new", &format!("{name}-b"), "--image", &snap],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    // Stop and start; bob can do neither.
+    let r = client(&serve, &pki, &pki.bob.proxy, &["session", "stop", &name]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    client(&serve, &pki, &pki.alice.proxy, &["session", "stop", &name]).ok();
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &name]).trim(),
+        "false"
+    );
+    client(&serve, &pki, &pki.alice.proxy, &["session", "start", &name]).ok();
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &name]).trim(),
+        "true"
+    );
+
+    // Cancel: a queued promote ends cancelled and never runs.
+    let body = r#"{"args": ["--site", "glasgow", "--to", "sif", "--run", "true"]}"#;
+    let promote_url = format!("{url}/api/v1/sessions/{name}/promote");
+    let first = curl(
+        &pki,
+        &promote_url,
+        "POST",
+        Cred::Proxy(&pki.alice.proxy),
+        Some(body),
+    )
+    .json();
+    let second = curl(
+        &pki,
+        &promote_url,
+        "POST",
+        Cred::Proxy(&pki.alice.proxy),
+        Some(body),
+    )
+    .json();
+    let sid = second["id"].as_str().unwrap();
+    let r = client(
+        &serve,
+        &pki,
+        &pki.alice.proxy,
+        &["--json", "operation", "cancel", sid],
+    )
+    .ok();
+    assert_eq!(r.json()["state"], "cancelled", "{}", r.stdout);
+    let r = curl(
+        &pki,
+        &format!("{url}/api/v1/operations/{sid}/cancel"),
+        "POST",
+        Cred::Proxy(&pki.alice.proxy),
+        Some("{}"),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    // And a running one: its child is killed, its files removed.
+    let fid = first["id"].as_str().unwrap();
+    client(
+        &serve,
+        &pki,
+        &pki.alice.proxy,
+        &["operation", "cancel", fid],
+    )
+    .ok();
+    let f = wait_op(&serve, &pki, fid, Duration::from_secs(60));
+    assert_eq!(f["state"], "cancelled", "{f}");
+    let s = wait_op(&serve, &pki, sid, Duration::from_secs(5));
+    assert!(s["started"].is_null(), "the cancelled one ran: {s}");
+    assert_eq!(
+        std::fs::read_dir(root.join("outputs/.staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // Remove: gone from the engine and from the list; its socket closed.
+    client(
+        &serve,
+        &pki,
+        &pki.alice.proxy,
+        &["session", "remove", &name],
+    )
+    .ok();
+    let gone = Command::new(env("GRIDSHIP_DOCKER"))
+        .args(["inspect", &name])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success());
+    let mine = client(
+        &serve,
+        &pki,
+        &pki.alice.proxy,
+        &["--json", "session", "list"],
+    )
+    .ok()
+    .json();
+    assert!(names(&mine).is_empty(), "{mine}");
+    let audit = serve.audit();
+    for action in [
+        "new-session",
+        "snapshot",
+        "stop",
+        "start",
+        "cancel",
+        "remove",
+    ] {
+        assert!(
+            audit.iter().any(|l| l["action"] == action
+                && l["identity"] == pki.alice.dn.as_str()
+                && !l["result"].as_str().unwrap().starts_with("refused")),
+            "no audit line for {action}"
+        );
+    }
+    docker(&["rmi", &snap]);
 }
 
 trait TapMkdir {

@@ -172,7 +172,14 @@ fn typed_promote_args() -> Vec<String> {
 /// or a named one (--service); results into ~/gridship/TAG or --out.
 pub fn promote_remote(global: &GlobalOpts, a: &super::promote::PromoteArgs) -> anyhow::Result<()> {
     let session = match (&a.source, &a.service.service) {
-        (None, _) => "self".to_string(),
+        (None, Some(_)) => {
+            return Err(Error::bad_input(
+                "CONTAINER",
+                "through --service, name the session to promote",
+            )
+            .into());
+        }
+        (None, None) => "self".to_string(),
         (Some(crate::reference::ImageRef::Container(name)), _) => name.clone(),
         (Some(_), _) => {
             return Err(Error::bad_input(
@@ -224,27 +231,22 @@ pub fn promote_remote(global: &GlobalOpts, a: &super::promote::PromoteArgs) -> a
             _ => {}
         }
     }
-    // The tag is chosen here, so the files' directory is known before the
-    // job description that names the SIF in it is written.
-    let tag = match &a.job.tag {
-        Some(t) => t.clone(),
-        None => {
-            let t = crate::clock::compact_stamp(crate::clock::now()?)?.to_lowercase();
-            args.splice(0..0, ["--tag".to_string(), t.clone()]);
-            t
-        }
-    };
-    let dest = match &a.out {
-        Some(d) => std::path::absolute(d).with_context(|| format!("--out {}", d.display()))?,
-        None => home()?.join("gridship").join(&tag),
+    // --out is exact; by default the files go to ~/gridship/TAG.
+    let (dest_field, dest_value) = match &a.out {
+        Some(d) => (
+            "dest",
+            std::path::absolute(d).with_context(|| format!("--out {}", d.display()))?,
+        ),
+        None => ("dest_parent", home()?.join("gridship")),
     };
     let rt = runtime()?;
     rt.block_on(async {
         let op = client
-            .post(
-                &format!("sessions/{session}/promote"),
-                &json!({ "args": args, "dest": dest }),
-            )
+            .post(&format!("sessions/{session}/promote"), &{
+                let mut body = json!({ "args": args });
+                body[dest_field] = json!(dest_value);
+                body
+            })
             .await?;
         let id = op["id"].as_str().unwrap_or_default().to_string();
         if !global.quiet && !global.json {
@@ -280,6 +282,11 @@ pub fn promote_remote(global: &GlobalOpts, a: &super::promote::PromoteArgs) -> a
             }
             None => return Err(anyhow::anyhow!("operation {id}: no state in {op}")),
         }
+        let tag = op["tag"].as_str().unwrap_or_default().to_string();
+        let dest = match &a.out {
+            Some(_) => dest_value.clone(),
+            None => dest_value.join(&tag),
+        };
         std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
         let mut got = Vec::new();
         for art in op["artifacts"].as_array().into_iter().flatten() {
@@ -465,7 +472,16 @@ pub fn operation(global: &GlobalOpts, c: &OperationCommand) -> anyhow::Result<()
                         }
                     })
                     .await?;
-                client.get(&format!("operations/{id}")).await?
+                let v = client.get(&format!("operations/{id}")).await?;
+                if v["state"] != "done" {
+                    show(global, &v)?;
+                    return Err(anyhow::Error::new(Error::Other(format!(
+                        "operation {id} {}: {}",
+                        v["state"].as_str().unwrap_or("?"),
+                        v["error"].as_str().unwrap_or("no reason given")
+                    ))));
+                }
+                v
             }
         };
         show(global, &v)

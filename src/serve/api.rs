@@ -244,6 +244,10 @@ async fn direct_action(
     r?;
     if action == "remove" {
         svc.refresh_sockets().await;
+        if let Some(dir) = &s.socket_dir {
+            let _ = std::fs::remove_file(dir.join(sessions::SOCKET_NAME));
+            let _ = std::fs::remove_dir(dir);
+        }
     }
     Ok(Json(
         json!({"session": s.name, "action": action, "result": "ok"}),
@@ -260,6 +264,9 @@ struct ActionBody {
     /// job description names the SIF there, for `gridship submit` to upload).
     #[serde(default)]
     dest: Option<String>,
+    /// promote: or the directory under which the client makes TAG/.
+    #[serde(default)]
+    dest_parent: Option<String>,
 }
 
 async fn session_action(
@@ -299,7 +306,7 @@ async fn session_action(
                 .to_lowercase();
             queue_op(&svc, &c, &s, OpKind::Snapshot, vec![], tag).await
         }
-        _ => match check_promote(&svc, &body.args, body.dest.as_deref(), &s) {
+        _ => match check_promote(&svc, &body.args, &dest_of(&body), &s) {
             Ok((args, tag)) => queue_op(&svc, &c, &s, OpKind::Promote, args, tag).await,
             Err(e) => {
                 svc.audit.record(
@@ -339,6 +346,24 @@ fn refuse_body(
     ApiError::new(rej.status(), why)
 }
 
+/// Where the promoted files will be, for the job description.
+enum Dest {
+    /// The client's directory.
+    Exact(String),
+    /// The client's directory, TAG/ below it.
+    Under(String),
+    /// The node's outputs (the caller downloads nothing).
+    Node,
+}
+
+fn dest_of(b: &ActionBody) -> Dest {
+    match (&b.dest, &b.dest_parent) {
+        (Some(d), _) => Dest::Exact(d.clone()),
+        (None, Some(p)) => Dest::Under(p.clone()),
+        (None, None) => Dest::Node,
+    }
+}
+
 /// The options a promote request may carry: the CLI's own definitions.
 #[derive(Debug, Parser)]
 #[command(name = "gridship promote", no_binary_name = true)]
@@ -353,7 +378,7 @@ struct RemotePromote {
 fn check_promote(
     svc: &Service,
     args: &[String],
-    dest: Option<&str>,
+    dest: &Dest,
     session: &Session,
 ) -> ApiResult<(Vec<String>, String)> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
@@ -444,21 +469,37 @@ fn check_promote(
             t
         }
     };
-    // The job names the SIF where the client puts it, not the node's copy.
-    if let Some(dest) = dest
-        && job.sif_url.is_none()
-    {
-        let ok = dest.starts_with('/')
-            && !dest.split('/').any(|p| p == "..")
-            && !dest.chars().any(|c| c.is_control() || c == '"');
+    // The job names the SIF where the client puts it (or, for a caller
+    // that downloads nothing, where the node keeps it), never the staging copy.
+    if job.sif_url.is_none() {
+        let dir = match dest {
+            Dest::Exact(d) => d.clone(),
+            Dest::Under(p) => format!("{}/{tag}", p.trim_end_matches('/')),
+            Dest::Node => {
+                let probe = Operation {
+                    owner: session.owner.clone(),
+                    session: session.name.clone(),
+                    tag: tag.clone(),
+                    ..blank_op()
+                };
+                svc.cfg
+                    .outputs
+                    .join(Service::output_rel(&probe))
+                    .display()
+                    .to_string()
+            }
+        };
+        let ok = dir.starts_with('/')
+            && !dir.split('/').any(|p| p == "..")
+            && !dir.chars().any(|c| c.is_control() || c == '"');
         if !ok {
-            return Err(bad(format!("dest {dest:?}: not an absolute directory")));
+            return Err(bad(format!("dest {dir:?}: not an absolute directory")));
         }
         let name =
             crate::pipeline::promote::artifact_name(job.name.as_deref().unwrap_or(&session.name));
         ours.extend([
             "--sif-url".to_string(),
-            format!("file://{}/{name}.sif", dest.trim_end_matches('/')),
+            format!("file://{}/{name}.sif", dir.trim_end_matches('/')),
         ]);
     }
     ours.extend(args.iter().cloned());
@@ -535,7 +576,11 @@ async fn queue_op(
                 &format!("refused: {e}"),
                 None,
             );
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()));
+            let status = match e {
+                Error::BadInput { .. } => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return Err(ApiError::new(status, e.to_string()));
         }
     };
     svc.audit
@@ -579,19 +624,24 @@ async fn new_session(
         return Err(refuse("a session cannot start sessions".into()));
     };
     sessions::check_name("name", &b.name).map_err(|e| refuse(e.to_string()))?;
-    if !svc
-        .cfg
-        .images
-        .iter()
-        .any(|prefix| b.image.starts_with(prefix.as_str()))
-        || b.image.contains("..")
-        || b.image.chars().any(|c| c.is_whitespace())
-    {
+    if !sessions::image_allowed(&svc.docker, &svc.cfg.images, &c.owner_key(), &b.image).await {
         return Err(refuse(format!(
-            "image {:?} is not an approved image ({})",
+            "image {:?} is neither an approved image ({}) nor a snapshot of yours",
             b.image,
             svc.cfg.images.join(", ")
         )));
+    }
+    if sessions::list(&svc.docker, &svc.cfg.sockets)
+        .await?
+        .iter()
+        .any(|x| x.name == b.name)
+        || svc
+            .ops
+            .all()
+            .iter()
+            .any(|o| o.kind == OpKind::NewSession && o.session == b.name && !o.state.finished())
+    {
+        return Err(refuse(format!("a session named {} exists already", b.name)));
     }
     if let Some(k) = &b.ssh_key {
         sessions::check_ssh_key(k).map_err(|e| refuse(e.to_string()))?;

@@ -243,6 +243,9 @@ impl ServiceClient {
                 actual: got,
             });
         }
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io_path(dest, "writing a download", e))?;
         crate::fsutil::persist(tmp, dest)?;
         Ok(n)
     }

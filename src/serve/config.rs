@@ -111,7 +111,8 @@ pub struct ServeConfig {
     /// Ask the engine for GPUs for new sessions (`--gpus all`).
     #[serde(default = "yes")]
     pub gpus: bool,
-    /// The uid sessions run their user as (whose socket calls are accepted).
+    /// The uid of a new session's user: its home gets the ssh key. (On the
+    /// socket, any process inside the session speaks for its owner.)
     #[serde(default = "session_uid")]
     pub session_uid: u32,
 }

@@ -116,6 +116,7 @@ impl Listener for TlsListener {
 /// One session's socket.
 pub struct SessionListener {
     pub unix: UnixListener,
+    pub audit: Arc<super::audit::AuditLog>,
     pub path: PathBuf,
     pub container_id: String,
     pub owner: String,
@@ -133,7 +134,12 @@ impl SessionListener {
     /// Bind `DIR/gridship.sock`, replacing a stale one; mode 0666 because
     /// the session's user is not root: who may use it is decided per
     /// connection from the kernel's credentials.
-    pub fn bind(dir: &Path, container_id: &str, owner: &str) -> std::io::Result<SessionListener> {
+    pub fn bind(
+        dir: &Path,
+        container_id: &str,
+        owner: &str,
+        audit: Arc<super::audit::AuditLog>,
+    ) -> std::io::Result<SessionListener> {
         let path = dir.join(super::sessions::SOCKET_NAME);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -144,6 +150,7 @@ impl SessionListener {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
         Ok(SessionListener {
             unix,
+            audit,
             path,
             container_id: container_id.to_string(),
             owner: owner.to_string(),
@@ -192,7 +199,14 @@ impl Listener for SessionListener {
                     );
                 }
                 Err(why) => {
-                    tracing::warn!("refused a connection on {}: {why}", self.path.display())
+                    tracing::warn!("refused a connection on {}: {why}", self.path.display());
+                    self.audit.record(
+                        "-",
+                        &self.container_id,
+                        "connect to the session socket",
+                        &format!("refused: {why}"),
+                        None,
+                    );
                 }
             }
         }

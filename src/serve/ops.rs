@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum OpKind {
     Promote,
     Snapshot,
@@ -252,10 +252,18 @@ impl Ops {
     /// within the node's and each owner's limits, one at a time per session.
     pub fn start_next(&self, node: usize, per_user: usize) -> Result<Vec<Operation>> {
         let mut list = self.list.lock().map_err(poisoned)?;
+        // A new session has no container yet: its name stands for it.
+        let key = |o: &Operation| {
+            if o.container_id.is_empty() {
+                format!("name:{}", o.session)
+            } else {
+                o.container_id.clone()
+            }
+        };
         let mut running: Vec<(String, String)> = list
             .iter()
             .filter(|o| o.state == OpState::Running)
-            .map(|o| (o.owner.clone(), o.container_id.clone()))
+            .map(|o| (o.owner.clone(), key(o)))
             .collect();
         let mut started = Vec::new();
         for op in list.iter_mut() {
@@ -266,13 +274,13 @@ impl Ops {
                 continue;
             }
             let mine = running.iter().filter(|(o, _)| *o == op.owner).count();
-            let busy = running.iter().any(|(_, c)| *c == op.container_id);
+            let busy = running.iter().any(|(_, c)| *c == key(op));
             if mine >= per_user || busy {
                 continue;
             }
             op.state = OpState::Running;
             op.started = Some(now());
-            running.push((op.owner.clone(), op.container_id.clone()));
+            running.push((op.owner.clone(), key(op)));
             started.push(op.clone());
         }
         if !started.is_empty() {

@@ -144,6 +144,7 @@ impl Service {
                 let _ = std::fs::remove_dir_all(&staging);
                 None
             }
+            (false, Ok(())) if op.kind != OpKind::Promote => Some(Ok((String::new(), Vec::new()))),
             (false, Ok(())) => match self.keep_outputs(&op, &staging) {
                 Ok((rel, artifacts)) => Some(Ok((rel, artifacts))),
                 Err(e) => Some(Err(e.to_string())),
@@ -164,7 +165,9 @@ impl Service {
             o.pid = None;
             o.pid_start = None;
             o.stage = None;
-            if let Some(Ok((rel, artifacts))) = &outcome {
+            if let Some(Ok((rel, artifacts))) = &outcome
+                && !rel.is_empty()
+            {
                 o.output_dir = Some(rel.clone());
                 o.artifacts = artifacts.clone();
             }
@@ -200,22 +203,16 @@ impl Service {
                 ]);
                 args.extend(op.args.iter().cloned());
             }
-            OpKind::Snapshot => {
-                args.extend([
-                    "snapshot".into(),
-                    op.container_id.clone(),
-                    "--tag".into(),
-                    format!("session/{}:{}", op.session, op.tag),
-                ]);
-            }
-            OpKind::NewSession => {}
+            OpKind::Snapshot | OpKind::NewSession => {}
         }
         args
     }
 
     async fn run_child(self: &Arc<Self>, op: &Operation) -> std::result::Result<(), String> {
-        if op.kind == OpKind::NewSession {
-            return self.new_session(op).await;
+        match op.kind {
+            OpKind::NewSession => return self.new_session(op).await,
+            OpKind::Snapshot => return self.snapshot(op).await,
+            OpKind::Promote => {}
         }
         let staging = staging_root(&self.cfg).join(&op.id);
         std::fs::create_dir_all(&staging)
@@ -336,9 +333,40 @@ impl Service {
         Ok(())
     }
 
+    /// Commit the session (running on) into an engine image of the owner's,
+    /// `gridship-session/NAME:TAG`, which a new session may start from.
+    async fn snapshot(self: &Arc<Self>, op: &Operation) -> std::result::Result<(), String> {
+        self.ops.event(
+            &op.id,
+            serde_json::json!({"event": "start", "stage": "commit", "total": null}),
+        );
+        let t0 = std::time::Instant::now();
+        let image = snapshot_image(&op.session, &op.tag);
+        super::sessions::commit(&self.docker, &op.container_id, &image, &op.owner)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.ops.event(
+            &op.id,
+            serde_json::json!({"event": "end", "stage": "commit", "ok": true, "seconds": t0.elapsed().as_secs_f64(), "bytes": 0, "paths": 0, "result": {"image": image}}),
+        );
+        Ok(())
+    }
+
     /// Cancel an operation: a queued one at once, a running one by killing
     /// its child (the runner removes its staging files).
     pub fn cancel(&self, id: &str) -> Result<Option<Operation>> {
+        if self
+            .ops
+            .get(id)
+            .is_some_and(|o| o.state == OpState::Running && o.kind != OpKind::Promote)
+        {
+            return Err(Error::BadInput {
+                input: format!("operation {id}"),
+                place: String::new(),
+                reason: "a new session or a snapshot that has started cannot be cancelled (it takes seconds)".into(),
+                hint: None,
+            });
+        }
         let op = self.ops.update(id, |o| {
             if !o.state.finished() {
                 if o.state == OpState::Queued {
@@ -392,7 +420,12 @@ impl Service {
             if served.contains_key(&s.id) {
                 continue;
             }
-            let listener = match super::listen::SessionListener::bind(dir, &s.id, &s.owner) {
+            let listener = match super::listen::SessionListener::bind(
+                dir,
+                &s.id,
+                &s.owner,
+                self.audit.clone(),
+            ) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!("session {}: its socket in {}: {e}", s.name, dir.display());
@@ -442,8 +475,13 @@ impl Service {
     }
 }
 
-/// Regular files below `dir`, with sizes and digests; symlinks are listed
-/// by no one (a download never follows them).
+/// The engine image a snapshot of session `name` becomes.
+pub fn snapshot_image(name: &str, tag: &str) -> String {
+    format!("{}/{name}:{tag}", super::sessions::SNAPSHOT_REPO)
+}
+
+/// The regular files in `dir`, with sizes and digests; symlinks and
+/// directories are not listed (a download never follows them).
 fn list_files(root: &Path, dir: &Path, out: &mut Vec<Artifact>) -> Result<()> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io_path(dir, "listing artifacts", e))?;
     for entry in rd {
@@ -452,9 +490,9 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<Artifact>) -> Result<()> {
             .file_type()
             .map_err(|e| Error::io_path(&entry.path(), "listing artifacts", e))?;
         let path = entry.path();
-        if ft.is_dir() {
-            list_files(root, &path, out)?;
-        } else if ft.is_file() {
+        // A local CVMFS tree (tens of thousands of files) stays on the node,
+        // named in the report; the record lists the promotion's own files.
+        if ft.is_file() {
             let mut f = std::fs::File::open(&path)
                 .map_err(|e| Error::io_path(&path, "hashing an artifact", e))?;
             use sha2::Digest;

@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 pub const OWNER_LABEL: &str = "gridship.owner";
 /// Where a session sees its socket directory.
 pub const SOCKET_MOUNT: &str = "/run/gridship";
+/// Where session snapshots go in the engine: `gridship-session/NAME:TAG`.
+pub const SNAPSHOT_REPO: &str = "gridship-session";
 /// The socket's name in that directory.
 pub const SOCKET_NAME: &str = "gridship.sock";
 
@@ -184,6 +186,54 @@ pub async fn act(docker: &Docker, s: &Session, action: &str) -> Result<()> {
     }
 }
 
+/// `docker commit` without pausing (the session keeps running), labelled
+/// with its owner so only they may start from it.
+pub async fn commit(docker: &Docker, id: &str, image: &str, owner: &str) -> Result<()> {
+    let (repo, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
+    docker
+        .commit_container(
+            bollard::query_parameters::CommitContainerOptions {
+                container: Some(id.to_string()),
+                repo: Some(repo.to_string()),
+                tag: Some(tag.to_string()),
+                pause: false,
+                comment: Some("gridship serve: session snapshot".into()),
+                ..Default::default()
+            },
+            bollard::models::ContainerConfig {
+                labels: Some(HashMap::from([(
+                    OWNER_LABEL.to_string(),
+                    owner.to_string(),
+                )])),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| engine_error(&format!("snapshot of session {id}"), e))?;
+    Ok(())
+}
+
+/// Whether `owner` may start a session from `image`: an approved prefix,
+/// or a snapshot of their own.
+pub async fn image_allowed(docker: &Docker, approved: &[String], owner: &str, image: &str) -> bool {
+    if image.contains("..") || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    if approved.iter().any(|p| image.starts_with(p.as_str())) {
+        return true;
+    }
+    if !image.starts_with(&format!("{SNAPSHOT_REPO}/")) {
+        return false;
+    }
+    docker
+        .inspect_image(image)
+        .await
+        .ok()
+        .and_then(|i| i.config)
+        .and_then(|c| c.labels)
+        .is_some_and(|l| l.get(OWNER_LABEL).map(String::as_str) == Some(owner))
+}
+
 /// What a new session is made from.
 #[derive(Debug, Clone)]
 pub struct NewSession {
@@ -254,25 +304,41 @@ pub async fn create(docker: &Docker, n: &NewSession) -> Result<String> {
         )
         .await
         .map_err(|e| engine_error(&what, e))?;
-    if let Some(key) = &n.ssh_key {
-        let home = home_of(docker, &created.id, n.uid).await?;
-        let tar = authorized_keys_tar(&home, key, n.uid)?;
+    let started = async {
+        if let Some(key) = &n.ssh_key {
+            let home = home_of(docker, &created.id, n.uid).await?;
+            let tar = authorized_keys_tar(&home, key, n.uid)?;
+            docker
+                .upload_to_container(
+                    &created.id,
+                    Some(bollard::query_parameters::UploadToContainerOptions {
+                        path: "/".into(),
+                        ..Default::default()
+                    }),
+                    bollard::body_full(tar.into()),
+                )
+                .await
+                .map_err(|e| engine_error(&format!("{what}: its ~/.ssh"), e))?;
+        }
         docker
-            .upload_to_container(
+            .start_container(&created.id, None)
+            .await
+            .map_err(|e| engine_error(&what, e))
+    }
+    .await;
+    if let Err(e) = started {
+        // A half-made session would block its name: it goes.
+        let _ = docker
+            .remove_container(
                 &created.id,
-                Some(bollard::query_parameters::UploadToContainerOptions {
-                    path: "/".into(),
+                Some(bollard::query_parameters::RemoveContainerOptions {
+                    force: true,
                     ..Default::default()
                 }),
-                bollard::body_full(tar.into()),
             )
-            .await
-            .map_err(|e| engine_error(&format!("{what}: its ~/.ssh"), e))?;
+            .await;
+        return Err(e);
     }
-    docker
-        .start_container(&created.id, None)
-        .await
-        .map_err(|e| engine_error(&what, e))?;
     Ok(created.id)
 }
 

@@ -40,7 +40,7 @@ const B64URL_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-/// One trusted token issuer (an entry of `serve: token_issuers:` in
+/// One trusted token issuer (an entry of `serve: tokens: issuers:` in
 /// config.yaml).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -408,6 +408,11 @@ pub fn curl(pki: &Pki, url: &str, method: &str, cred: Cred, body: Option<&str>) 
             "--data-binary",
             "@-",
         ]);
+        // A large body waits for the server's go-ahead, so a refusal by its
+        // length arrives instead of a reset mid-upload.
+        if b.len() > 16 * 1024 {
+            c.args(["-H", "Expect: 100-continue"]);
+        }
         c.stdin(Stdio::piped());
         let mut child = c
             .stdout(Stdio::piped())
