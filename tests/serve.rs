@@ -200,7 +200,28 @@ fn identities_sessions_refusals_and_promote_from_inside() {
     let listed = &mine.json()[0];
     assert_eq!(listed["state"], "running");
     assert_eq!(listed["gpus"], "none");
-    assert!(listed["size_rw"].as_u64().unwrap() > 0, "{listed}");
+    // Sizes are measured apart from listings: a new session's comes soon after.
+    let t0 = Instant::now();
+    let size = loop {
+        let s = client(
+            &serve,
+            &pki,
+            &pki.alice.proxy,
+            &["--json", "session", "show", &a.name],
+        )
+        .ok()
+        .json();
+        if let Some(n) = s["size_rw"].as_u64() {
+            break n;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "never measured: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // make-session's pip cache alone is 8 MiB.
+    assert!(size > 8 << 20, "{size}");
     // A token holder is the issuer and subject of the token.
     let good = Pki::token(
         &pki.token_key,

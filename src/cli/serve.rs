@@ -407,7 +407,10 @@ pub fn session(global: &GlobalOpts, a: &SessionArgs) -> anyhow::Result<()> {
                             s["name"].as_str().unwrap_or(""),
                             s["state"].as_str().unwrap_or(""),
                             format!("{}h", s["age_s"].as_i64().unwrap_or(0) / 3600),
-                            super::image::human_bytes(s["size_rw"].as_u64().unwrap_or(0)),
+                            s["size_rw"]
+                                .as_u64()
+                                .map(super::image::human_bytes)
+                                .unwrap_or_else(|| "-".into()),
                             s["gpus"].as_str().unwrap_or(""),
                             s["image"].as_str().unwrap_or("")
                         );

@@ -189,7 +189,7 @@ async fn list_sessions(
 ) -> ApiResult<Json<Vec<Session>>> {
     let c = caller!(svc, peer, headers, "GET", "/api/v1/sessions");
     Ok(Json(
-        sessions::visible(&svc.docker, &svc.cfg.sockets, &c).await?,
+        sessions::visible(&svc.docker, &svc.cfg.sockets, &svc.sizes, &c).await?,
     ))
 }
 
@@ -201,13 +201,13 @@ async fn show_session(
 ) -> ApiResult<Json<Session>> {
     let c = caller!(svc, peer, headers, "GET", "/api/v1/sessions/NAME");
     Ok(Json(
-        sessions::find(&svc.docker, &svc.cfg.sockets, &c, &name).await?,
+        sessions::find(&svc.docker, &svc.cfg.sockets, &svc.sizes, &c, &name).await?,
     ))
 }
 
 /// A session the caller may act on; a refusal is audited.
 async fn session_for(svc: &Service, c: &Caller, name: &str, action: &str) -> ApiResult<Session> {
-    match sessions::find(&svc.docker, &svc.cfg.sockets, c, name).await {
+    match sessions::find(&svc.docker, &svc.cfg.sockets, &svc.sizes, c, name).await {
         Ok(s) => Ok(s),
         Err(e) => {
             svc.audit
@@ -631,7 +631,7 @@ async fn new_session(
             svc.cfg.images.join(", ")
         )));
     }
-    if sessions::list(&svc.docker, &svc.cfg.sockets)
+    if sessions::list(&svc.docker, &svc.cfg.sockets, &svc.sizes)
         .await?
         .iter()
         .any(|x| x.name == b.name)
@@ -656,6 +656,7 @@ async fn new_session(
         created: 0,
         age_s: 0,
         size_rw: None,
+        size_measured: None,
         gpus: String::new(),
         owner: c.owner_key(),
         socket_dir: None,

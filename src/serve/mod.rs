@@ -29,6 +29,7 @@ pub async fn run(cfg: config::ServeConfig) -> Result<()> {
     let svc = service::Service::open(cfg).await?;
     tokio::spawn(svc.clone().schedule());
     tokio::spawn(svc.clone().housekeeping());
+    tokio::spawn(svc.clone().measure_sizes());
     match tls {
         Some((listen, files)) => {
             let ca = svc

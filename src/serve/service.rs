@@ -16,6 +16,9 @@ use super::ops::{Artifact, OpKind, OpState, Operation, Ops};
 use super::x509::CaDirectory;
 use crate::error::{Error, Result};
 
+/// How often the sessions' writable layers are sized.
+pub const SIZES_EVERY: Duration = Duration::from_secs(60);
+
 /// The environment variable that asks a child to die with its service
 /// (a killed service must not leave promotions running unseen).
 pub const DIE_WITH_PARENT: &str = "GRIDSHIP_DIE_WITH_PARENT";
@@ -29,6 +32,8 @@ pub struct Service {
     pub tokens: Option<super::token::TokenVerifier>,
     /// The gridship binary the children run.
     pub exe: PathBuf,
+    /// Writable-layer sizes, measured apart from listings.
+    pub sizes: super::sessions::Sizes,
     kick: tokio::sync::Notify,
     /// Sessions whose socket is served: container id → the serving task.
     sockets: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
@@ -93,6 +98,7 @@ impl Service {
             ca,
             tokens,
             exe,
+            sizes: Default::default(),
             kick: tokio::sync::Notify::new(),
             sockets: Mutex::new(HashMap::new()),
         }))
@@ -398,13 +404,14 @@ impl Service {
     /// and stop serving those that are gone. Called at start, after a new
     /// session and every few seconds.
     pub async fn refresh_sockets(self: &Arc<Self>) {
-        let sessions = match super::sessions::list(&self.docker, &self.cfg.sockets).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("listing sessions: {e}");
-                return;
-            }
-        };
+        let sessions =
+            match super::sessions::list(&self.docker, &self.cfg.sockets, &self.sizes).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("listing sessions: {e}");
+                    return;
+                }
+            };
         let Ok(mut served) = self.sockets.lock() else {
             return;
         };
@@ -442,6 +449,16 @@ impl Service {
                 .await;
             });
             served.insert(s.id.clone(), task);
+        }
+    }
+
+    /// Measure the sessions' sizes every [`SIZES_EVERY`], for ever.
+    pub async fn measure_sizes(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.sizes.measure(&self.docker).await {
+                tracing::warn!("{e}");
+            }
+            let _ = tokio::time::timeout(SIZES_EVERY, self.sizes.wanted.notified()).await;
         }
     }
 

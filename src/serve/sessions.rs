@@ -31,9 +31,12 @@ pub struct Session {
     pub state: String,
     pub created: i64,
     pub age_s: i64,
-    /// Bytes in the writable layer (what a snapshot would add).
+    /// Bytes in the writable layer (what a snapshot would add), as last
+    /// measured, and when (unix seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size_rw: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_measured: Option<i64>,
     /// GPUs the engine gives it: "all", a count, device ids, or none.
     pub gpus: String,
     pub owner: String,
@@ -75,14 +78,58 @@ fn gpus_of(hc: Option<&bollard::models::HostConfig>) -> String {
     }
 }
 
-/// Every labelled session, with sizes. `sockets`: the service's socket root,
-/// to find each session's socket directory among its mounts.
-pub async fn list(docker: &Docker, sockets: &Path) -> Result<Vec<Session>> {
+/// The sessions' writable-layer sizes, measured in the background: the
+/// engine walks every writable layer to size it (seconds with real
+/// sessions), which a listing must not wait for.
+#[derive(Default)]
+pub struct Sizes {
+    measured: std::sync::Mutex<HashMap<String, (i64, i64)>>,
+    /// A listing found a session not measured yet.
+    pub wanted: tokio::sync::Notify,
+}
+
+impl Sizes {
+    /// Measure every session now (container id → bytes, time).
+    pub async fn measure(&self, docker: &Docker) -> Result<()> {
+        let filters = HashMap::from([("label".to_string(), vec![OWNER_LABEL.to_string()])]);
+        let summaries = docker
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                size: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| engine_error("measuring sessions", e))?;
+        let now = crate::clock::now().unwrap_or(0);
+        let measured: HashMap<String, (i64, i64)> = summaries
+            .into_iter()
+            .filter_map(|s| Some((s.id?, (s.size_rw?, now))))
+            .collect();
+        if let Ok(mut m) = self.measured.lock() {
+            *m = measured;
+        }
+        Ok(())
+    }
+
+    fn get(&self, id: &str) -> Option<(i64, i64)> {
+        let got = self.measured.lock().ok().and_then(|m| m.get(id).copied());
+        if got.is_none() {
+            self.wanted.notify_one();
+        }
+        got
+    }
+}
+
+/// Every labelled session, sizes from `sizes` (as last measured).
+/// `sockets`: the service's socket root, to find each session's socket
+/// directory among its mounts.
+pub async fn list(docker: &Docker, sockets: &Path, sizes: &Sizes) -> Result<Vec<Session>> {
     let filters = HashMap::from([("label".to_string(), vec![OWNER_LABEL.to_string()])]);
     let summaries = docker
         .list_containers(Some(bollard::query_parameters::ListContainersOptions {
             all: true,
-            size: true,
+            size: false,
             filters: Some(filters),
             ..Default::default()
         }))
@@ -115,9 +162,11 @@ pub async fn list(docker: &Docker, sockets: &Path) -> Result<Vec<Session>> {
             .filter_map(|m| m.source.map(PathBuf::from))
             .find(|src| src.parent() == Some(sockets));
         let created = s.created.unwrap_or(0);
+        let id = s.id.unwrap_or_default();
+        let size = sizes.get(&id);
         out.push(Session {
             name,
-            id: s.id.unwrap_or_default(),
+            id,
             image: s.image.unwrap_or_default(),
             state: s
                 .state
@@ -125,7 +174,8 @@ pub async fn list(docker: &Docker, sockets: &Path) -> Result<Vec<Session>> {
                 .unwrap_or_else(|| "unknown".into()),
             created,
             age_s: (now - created).max(0),
-            size_rw: s.size_rw,
+            size_rw: size.map(|(b, _)| b),
+            size_measured: size.map(|(_, t)| t),
             gpus: gpus_of(inspect.as_ref().and_then(|i| i.host_config.as_ref())),
             owner,
             socket_dir,
@@ -136,8 +186,13 @@ pub async fn list(docker: &Docker, sockets: &Path) -> Result<Vec<Session>> {
 }
 
 /// The sessions `caller` may see.
-pub async fn visible(docker: &Docker, sockets: &Path, caller: &Caller) -> Result<Vec<Session>> {
-    Ok(list(docker, sockets)
+pub async fn visible(
+    docker: &Docker,
+    sockets: &Path,
+    sizes: &Sizes,
+    caller: &Caller,
+) -> Result<Vec<Session>> {
+    Ok(list(docker, sockets, sizes)
         .await?
         .into_iter()
         .filter(|s| caller.may_see(Some(&s.owner), &s.id))
@@ -146,8 +201,14 @@ pub async fn visible(docker: &Docker, sockets: &Path, caller: &Caller) -> Result
 
 /// One session by name (or, on a session's socket, `self`); a foreign one
 /// is not found.
-pub async fn find(docker: &Docker, sockets: &Path, caller: &Caller, name: &str) -> Result<Session> {
-    let all = visible(docker, sockets, caller).await?;
+pub async fn find(
+    docker: &Docker,
+    sockets: &Path,
+    sizes: &Sizes,
+    caller: &Caller,
+    name: &str,
+) -> Result<Session> {
+    let all = visible(docker, sockets, sizes, caller).await?;
     let found = match caller {
         Caller::Session { container_id, .. } if name == "self" => {
             all.into_iter().find(|s| &s.id == container_id)
