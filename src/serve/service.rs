@@ -146,10 +146,7 @@ impl Service {
             .is_some_and(|o| o.state == OpState::Cancelled);
         let staging = staging_root(&self.cfg).join(&op.id);
         let outcome = match (cancelled, result) {
-            (true, _) => {
-                let _ = std::fs::remove_dir_all(&staging);
-                None
-            }
+            (true, _) => None,
             (false, Ok(())) if op.kind != OpKind::Promote => Some(Ok((String::new(), Vec::new()))),
             (false, Ok(())) => match self.keep_outputs(&op, &staging) {
                 Ok((rel, artifacts)) => Some(Ok((rel, artifacts))),
@@ -228,7 +225,8 @@ impl Service {
             .env(DIE_WITH_PARENT, std::process::id().to_string())
             .current_dir(&staging)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
+            // The report is NAME.promote.json among the artifacts.
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd
@@ -239,14 +237,6 @@ impl Service {
         let _ = self.ops.update(&op.id, |o| {
             o.pid = pid;
             o.pid_start = pid_start;
-        });
-        let stdout = child.stdout.take();
-        let report = tokio::spawn(async move {
-            let mut v = Vec::new();
-            if let Some(mut s) = stdout {
-                let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut v).await;
-            }
-            v
         });
         let mut last_error: Option<String> = None;
         if let Some(stderr) = child.stderr.take() {
@@ -277,9 +267,6 @@ impl Service {
             .wait()
             .await
             .map_err(|e| format!("waiting for the child: {e}"))?;
-        let report = report.await.unwrap_or_default();
-        // The report is also NAME.promote.json among the artifacts.
-        drop(report);
         if status.success() {
             Ok(())
         } else {
